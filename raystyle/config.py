@@ -1,0 +1,237 @@
+"""Typed configuration: frozen dataclasses that load from YAML and ``--set a.b=value``.
+
+A ``Config`` has one section per concern (data, model, loss, train, cluster). Each
+function receives only the section it needs. Ray workers receive ``config.to_dict()``
+and rebuild the dataclass with ``Config.from_dict`` on their first line.
+
+Unknown keys and values of the wrong type are ``ConfigError``s that name the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not allowed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    load_size: int = 286  # shorter side is resized to this before cropping
+    crop_size: int = 256  # random square crop fed to the nets
+    flip: bool = True  # random horizontal flip
+    loader_workers: int = 2  # DataLoader processes per training worker (0 = in-process)
+
+    def __post_init__(self) -> None:
+        _positive(self, "data", "load_size", "crop_size")
+        if self.crop_size > self.load_size:
+            raise ConfigError(f"data.crop_size ({self.crop_size}) must be <= data.load_size ({self.load_size})")
+        if self.crop_size % 4:
+            raise ConfigError(f"data.crop_size must be a multiple of 4, got {self.crop_size}")
+        if self.loader_workers < 0:
+            raise ConfigError("data.loader_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    ngf: int = 64  # generator width (channels of the first conv)
+    n_blocks: int = 9  # residual blocks in the generator (9 for 256 px, 6 for 128 px)
+    ndf: int = 64  # discriminator width
+    d_layers: int = 3  # PatchGAN depth; 3 gives the paper's 70x70 receptive field
+    norm: Literal["instance", "batch", "none"] = "instance"
+    upsample: Literal["deconv", "resize"] = "deconv"  # resize = nearest x2 + conv (no checkerboard)
+    dropout: float = 0.0  # dropout inside residual blocks
+
+    def __post_init__(self) -> None:
+        _positive(self, "model", "ngf", "ndf", "d_layers")
+        if self.n_blocks < 0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.n_blocks must be >= 0 and model.dropout in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    gan_mode: Literal["lsgan", "vanilla"] = "lsgan"
+    lambda_cycle: float = 10.0
+    # As in the paper's code: the identity term is weighted lambda_identity * lambda_cycle.
+    lambda_identity: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 1  # per worker
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    epochs: int = 100  # epochs at the initial learning rate
+    epochs_decay: int = 100  # epochs of linear decay to zero after that
+    max_steps: int | None = None  # stop after this many optimisation steps (None: all epochs)
+    pool_size: int = 50  # image history for the discriminators (0 disables the pool)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, off on CPU
+    channels_last: bool = False
+    seed: int = 0
+    log_every: int = 10  # steps between metrics-log lines and progress reports
+    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    sample_every: int = 500  # steps between sample grids (real A | fake B | rec A)
+    keep_checkpoints: int = 3  # newest checkpoints kept by Ray Train
+
+    def __post_init__(self) -> None:
+        _positive(self, "train", "batch_size", "lr", "log_every", "checkpoint_every",
+                  "sample_every", "keep_checkpoints")
+        if self.epochs < 0 or self.epochs_decay < 0 or self.epochs + self.epochs_decay == 0:
+            raise ConfigError("train.epochs + train.epochs_decay must be > 0 (both >= 0)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.pool_size < 0:
+            raise ConfigError("train.pool_size must be >= 0")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    address: str | None = None  # Ray address; None: RAY_ADDRESS or a local Ray started for you
+    storage: str = "~/raystyle/runs"  # runs are written to STORAGE/NAME
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
+
+    def __post_init__(self) -> None:
+        _positive(self, "cluster", "workers", "cpus_per_worker")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _build(cls, data, prefix="")
+
+    def replace(self, **sections: Any) -> Config:
+        """Return a copy with nested overrides, e.g. ``replace(train={"max_steps": 5})``."""
+        merged = self.to_dict()
+        for name, values in sections.items():
+            if name not in merged:
+                raise ConfigError(f"unknown config section {name!r}")
+            merged[name] = {**merged[name], **values}
+        return Config.from_dict(merged)
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a preset in jobs/configs (``paper``, ``tiny``)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    candidate = PRESETS_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a preset {known}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (a path or a preset name), then ``a.b=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = preset_path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: top level must be a mapping of sections")
+        data = loaded
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        section, _, name = key.strip().partition(".")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{section}: must be a mapping")
+        data[section][name] = yaml.safe_load(raw) if raw.strip() else None
+    return Config.from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _positive(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]!r}; allowed: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, key)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error

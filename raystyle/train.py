@@ -1,0 +1,267 @@
+"""[ray] Distributed CycleGAN training: a thin ``train_loop_per_worker`` and ``fit``.
+
+The step itself lives in cyclegan.py; this module only wires it to Ray Train V2:
+TorchTrainer + ScalingConfig for the workers, DDP via ``prepare_model``, checkpoints via
+``ray.train.report`` (one directory, merged from every rank), resume via
+``ray.train.get_checkpoint()`` -- which returns the latest checkpoint both after a worker
+failure (FailureConfig) and when the same command runs again with the same storage and name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from . import checkpoint as ckpt
+from . import runlog
+from .config import Config, ConfigError
+from .cyclegan import CycleGAN
+from .data import EpochBatches, UnpairedDataset, check_dataset, steps_per_epoch
+
+CRASH_MARKER = ".crash_hook_fired"
+
+
+class ClusterError(ValueError):
+    """The Ray cluster cannot run what was asked (too few CPUs/GPUs, unreachable address)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path | None
+    step: int
+
+
+def total_steps(cfg: Config, n_samples: int, world_size: int) -> int:
+    spe = steps_per_epoch(n_samples, world_size, cfg.train.batch_size)
+    steps = (cfg.train.epochs + cfg.train.epochs_decay) * spe
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+
+
+def _fingerprint(net: torch.nn.Module) -> list[float]:
+    """A few numbers that differ when two copies of a net differ (DDP sync check)."""
+    flat = torch.cat([p.detach().flatten().double().cpu() for p in net.parameters()])
+    return [float(flat.sum()), float(flat.abs().sum()), *flat[:8].tolist()]
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    cfg = Config.from_dict(loop["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.cluster.cpus_per_worker)
+    device = ray.train.torch.get_device()
+    run_dir = Path(loop["run_dir"]) if loop.get("run_dir") else None
+
+    model = CycleGAN(cfg.model, cfg.loss, cfg.train, device, rank)
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            _, nets, state = ckpt.load_shared(d, map_location=device)
+            same_world = state.get("world_size") == world
+            model.load(nets, state, ckpt.load_rank(d, rank) if same_world else None)
+        if not same_world:
+            model.epoch_step = 0  # shards changed: replay the epoch from its start
+        if rank == 0:
+            print(f"[raystyle] resumed from step {model.step} (epoch {model.epoch})", flush=True)
+    if rank == 0 and run_dir is not None:
+        runlog.truncate_metrics(run_dir, model.step)
+    model.wrap(lambda m: ray.train.torch.prepare_model(m, move_to_device=False))
+
+    dataset = UnpairedDataset(tuple(loop["files_a"]), tuple(loop["files_b"]), cfg.data, cfg.train.seed)
+    spe = steps_per_epoch(len(dataset), world, cfg.train.batch_size)
+    total = total_steps(cfg, len(dataset), world)
+    batches = EpochBatches(len(dataset), world, rank, cfg.train.batch_size, cfg.train.seed,
+                           model.epoch, model.epoch_step)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.loader_workers,
+                        pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.data.loader_workers > 0)
+    tc = cfg.train
+    window_start, window_steps = time.perf_counter(), 0
+    for real_a, real_b in loader:
+        if model.step >= total:
+            break
+        losses = model.train_step(real_a, real_b)
+        model.epoch_step += 1
+        if model.epoch_step == spe:
+            model.end_epoch()  # linear-decay schedulers step once per epoch
+        step, window_steps = model.step, window_steps + 1
+        if loop.get("crash_at_step") == step and rank == world - 1 and run_dir is not None:
+            marker = run_dir / CRASH_MARKER
+            if not marker.exists():  # test hook: die for real, once
+                marker.touch()
+                os._exit(1)
+        last = step >= total
+        metrics: dict[str, Any] = {}
+        if step % tc.log_every == 0 or last or step % tc.checkpoint_every == 0:
+            metrics = _log(model, losses, world, window_start, window_steps, total, device)
+            window_start, window_steps = time.perf_counter(), 0
+            if rank == 0 and run_dir is not None:
+                runlog.append_metrics(run_dir, metrics)
+            if rank == 0:
+                print(_progress_line(metrics, total), flush=True)
+        if rank == 0 and run_dir is not None and (step % tc.sample_every == 0 or last):
+            o = model.last
+            runlog.save_sample_grid(run_dir, step, [[real_a, o.fake_b, o.rec_a], [real_b, o.fake_a, o.rec_b]])
+        if step % tc.checkpoint_every == 0 or last:
+            _report_checkpoint(model, cfg, rank, world, metrics)
+        if last:
+            break
+
+
+def _log(model: CycleGAN, losses: dict[str, torch.Tensor], world: int, start: float,
+         steps: int, total: int, device: torch.device) -> dict[str, Any]:
+    names = sorted(losses)
+    values = torch.stack([losses[k].float() for k in names])
+    if world > 1 and dist.is_initialized():
+        dist.all_reduce(values)  # mean over ranks, not rank 0's view alone
+        values /= world
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    bs = model.train_cfg.batch_size
+    record = {k: round(float(v), 5) for k, v in zip(names, values.cpu(), strict=True)}
+    record.update(
+        step=model.step, epoch=model.epoch, total_steps=total, lr=model.lr(),
+        images_per_s=round(steps * bs * world / elapsed, 3),
+        step_time_s=round(elapsed / max(steps, 1), 5),
+        memory_mb=round(_memory_mb(device), 1), time=time.time(), world_size=world,
+    )
+    return record
+
+
+def _progress_line(m: dict[str, Any], total: int) -> str:
+    eta = (total - m["step"]) * m["step_time_s"]
+    return (
+        f"[raystyle] step {m['step']}/{total} ({100 * m['step'] / total:.0f}%) epoch {m['epoch']} | "
+        f"G {m['g_total']:.3f} D_a {m['d_a']:.3f} D_b {m['d_b']:.3f} "
+        f"cyc {m['cycle_a'] + m['cycle_b']:.3f} | lr {m['lr']:.2e} | "
+        f"{m['images_per_s']:.1f} img/s | eta {eta / 60:.1f} min"
+    )
+
+
+def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
+                       metrics: dict[str, Any]) -> None:
+    # Every rank writes its own part into a local dir; Ray merges them into one
+    # storage dir and registers it only once all ranks have reported.
+    with tempfile.TemporaryDirectory(prefix="raystyle_ckpt_") as tmp:
+        if rank == 0:
+            state = {**model.train_state(), "world_size": world}
+            ckpt.save_shared(tmp, cfg, model.nets_state(), state)
+        ckpt.save_rank(tmp, rank, {**model.rank_state(), "g_ab_fingerprint": _fingerprint(model.g_ab)})
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=ckpt.checkpoint_name(model.step),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Driver side
+
+
+def connect(address: str | None = None) -> None:
+    """Attach to ``address`` / RAY_ADDRESS when given, else start a local Ray instance."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(f"cannot connect to Ray at {address!r}: {exc}") from None
+
+
+def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
+    """Refuse up front what the cluster cannot place (Ray would wait for it forever)."""
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if use_gpu and gpus < workers:
+        raise ClusterError(
+            f"--gpu with {workers} workers needs {workers} GPUs; the cluster has {gpus:g}"
+            + ("" if gpus else " (train on CPU without --gpu)")
+        )
+    if cpus < workers * cpus_per_worker:
+        raise ClusterError(
+            f"{workers} workers x {cpus_per_worker} CPU need {workers * cpus_per_worker} CPUs; "
+            f"the cluster has {cpus:g}. Lower --workers or cluster.cpus_per_worker, or add nodes"
+        )
+
+
+def run_dir_for(cfg: Config, name: str) -> Path:
+    return Path(cfg.cluster.storage).expanduser().resolve() / name
+
+
+def _check_compatible(run_dir: Path, cfg: Config) -> None:
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        return
+    old = ckpt.load_config(latest)
+    for section in ("model", "loss", "data"):
+        if getattr(old, section) != getattr(cfg, section):
+            raise ConfigError(
+                f"run {run_dir} exists with a different {section} config; resume it with the "
+                f"same config or pick a new --style name"
+            )
+
+
+def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | None = None,
+        verbose: bool = True) -> TrainResult:
+    """Train (or resume) run ``name`` under ``cfg.cluster.storage``; returns the final checkpoint."""
+    scan_a, scan_b = check_dataset(data_dir, cfg.data.crop_size)
+    for domain, scan in (("A", scan_a), ("B", scan_b)):
+        if verbose and scan.skipped:
+            print(f"[raystyle] domain {domain}: skipped {len(scan.skipped)} non-image files")
+        if verbose and scan.small:
+            print(f"[raystyle] domain {domain}: {scan.small} images smaller than the crop are upscaled")
+    run_dir = run_dir_for(cfg, name)
+    _check_compatible(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cl = cfg.cluster
+    # Worker prints go straight to the driver's console (the V2 print patch logs them twice).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    connect(cl.address)
+    check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)
+    n = max(len(scan_a.files), len(scan_b.files))
+    if verbose:
+        print(
+            f"[raystyle] training {name!r}: |A|={len(scan_a.files)} |B|={len(scan_b.files)}, "
+            f"{cl.workers} worker(s){' on GPU' if cl.use_gpu else ''}, "
+            f"{total_steps(cfg, n, cl.workers)} steps -> {run_dir}",
+            flush=True,
+        )
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(), "run_dir": str(run_dir), "crash_at_step": crash_at_step,
+            "files_a": list(scan_a.files), "files_b": list(scan_b.files),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cl.workers, use_gpu=cl.use_gpu,
+            resources_per_worker={"CPU": cl.cpus_per_worker, **({"GPU": 1} if cl.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=cl.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    final = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    step = ckpt.read_manifest(final)["step"] if final is not None else 0
+    return TrainResult(run_dir, final, step)
+

@@ -1,0 +1,120 @@
+import copy
+import sys
+
+import pytest
+import torch
+
+from raystyle.config import Config
+from raystyle.cyclegan import CycleGAN, ImagePool, linear_decay, resolve_amp
+
+
+def tiny(**train):
+    return Config().replace(model={"ngf": 4, "ndf": 4, "n_blocks": 1},
+                            train={"pool_size": 3, **train})
+
+
+def batch(seed, n=2, size=32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1, torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def test_step_updates_all_four_nets_and_reports_losses():
+    cfg = tiny()
+    m = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    before = {k: [p.clone() for p in getattr(m, k).parameters()] for k in ("g_ab", "g_ba", "d_a", "d_b")}
+    losses = m.train_step(*batch(0))
+    assert set(losses) == {"g_gan_ab", "g_gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "g_total", "d_a", "d_b"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    for name, old in before.items():
+        new = list(getattr(m, name).parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(old, new, strict=True)), name
+    assert m.step == 1
+
+
+def test_identity_weight_zero_skips_identity():
+    cfg = tiny().replace(loss={"lambda_identity": 0.0})
+    m = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    assert "idt_a" not in m.train_step(*batch(0))
+
+
+def test_losses_drop_on_a_fixed_batch():
+    cfg = tiny(lr=2e-3)
+    m = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    a, b = (torch.nn.functional.interpolate(x[:, :, :4, :4], size=32, mode="bilinear") for x in batch(1))
+    first = m.train_step(a, b)
+    for _ in range(25):
+        last = m.train_step(a, b)
+    assert last["cycle_a"] < 0.7 * first["cycle_a"]
+
+
+def test_state_round_trip_continues_identically():
+    cfg = tiny()
+    ref = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    for s in range(3):
+        ref.train_step(*batch(s))
+    # deepcopy: state dicts hold references to the live tensors that training mutates
+    nets, state, rank = copy.deepcopy((ref.nets_state(), ref.train_state(), ref.rank_state()))
+    expected = [ref.train_step(*batch(s)) for s in range(3, 6)]
+    other = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    other.load(nets, state, rank)
+    assert other.step == 3
+    got = [other.train_step(*batch(s)) for s in range(3, 6)]
+    for e, g in zip(expected, got, strict=True):
+        for k in e:
+            assert torch.allclose(e[k], g[k], atol=1e-6), k
+
+
+def test_image_pool_fills_then_mixes_history():
+    pool = ImagePool(2, seed=0)
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 1, 1)
+    out = pool.query(x[:2])
+    assert torch.equal(out, x[:2]) and len(pool.images) == 2
+    seen = set()
+    for _ in range(20):
+        seen |= {float(v) for v in pool.query(x[2:4])[:, 0, 0, 0]}
+    assert seen & {0.0, 1.0}, "old fakes are returned from the history"
+    assert ImagePool(0).query(x) is x
+
+
+def test_linear_decay_schedule():
+    f = linear_decay(100, 100)
+    # As in the reference code: epochs 0..99 at full rate, then 100 steps down towards 0.
+    assert f(0) == 1.0 and f(99) == 1.0
+    assert f(100) == pytest.approx(1 - 1 / 101)
+    assert f(199) == pytest.approx(1 - 100 / 101)
+
+
+def test_amp_resolution_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        resolve_amp("fp16", cpu)
+
+
+def test_bf16_autocast_step_on_cpu():
+    cfg = tiny(amp="bf16", channels_last=True)
+    m = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    losses = m.train_step(*batch(0))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_pure_modules_do_not_import_ray():
+    import subprocess
+
+    code = ("import sys; import raystyle.nets, raystyle.losses, raystyle.cyclegan, raystyle.data, "
+            "raystyle.checkpoint, raystyle.config, raystyle.runlog, raystyle.images; "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_step_on_cuda(amp):
+    cfg = tiny(amp=amp)
+    m = CycleGAN(cfg.model, cfg.loss, cfg.train, device="cuda")
+    for s in range(3):
+        losses = m.train_step(*batch(s))
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert m.scaler.is_enabled() == (amp == "fp16")

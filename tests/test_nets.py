@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from raystyle.config import ModelConfig
+from raystyle.nets import PatchDiscriminator, ResnetGenerator, build_discriminator, build_generator
+
+
+@pytest.mark.parametrize("upsample", ["deconv", "resize"])
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+def test_generator_keeps_shape_and_range(upsample, norm):
+    g = build_generator(ModelConfig(ngf=4, n_blocks=1, norm=norm, upsample=upsample)).eval()
+    x = torch.rand(2, 3, 36, 52) * 2 - 1
+    y = g(x)
+    assert y.shape == x.shape
+    assert y.min() >= -1 and y.max() <= 1
+
+
+def test_paper_generator_and_discriminator_sizes():
+    # ResNet-9 with ngf 64 has 11.378M parameters; the 70x70 PatchGAN 2.765M (reference repo).
+    g = ResnetGenerator(64, 9)
+    d = PatchDiscriminator(64, 3)
+    assert sum(p.numel() for p in g.parameters()) == 11_378_179
+    assert sum(p.numel() for p in d.parameters()) == 2_764_737
+    assert d(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)
+
+
+def test_patchgan_receptive_field_is_70px():
+    d = build_discriminator(ModelConfig(ndf=4, d_layers=3, norm="none")).eval()
+    x = torch.zeros(1, 3, 140, 140, requires_grad=True)
+    d(x)[0, 0, 5, 5].backward()
+    rows = x.grad.abs().sum(dim=(0, 1, 3)).nonzero().flatten()
+    assert int(rows.max() - rows.min() + 1) == 70
+
+
+def test_resize_upsampling_has_no_transposed_conv():
+    g = ResnetGenerator(4, 1, upsample="resize")
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    assert any(isinstance(m, torch.nn.Upsample) for m in g.modules())
