@@ -5,7 +5,7 @@ A checkpoint dir holds
   nets.pt          state dicts of g_ab, g_ba, d_a, d_b
   train_state.pt   optimisers, schedulers, GradScaler, step, epoch, batch-in-epoch
   rank_{r}.pt      per-worker state: image pools and RNG states (one per training worker)
-  manifest.json    written last; names every shared file and its size
+  manifest.json    written last; step, epoch, the dataset path, and every shared file's size
 A directory whose manifest is missing or disagrees with the files on disk is incomplete
 and is never loaded (a crash mid-write or mid-upload leaves exactly that).
 """
@@ -50,7 +50,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_shared(directory: str | Path, config: Config, nets: dict[str, Any],
-                train_state: dict[str, Any]) -> None:
+                train_state: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Rank 0's part: config, weights, optimiser state, then the manifest last."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -62,6 +62,7 @@ def save_shared(directory: str | Path, config: Config, nets: dict[str, Any],
         "step": int(train_state["step"]),
         "epoch": int(train_state["epoch"]),
         "world_size": int(train_state.get("world_size", 1)),
+        **(extra or {}),
         "files": {name: (d / name).stat().st_size for name in SHARED_FILES},
     }
     _atomic_write(d / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))

@@ -7,6 +7,7 @@ line, ``raystyle: error: ...``, and exit 2; nothing prints a traceback for them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a CycleGAN on unpaired folders with Ray Train (DDP). "
                        "Running the same command again resumes from the last checkpoint.")
     _add_train_args(p, data_required=True)
+    p.add_argument("--export", metavar="STYLE",
+                   help="after training, export g_ab as STYLE (fp32 + int8) with a Ray task")
+    p.add_argument("--models-dir", type=Path, help="styles registry for --export (env RAYSTYLE_MODELS)")
 
     p = sub.add_parser("demo", help="the whole flow on the bundled sample data, from nothing",
                        description="Write the sample dataset, train the tiny preset on a local "
@@ -51,6 +55,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop training after N steps")
     p.add_argument("--workers", type=int, help="training workers (default 2)")
     p.add_argument("--home", type=Path, default=HOME, help=f"demo folder (default {HOME}; env RAYSTYLE_HOME)")
+
+    p = sub.add_parser("evaluate", help="figures that show whether training moved A toward B",
+                       description="Colour-statistics distance of G_ab(testA) to testB (trained "
+                       "vs freshly initialised nets) and cycle-reconstruction PSNR.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint dir, or a run dir (its latest checkpoint)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder with testA/ and testB/")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--limit", type=int, default=16, help="images per domain (default 16)")
+    p.add_argument("--grid", type=Path, help="write a PNG of real A | fake B pairs here")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    p = sub.add_parser("export", help="checkpoint -> validated ONNX style in the registry",
+                       description="Export one generator of a checkpoint (or of a run's latest "
+                       "or best checkpoint) to ONNX, validate it against torch, and register it "
+                       "as MODELS/STYLE/ with model.json.")
+    p.add_argument("source", type=Path, help="checkpoint dir, or a run dir")
+    p.add_argument("--style", required=True, help="style name in the registry")
+    p.add_argument("--direction", default="ab", choices=["ab", "ba"],
+                   help="ab: photos (A) -> style (B), the default; ba: the reverse")
+    p.add_argument("--models-dir", type=Path, help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
+    p.add_argument("--precision", default="fp32,int8",
+                   help="comma list of fp32, fp16, int8 (default fp32,int8; fp32 is always written)")
+    p.add_argument("--best", metavar="METRIC",
+                   help="given a run dir, pick the checkpoint lowest in this metric (e.g. cycle_a)")
+    p.add_argument("--torchscript", action="store_true", help="also write model.ts (TorchScript)")
+    p.add_argument("--ray", action="store_true", help="run the export as a Ray task on the cluster")
+    p.add_argument("--address", help="Ray address for --ray (default: RAY_ADDRESS, else local)")
+
+    p = sub.add_parser("styles", help="list the styles in the registry")
+    p.add_argument("--models-dir", type=Path, help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
+    p.add_argument("--json", action="store_true", help="full metadata as JSON")
+
+    p = sub.add_parser("stylize", help="stylize image files, folders or stdin with a style",
+                       description="Stylize images with ONNX Runtime. INPUT is a file, a folder "
+                       "(searched recursively) or - for stdin; -o - writes to stdout.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--style", required=True)
+    p.add_argument("-o", "--output", default="stylized",
+                   help="output file (one input), folder (default ./stylized) or - for stdout")
+    p.add_argument("--strength", type=float, default=1.0, help="0 = input unchanged, 1 = full style")
+    p.add_argument("--preserve-color", action="store_true", help="keep the input's colours")
+    p.add_argument("--tile", type=int, default=1024, help="tile size for large images (default 1024)")
+    p.add_argument("--max-side", type=int, help="downscale inputs so the longer side is at most N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    p.add_argument("--format", choices=["png", "jpeg", "webp"],
+                   help="output format (default: the input's if png/jpeg/webp, else png)")
+    p.add_argument("--models-dir", type=Path, help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
+    p.add_argument("--json", action="store_true", help="one JSON line per image instead of text")
 
     p = sub.add_parser("data", help="the bundled sample dataset and the reference datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -74,27 +127,180 @@ def _train_config(args: argparse.Namespace):
 
     overrides = list(args.overrides)
     for flag, key in (("workers", "cluster.workers"), ("cpus_per_worker", "cluster.cpus_per_worker"),
-                      ("max_steps", "train.max_steps"), ("storage", "cluster.storage"),
-                      ("address", "cluster.address")):
+                      ("max_steps", "train.max_steps")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     if getattr(args, "gpu", False):
         overrides.append("cluster.use_gpu=true")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    # Strings are set directly: through YAML, "2024" would be a number and "#" a comment.
+    strings = {k: getattr(args, k) for k in ("storage", "address") if getattr(args, k, None)}
+    return cfg.replace(cluster=strings) if strings else cfg
 
 
-def _run_training(cfg, data: Path, style: str) -> int:
+def _run_training(cfg, data: Path, style: str):
     from .train import fit
 
     result = fit(cfg, data, style)
     print(f"run directory:    {result.run_dir}")
     print(f"final checkpoint: {result.checkpoint} (step {result.step})")
-    return 0
+    return result
+
+
+def _print_evaluation(ev, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(ev.to_dict()))
+        return
+    print(f"colour distance to domain B ({ev.images} test images, lower is closer):")
+    print(f"  real A {ev.colour_distance_real_a:7.2f} | G_ab(A) untrained "
+          f"{ev.colour_distance_init:7.2f} | G_ab(A) at step {ev.step} {ev.colour_distance_trained:7.2f}")
+    print(f"cycle-reconstruction PSNR: untrained {ev.cycle_psnr_init:.2f} dB | "
+          f"trained {ev.cycle_psnr_trained:.2f} dB")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return _run_training(_train_config(args), args.data, args.style)
+    from .registry import check_name
+
+    if args.export:
+        check_name(args.export)  # fail before hours of training, not after
+    result = _run_training(_train_config(args), args.data, args.style)
+    if args.export:
+        from .train import export_on_cluster
+
+        style = export_on_cluster(result.checkpoint, args.export, models_dir=args.models_dir,
+                                  precisions=("fp32", "int8"))
+        print(f"exported style:   {style.name} -> {style.path}")
+    return 0
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return tuple(dict.fromkeys(["fp32", *parts]))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    kwargs = dict(direction=args.direction, models_dir=args.models_dir,
+                  precisions=_precisions(args.precision), best=args.best,
+                  torchscript=args.torchscript)
+    if args.ray:
+        from .train import export_on_cluster
+
+        style = export_on_cluster(args.source, args.style, address=args.address, **kwargs)
+    else:
+        from .export import export_style
+
+        style = export_style(args.source, args.style, verbose=True, **kwargs)
+    print(f"style {style.name!r} -> {style.path}")
+    _print_style(style)
+    return 0
+
+
+def _print_style(style) -> None:
+    m = style.meta
+    t = m.get("training", {})
+    print(f"  {style.name}: {m['source_domain']}->{m['target_domain']}, ngf {m['architecture']['ngf']}, "
+          f"{m['architecture']['n_blocks']} blocks, step {t.get('step')}, from {t.get('run_dir')}")
+    for prec, e in m["precisions"].items():
+        figures = []
+        if "max_abs_error_vs_torch" in e:
+            figures.append(f"max |ORT-torch| {max(e['max_abs_error_vs_torch'].values()):.1e}")
+        if e.get("psnr_vs_fp32_db") is not None:
+            figures.append(f"PSNR vs fp32 {e['psnr_vs_fp32_db']} dB")
+        if e.get("note"):
+            figures.append(e["note"])
+        print(f"    {prec:<5} {e['file']:<18} {'; '.join(figures)}")
+
+
+def cmd_styles(args: argparse.Namespace) -> int:
+    from .registry import list_styles, models_dir
+
+    styles = list_styles(args.models_dir)
+    if args.json:
+        print(json.dumps({s.name: s.meta for s in styles}, indent=2))
+        return 0
+    if not styles:
+        print(f"no styles in {models_dir(args.models_dir)} (create one with `raystyle export`)")
+    for s in styles:
+        _print_style(s)
+    return 0
+
+
+def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
+    """(input, relative output stem) for files, folders (recursive) and '-'."""
+    from .images import IMAGE_SUFFIXES
+
+    out: list[tuple[str, Path | None]] = []
+    for item in inputs:
+        path = Path(item)
+        if item == "-":
+            out.append(("-", None))
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            out += [(str(p), p.relative_to(path)) for p in files]
+        else:
+            out.append((item, Path(path.name)))
+    return out
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    import time
+
+    from .images import ENCODE_FORMATS, ImageError, encode, format_for_path
+    from .stylize import Stylizer
+
+    stylizer = Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
+                        provider=args.provider, tile=args.tile)
+    items = _expand_inputs(args.inputs)
+    if not items:
+        raise ValueError("no input images found")
+    to_stdout = args.output == "-"
+    out = Path(args.output)
+    single_file = len(items) == 1 and out.suffix.lower().lstrip(".") in ENCODE_FORMATS
+    if to_stdout and len(items) != 1:
+        raise ValueError("-o - (stdout) takes exactly one input image")
+    failed = 0
+    for src, rel in items:
+        start = time.perf_counter()
+        try:
+            data = sys.stdin.buffer.read() if src == "-" else Path(src)
+            result = stylizer.stylize(data, strength=args.strength, preserve_color=args.preserve_color,
+                                      max_side=args.max_side)
+        except ImageError as exc:
+            failed += 1
+            print(f"raystyle: error: {exc}", file=sys.stderr)
+            continue
+        if single_file:
+            fmt, dest = format_for_path(out), out
+        else:
+            suffix = rel.suffix.lower().lstrip(".") if rel is not None else ""
+            fmt = args.format or (suffix if suffix in ENCODE_FORMATS else "png")
+            dest = None if to_stdout else out / (rel or Path("stdin")).with_suffix(f".{fmt}")
+        payload = encode(result, fmt)
+        ms = (time.perf_counter() - start) * 1000
+        if to_stdout or (src == "-" and args.output == "stylized"):
+            sys.stdout.buffer.write(payload)
+            sys.stdout.buffer.flush()
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(payload)
+        h, w = result.shape[:2]
+        if args.json:
+            print(json.dumps({"input": src, "output": str(dest), "width": w, "height": h,
+                              "ms": round(ms, 1), "style": args.style}))
+        else:
+            print(f"{src} -> {dest} ({w}x{h}, {ms:.0f} ms)")
+    return 2 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    ev = evaluate(args.checkpoint, args.data, split=args.split, limit=args.limit, grid=args.grid)
+    _print_evaluation(ev, args.json)
+    if args.grid:
+        print(f"grid: {args.grid}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -108,12 +314,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         counts = write_sample_dataset(data)
         print(f"[raystyle] sample dataset written to {data}: {counts}")
-    overrides = [f"cluster.storage={home / 'runs'}"]
+    overrides = []
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.workers is not None:
         overrides.append(f"cluster.workers={args.workers}")
-    return _run_training(load_config("tiny", overrides), data, DEMO_STYLE)
+    cfg = load_config("tiny", overrides).replace(cluster={"storage": str(home / "runs")})
+    result = _run_training(cfg, data, DEMO_STYLE)
+    from .evaluate import evaluate
+
+    out = home / "outputs"
+    out.mkdir(parents=True, exist_ok=True)
+    ev = evaluate(result.checkpoint, data, grid=out / "demo_grid.png")
+    _print_evaluation(ev)
+    print(f"sample translations (real A | fake B): {out / 'demo_grid.png'}")
+    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -132,7 +347,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "export": cmd_export,
+            "styles": cmd_styles, "stylize": cmd_stylize, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # e.g. `raystyle stylize ... | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown config key {where}{unknown[0]!r}; allowed: {', '.join(sorted(fields))}"
+            f"unknown config key {where + unknown[0]!r}; allowed: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():

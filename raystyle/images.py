@@ -1,21 +1,46 @@
-"""Image decoding to RGB: every PIL mode, EXIF orientation, first frame of animations.
+"""Safe image decoding to RGB and encoding: the one place pixels enter and leave raystyle.
 
-``to_rgb`` is the one place where pixels of any mode become 8-bit RGB, so training data,
-the Stylizer and the servers all see the same pixels for the same file.
+Decoding checks, in this order: the bytes are a known image (magic, not the file name),
+the format is on the whitelist, the pixel count from the header is under the cap
+(decompression bombs are errors, not warnings), and the data decodes completely
+(truncated files are errors). Then EXIF orientation is applied, the first frame of an
+animation is taken, and every mode (L, LA, P, RGBA, CMYK, I;16, ...) becomes 8-bit RGB,
+transparency composited over white.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF"})
+ENCODE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+DEFAULT_MAX_PIXELS = int(os.environ.get("RAYSTYLE_MAX_PIXELS", 100_000_000))  # 100 MP
+
+ImageInput = str | Path | bytes | bytearray | Image.Image | np.ndarray
 
 
 class ImageError(ValueError):
-    """A file or buffer is not a readable image; the message says which and why."""
+    """A file or buffer is not a usable image; the message says which and why."""
+
+
+class CorruptImage(ImageError):
+    """Not an image, or truncated/damaged data."""
+
+
+class UnsupportedFormat(ImageError):
+    """A real image in a format outside the whitelist."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than the cap allows (decompression-bomb guard)."""
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -27,14 +52,14 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     if mode.startswith("I;16") or mode in ("I", "F"):
         # 16/32-bit grey: PIL's convert("L") clips at 255; rescale the real range instead.
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if mode == "F":
-            top = 1.0 if arr.max() <= 1.0 else float(arr.max())
+        if mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            top = 1.0 if mode == "F" and arr.max() <= 1.0 else max(float(arr.max()), 1.0)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA"
+        img, mode = img.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
@@ -42,14 +67,74 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB") if mode != "RGB" else img
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode a file fully and return it as RGB; raises ImageError on unreadable data."""
+def _open_checked(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    if img.format not in ALLOWED_FORMATS:
+        allowed = ", ".join(sorted(ALLOWED_FORMATS - {"MPO"}))
+        raise UnsupportedFormat(f"{name}: format {img.format} is not supported (allowed: {allowed})")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP is over the {max_pixels / 1e6:.0f} MP limit")
+    if w < 1 or h < 1:
+        raise CorruptImage(f"{name}: empty image ({w}x{h})")
+    return img
+
+
+def decode(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """A path, bytes, PIL image or uint8 array -> RGB PIL image, or an ImageError subclass."""
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(as_uint8_rgb(source))
+    if isinstance(source, Image.Image):
+        w, h = source.size
+        if w * h > max_pixels:
+            raise ImageTooLarge(f"image of {w}x{h} is over the {max_pixels / 1e6:.0f} MP limit")
+        return to_rgb(source)
+    if isinstance(source, bytes | bytearray):
+        name = name or "image"
+        if not source:
+            raise CorruptImage(f"{name}: empty input")
+        fp = io.BytesIO(source)
+    else:
+        name = name or str(source)
+        fp = source
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:
+                _open_checked(img, name, max_pixels)
+                img.load()
+                return to_rgb(img)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise CorruptImage(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise CorruptImage(f"{name}: is a directory") from None
+    except UnidentifiedImageError:
+        raise CorruptImage(f"{name}: not an image (unrecognised data)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"{name}: too many pixels (decompression bomb guard)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptImage(f"{name}: damaged or truncated image ({exc})") from None
+
+
+def as_uint8_rgb(arr: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3) uint8."""
+    if arr.dtype != np.uint8:
+        raise ImageError(f"arrays must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or 0 in arr.shape[:2]:
+        raise ImageError(f"arrays must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        return np.asarray(to_rgb(Image.fromarray(arr, "RGBA")))
+    return arr
+
+
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a file fully and return it as RGB; raises ImageError on unusable data."""
+    return decode(Path(path), max_pixels=max_pixels)
 
 
 def probe(path: str | Path) -> tuple[int, int] | None:
@@ -57,5 +142,26 @@ def probe(path: str | Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
             return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def encode(image: Image.Image | np.ndarray, fmt: str = "png", quality: int = 92) -> bytes:
+    """RGB image -> PNG, JPEG or WebP bytes."""
+    key = fmt.lower()
+    if key not in ENCODE_FORMATS:
+        raise ValueError(f"output format {fmt!r} is not one of png, jpeg, webp")
+    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    buf = io.BytesIO()
+    pil_fmt = ENCODE_FORMATS[key]
+    kwargs = {"quality": quality} if pil_fmt in ("JPEG", "WEBP") else {"compress_level": 3}
+    img.save(buf, format=pil_fmt, **kwargs)
+    return buf.getvalue()
+
+
+def format_for_path(path: str | Path) -> str:
+    """The encode format for an output file name (png, jpeg or webp)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in ENCODE_FORMATS:
+        raise ValueError(f"{path}: output must end in .png, .jpg, .jpeg or .webp")
+    return suffix

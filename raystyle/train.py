@@ -9,6 +9,7 @@ failure (FailureConfig) and when the same command runs again with the same stora
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -64,6 +65,7 @@ def _memory_mb(device: torch.device) -> float:
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     cfg = Config.from_dict(loop["config"])
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # our progress lines say enough
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
@@ -121,7 +123,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             o = model.last
             runlog.save_sample_grid(run_dir, step, [[real_a, o.fake_b, o.rec_a], [real_b, o.fake_a, o.rec_b]])
         if step % tc.checkpoint_every == 0 or last:
-            _report_checkpoint(model, cfg, rank, world, metrics)
+            _report_checkpoint(model, cfg, rank, world, metrics, loop["data_dir"])
         if last:
             break
 
@@ -156,13 +158,13 @@ def _progress_line(m: dict[str, Any], total: int) -> str:
 
 
 def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
-                       metrics: dict[str, Any]) -> None:
+                       metrics: dict[str, Any], data_dir: str) -> None:
     # Every rank writes its own part into a local dir; Ray merges them into one
     # storage dir and registers it only once all ranks have reported.
     with tempfile.TemporaryDirectory(prefix="raystyle_ckpt_") as tmp:
         if rank == 0:
             state = {**model.train_state(), "world_size": world}
-            ckpt.save_shared(tmp, cfg, model.nets_state(), state)
+            ckpt.save_shared(tmp, cfg, model.nets_state(), state, {"data_dir": data_dir})
         ckpt.save_rank(tmp, rank, {**model.rank_state(), "g_ab_fingerprint": _fingerprint(model.g_ab)})
         ray.train.report(
             metrics,
@@ -192,7 +194,7 @@ def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
     if use_gpu and gpus < workers:
         raise ClusterError(
-            f"--gpu with {workers} workers needs {workers} GPUs; the cluster has {gpus:g}"
+            f"--gpu with {workers} worker(s) needs {workers} GPU(s); the cluster has {gpus:g}"
             + ("" if gpus else " (train on CPU without --gpu)")
         )
     if cpus < workers * cpus_per_worker:
@@ -230,12 +232,12 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
             print(f"[raystyle] domain {domain}: {scan.small} images smaller than the crop are upscaled")
     run_dir = run_dir_for(cfg, name)
     _check_compatible(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     cl = cfg.cluster
     # Worker prints go straight to the driver's console (the V2 print patch logs them twice).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     connect(cl.address)
     check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)
+    run_dir.mkdir(parents=True, exist_ok=True)
     n = max(len(scan_a.files), len(scan_b.files))
     if verbose:
         print(
@@ -248,6 +250,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(), "run_dir": str(run_dir), "crash_at_step": crash_at_step,
+            "data_dir": str(Path(data_dir).expanduser().resolve()),
             "files_a": list(scan_a.files), "files_b": list(scan_b.files),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -265,3 +268,16 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     step = ckpt.read_manifest(final)["step"] if final is not None else 0
     return TrainResult(run_dir, final, step)
 
+
+
+def export_on_cluster(checkpoint: str | Path, style: str, *, address: str | None = None,
+                      **kwargs: Any):
+    """Run ``export_style`` as a Ray task, so a cluster pipeline is train -> export unattended.
+
+    The checkpoint and the models directory must be on storage the task's node can reach.
+    """
+    from .export import export_style
+
+    connect(address)
+    task = ray.remote(num_cpus=1, max_retries=1)(export_style)
+    return ray.get(task.remote(str(checkpoint), style, **kwargs))

@@ -15,12 +15,11 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 def tiny_config(tmp: Path, **train) -> Config:
     """The tiny preset shrunk further: 32 px crops, 8-channel nets, 2 CPU workers."""
-    cfg = load_config("tiny", [f"cluster.storage={tmp}"])
-    return cfg.replace(
+    return load_config("tiny").replace(
         data={"load_size": 36, "crop_size": 32, "loader_workers": 0},
         model={"ngf": 8, "ndf": 8, "n_blocks": 2},
         train={"pool_size": 4, "log_every": 2, "checkpoint_every": 4, "sample_every": 4, **train},
-        cluster={"workers": 2, "max_failures": 1},
+        cluster={"workers": 2, "max_failures": 1, "storage": str(tmp)},
     )
 
 
@@ -29,6 +28,31 @@ def sample_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     write_sample_dataset(root, size=48, per_photo=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(sample_data, tmp_path_factory) -> Path:
+    """A tiny CycleGAN trained for real (plain torch, no Ray) for 150 steps, as a checkpoint."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from raystyle import checkpoint as ckpt
+    from raystyle.cyclegan import CycleGAN
+    from raystyle.data import EpochBatches, UnpairedDataset, check_dataset
+
+    cfg = tiny_config(tmp_path_factory.mktemp("unused")).replace(
+        model={"ngf": 8, "ndf": 8, "n_blocks": 2}, train={"lr": 1e-3, "pool_size": 10})
+    a, b = check_dataset(sample_data, cfg.data.crop_size)
+    ds = UnpairedDataset(a.files, b.files, cfg.data)
+    loader = iter(DataLoader(ds, batch_sampler=EpochBatches(len(ds), 1, 0, 2, 0)))
+    torch.set_num_threads(2)
+    model = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    for _ in range(150):
+        model.train_step(*next(loader))
+    out = tmp_path_factory.mktemp("trained") / ckpt.checkpoint_name(model.step)
+    ckpt.save_shared(out, cfg, model.nets_state(), {**model.train_state(), "world_size": 1},
+                     {"data_dir": str(sample_data)})
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_round_trip_through_dict():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.lrr=1"], "unknown config key train.'lrr'"),
+        (["train.lrr=1"], "unknown config key 'train.lrr'"),
         (["nope.x=1"], "unknown config key 'nope'"),
         (["train.lr=fast"], "train.lr: expected a number"),
         (["train.batch_size=1.5"], "train.batch_size: expected an integer"),
@@ -53,5 +53,5 @@ def test_unknown_preset_lists_presets():
 def test_yaml_unknown_key_in_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  width: 3\n")
-    with pytest.raises(ConfigError, match="unknown config key model.'width'"):
+    with pytest.raises(ConfigError, match="unknown config key 'model.width'"):
         load_config(path)

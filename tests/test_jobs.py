@@ -1,0 +1,208 @@
+"""`ray job submit -- python jobs/train.py ...` end to end against a real local Ray head.
+
+The head is its own `ray start --head --block` process group with private ports, its own
+temp dir and token authentication on. It is torn down by signalling that process group
+(never `ray stop`, which would kill every other Ray on the machine, the tests' included);
+RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 skips the 30 s node drain that `ray start --block`
+otherwise does on SIGTERM.
+
+Token auth: with RAY_AUTH_MODE=token, Ray's C++ AuthenticationTokenLoader reads the token
+from RAY_AUTH_TOKEN, else the file named by RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token.
+The dashboard checks `Authorization: Bearer TOKEN` on every HTTP request (401 without a
+header, 403 with a wrong token) and the job CLI (JobSubmissionClient) adds that header
+itself when RAY_AUTH_MODE=token. A fresh token in RAY_AUTH_TOKEN keeps ~/.ray untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from raystyle import checkpoint as ckpt
+from raystyle import runlog
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).with_name("ray")
+RAY = RAY if RAY.exists() else Path(shutil.which("ray") or "ray")
+HEAD_START_TIMEOUT = 120
+JOB_TIMEOUT = 420
+
+
+@dataclass(frozen=True)
+class Head:
+    url: str
+    env: dict[str, str]
+    token: str
+    temp_dir: str
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _worker_port_range(width: int = 100) -> tuple[int, int]:
+    """A free-looking range below the ephemeral ports and above Ray's default 10002-19999."""
+    for _ in range(50):
+        lo = random.randrange(20000, 32000 - width)
+        if all(_port_free(p) for p in range(lo, lo + width)):
+            return lo, lo + width - 1
+    raise RuntimeError("no free port range for Ray workers")
+
+
+def _processes_using(temp_dir: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
+                found.append(proc)
+    return found
+
+
+def _stop_head(proc: subprocess.Popen, temp_dir: str) -> list[str]:
+    """SIGTERM the head's process group, then SIGKILL; returns what had to be killed by hand."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # Ray's own children (GCS, raylet, dashboard, workers) exit after the head; give them time.
+    deadline = time.monotonic() + 20
+    while _processes_using(temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftovers = _processes_using(temp_dir)
+    killed = []
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            killed.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+            p.kill()
+    psutil.wait_procs(leftovers, timeout=10)
+    return killed
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="rsj", dir="/tmp")  # short: Unix socket paths <= 107 chars
+    token = secrets.token_hex(32)  # the format of ray's generate_new_authentication_token()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    # No 30 s node drain on SIGTERM (Ray's default for `ray start --block`): tear down at once.
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    (gcs, dash, client, agent_http, agent_grpc, metrics, node_manager, object_manager,
+     runtime_env_agent) = _free_ports(9)
+    min_worker, max_worker = _worker_port_range()
+    log_path = Path(temp_dir) / "head.log"
+    cmd = [
+        str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+        "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
+        f"--runtime-env-agent-port={runtime_env_agent}",
+        f"--min-worker-port={min_worker}", f"--max-worker-port={max_worker}",
+        "--object-store-memory=200000000",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=temp_dir)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + HEAD_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(requests.RequestException):
+                r = requests.get(f"{url}/api/jobs/", timeout=5,
+                                 headers={"Authorization": f"Bearer {token}"})
+                if r.status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"dashboard not ready after {HEAD_START_TIMEOUT}s:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield Head(url, env, token, temp_dir)
+    finally:
+        killed = _stop_head(proc, temp_dir)
+        left = [p.pid for p in _processes_using(temp_dir)]
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"processes of the test head survived SIGKILL: {left}"
+        if killed:
+            print(f"\n[test_jobs] killed Ray processes left after the head exited: {killed}")
+
+
+def test_token_auth_is_on(ray_head):
+    jobs = f"{ray_head.url}/api/jobs/"
+    assert requests.get(jobs, timeout=10).status_code == 401
+    wrong = {"Authorization": f"Bearer {secrets.token_hex(32)}"}
+    assert requests.get(jobs, timeout=10, headers=wrong).status_code == 403
+    right = {"Authorization": f"Bearer {ray_head.token}"}
+    assert requests.get(jobs, timeout=10, headers=right).status_code == 200
+
+
+def test_job_submit_trains_and_checkpoints(ray_head, sample_data, tmp_path):
+    storage = tmp_path / "runs"
+    runtime_env = {"excludes": [".git", "runs", ".ruff_cache", ".benchmarks", "__pycache__"]}
+    cmd = [
+        str(RAY), "job", "submit", "--address", ray_head.url, "--working-dir", str(REPO),
+        "--runtime-env-json", json.dumps(runtime_env), "--",
+        "python", "jobs/train.py", "--data", str(sample_data), "--style", "jobtest",
+        "--config", "tiny", "--set", "data.load_size=36", "--set", "data.crop_size=32",
+        "--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "model.n_blocks=2",
+        "--set", "data.loader_workers=0", "--set", "train.checkpoint_every=2",
+        "--max-steps", "2", "--workers", "1", "--storage", str(storage),
+    ]
+    proc = subprocess.run(cmd, env=ray_head.env, capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
+    found = re.findall(r"^final checkpoint:\s+(\S+) \(step (\d+)\)$", output, re.M)
+    assert len(found) == 1, output[-6000:]
+    checkpoint, step = Path(found[0][0]), int(found[0][1])
+    run_dir = storage.resolve() / "jobtest"
+    assert step == 2
+    assert checkpoint == run_dir / "checkpoint_00000002"
+    assert (checkpoint / "manifest.json").is_file()
+    assert ckpt.read_manifest(checkpoint)["step"] == 2
+    records = runlog.read_metrics(run_dir)
+    assert [r["step"] for r in records] == [2]
+    assert records[0]["world_size"] == 1
