@@ -1,9 +1,10 @@
 """Training throughput: a plain PyTorch loop vs Ray Train (1 and 2 workers), side by side.
 
 All three run the same CycleGAN step (raystyle.cyclegan) on the same data pipeline and
-the same cores, one after another in this process. Steady-state images/s excludes the
-first ``--warmup`` steps; Ray's fixed start-up cost (worker group, process group) is
-printed separately.
+the same cores, one after another in this process, interleaved for ``--rounds`` rounds
+(small shared machines are noisy: each figure is the median over rounds). Steady-state
+images/s excludes the first ``--warmup`` steps; Ray's fixed start-up cost (worker group,
+process group) is printed separately.
 
     python bench/train_throughput.py                   # tiny preset, 64 px, CPU
     python bench/train_throughput.py --gpu --size 256 --config paper --amp off,bf16,fp16
@@ -84,6 +85,7 @@ def main() -> None:
     p.add_argument("--amp", default="off", help="comma list for the plain loop: off,bf16,fp16")
     p.add_argument("--data", type=Path, help="dataset (default: the sample dataset, written to a temp dir)")
     p.add_argument("--skip-ray", action="store_true", help="only the plain loop (e.g. AMP sweeps)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median reported)")
     args = p.parse_args()
 
     cores = os.cpu_count() or 1
@@ -97,28 +99,38 @@ def main() -> None:
     torch.set_num_threads(cores)
     print(f"# {args.config} preset, {args.size} px, batch {args.batch}, {args.steps} timed steps "
           f"after {args.warmup} warm-up, {cores} cores, device {device}, torch {torch.__version__}")
-    rows: list[tuple[str, float, str]] = []
-    for amp in args.amp.split(","):
-        ips = plain_loop(cfg.replace(train={"amp": amp}), data, args.steps, args.warmup, device)
-        rows.append((f"plain PyTorch loop (amp={amp})", ips, ""))
-        print(f"{rows[-1][0]:<44} {ips:8.2f} img/s", flush=True)
-    base = rows[0][1]
+    results: dict[str, list[float]] = {}
+    walls: dict[str, list[float]] = {}
+    ray_setups = []
     if not args.skip_ray:
         import ray
 
-        ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=cores, logging_level="ERROR")  # as `raystyle train` starts it
         per_worker = cores if not args.gpu else max(1, cores // 2)
-        for workers, cpus in ((1, per_worker), (2, max(1, per_worker // 2) if not args.gpu else per_worker)):
-            if args.gpu and torch.cuda.device_count() < workers:
-                continue
+        ray_setups = [(1, per_worker), (2, per_worker if args.gpu else max(1, per_worker // 2))]
+        if args.gpu:
+            ray_setups = [s for s in ray_setups if torch.cuda.device_count() >= s[0]]
+    for r in range(args.rounds):
+        for amp in args.amp.split(","):
+            ips = plain_loop(cfg.replace(train={"amp": amp}), data, args.steps, args.warmup, device)
+            results.setdefault(f"plain PyTorch loop (amp={amp})", []).append(ips)
+            print(f"round {r + 1}: plain amp={amp}: {ips:.2f} img/s", flush=True)
+        for workers, cpus in ray_setups:
             ips, wall = ray_train(cfg, data, workers, cpus, args.steps, args.warmup, tmp / "runs", args.gpu)
             label = f"Ray Train, {workers} worker(s) x {cpus} CPU"
-            rows.append((label, ips, f"(whole fit {wall:.1f} s incl. start-up)"))
-            print(f"{label:<44} {ips:8.2f} img/s  {rows[-1][2]}", flush=True)
-        ray.shutdown()
-    print(f"\nratios against the plain loop (amp={args.amp.split(',')[0]}):")
-    for label, ips, _ in rows[1:]:
-        print(f"  {label:<44} {ips / base:6.3f}x   (overhead {100 * (1 - ips / base):+.1f}%)")
+            results.setdefault(label, []).append(ips)
+            walls.setdefault(label, []).append(wall)
+            print(f"round {r + 1}: {label}: {ips:.2f} img/s (fit {wall:.1f} s)", flush=True)
+    print(f"\nmedian over {args.rounds} round(s):")
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    for label, ips in medians.items():
+        extra = f"  (whole fit {statistics.median(walls[label]):.1f} s incl. start-up)" if label in walls else ""
+        print(f"  {label:<44} {ips:8.2f} img/s{extra}")
+    base_label = next(iter(medians))
+    print(f"\nratios against the {base_label}:")
+    for label, ips in list(medians.items())[1:]:
+        print(f"  {label:<44} {ips / medians[base_label]:6.3f}x   "
+              f"(overhead {100 * (1 - ips / medians[base_label]):+.1f}%)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from .batch import add_parser as add_batch_parser
+from .batch import cmd_batch
+
 HOME = Path(os.environ.get("RAYSTYLE_HOME", "~/raystyle")).expanduser()
 DEMO_STYLE = "demo"
 
@@ -104,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: the input's if png/jpeg/webp, else png)")
     p.add_argument("--models-dir", type=Path, help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
     p.add_argument("--json", action="store_true", help="one JSON line per image instead of text")
+
+    p = sub.add_parser("serve", help="serve every registry style over HTTP with Ray Serve",
+                       description="Start the Ray Serve application (one autoscaled deployment per "
+                       "style behind one HTTP API) and print its URL. Binds 127.0.0.1 unless "
+                       "--host says otherwise; see the README before exposing it.")
+    p.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml",
+                   help="serve config YAML (default serve_configs/local.yaml)")
+    p.add_argument("--models-dir", type=Path, help="styles registry (overrides the config's models_dir)")
+    p.add_argument("--host", help="bind address (default: the config's, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: the config's, 8000)")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
+
+    add_batch_parser(sub)
 
     p = sub.add_parser("data", help="the bundled sample dataset and the reference datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -347,8 +363,27 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "export": cmd_export,
-            "styles": cmd_styles, "stylize": cmd_stylize, "data": cmd_data}
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from .serve import run_from_config
+
+    url = run_from_config(args.config, models_dir=args.models_dir, host=args.host, port=args.port,
+                          address=args.address)
+    print(f"raystyle is serving at {url}  (API docs: {url}/docs; Ctrl-C stops it)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+        print("raystyle: serve stopped")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "serve": cmd_serve, "demo": cmd_demo, "evaluate": cmd_evaluate, "export": cmd_export,
+            "styles": cmd_styles, "stylize": cmd_stylize, "batch": cmd_batch, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
               "checkpoint", file=sys.stderr)
         return 130
     except ValueError as exc:  # every expected bad-input error is a ValueError subclass
-        print(f"raystyle: error: {exc}", file=sys.stderr)
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"raystyle: error: {message}", file=sys.stderr)
         return 2
     except Exception as exc:
         from ray.train import TrainingFailedError

@@ -112,7 +112,8 @@ def decode(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, name: str |
     except UnidentifiedImageError:
         raise CorruptImage(f"{name}: not an image (unrecognised data)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"{name}: too many pixels (decompression bomb guard)") from None
+        raise ImageTooLarge(
+            f"{name}: over the {max_pixels / 1e6:.0f} MP limit (decompression bomb guard)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImage(f"{name}: damaged or truncated image ({exc})") from None
 

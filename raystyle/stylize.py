@@ -29,7 +29,6 @@ from PIL import Image
 
 from . import registry
 from .images import ImageInput, decode
-from .nets import MULTIPLE
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -50,8 +49,11 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def make_session(path: str | Path, provider: str = "auto", threads: int | None = None
-                 ) -> ort.InferenceSession:
+def make_session(path: str | Path, provider: str = "auto", threads: int | None = None,
+                 low_memory: bool = False) -> ort.InferenceSession:
+    """An ORT session; ``low_memory`` frees activations after each run (no arena, no
+    pre-planned memory pattern): slower to allocate, but a big tile's working set is not
+    kept for the process's lifetime."""
     available = ort.get_available_providers()
     if provider == "auto":
         chain = PROVIDERS["cuda"] if "CUDAExecutionProvider" in available else PROVIDERS["cpu"]
@@ -69,6 +71,9 @@ def make_session(path: str | Path, provider: str = "auto", threads: int | None =
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
+    if low_memory:
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
     sess = ort.InferenceSession(str(path), opts, providers=chain)
     if provider in ("cuda", "tensorrt") and chain[0] not in sess.get_providers():
         raise ProviderError(f"{chain[0]} failed to load (CUDA/cuDNN/TensorRT libraries?); "
@@ -76,6 +81,7 @@ def make_session(path: str | Path, provider: str = "auto", threads: int | None =
     return sess
 
 
+MULTIPLE = 4  # the generators' height and width multiple (raystyle.nets.MULTIPLE; no torch here)
 MIN_SIDE = 16  # the nets' inner reflection pads need at least 2 px at 1/4 resolution
 
 
@@ -217,7 +223,7 @@ class Stylizer:
 
     def _tiling_sessions(self):
         if self._tile_sessions is None and self._tile_paths is not None:
-            self._tile_sessions = tuple(make_session(p, self.provider, self.threads)
+            self._tile_sessions = tuple(make_session(p, self.provider, self.threads, low_memory=True)
                                         for p in self._tile_paths)
         return self._tile_sessions
 

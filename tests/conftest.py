@@ -56,6 +56,16 @@ def trained_checkpoint(sample_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exported(trained_checkpoint, tmp_path_factory):
+    """The trained tiny checkpoint exported as style 'tiny' (fp32, int8, fp16, TorchScript)."""
+    from raystyle.export import export_style
+
+    models = tmp_path_factory.mktemp("models")
+    return export_style(trained_checkpoint, "tiny", models_dir=models,
+                        precisions=("fp32", "int8", "fp16"), torchscript=True)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     import ray
 

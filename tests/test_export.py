@@ -11,14 +11,6 @@ from raystyle.evaluate import load_images, psnr
 from raystyle.export import ExportError, export_style, load_generator, pick_checkpoint
 
 
-@pytest.fixture(scope="module")
-def exported(trained_checkpoint, tmp_path_factory):
-    models = tmp_path_factory.mktemp("models")
-    style = export_style(trained_checkpoint, "tiny", models_dir=models,
-                         precisions=("fp32", "int8", "fp16"), torchscript=True)
-    return style
-
-
 def test_registry_entry_describes_itself(exported, trained_checkpoint):
     meta = json.loads((exported.path / "model.json").read_text())
     assert meta["style"] == "tiny" and meta["direction"] == "ab"

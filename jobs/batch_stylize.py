@@ -1,0 +1,11 @@
+"""Entrypoint for `ray job submit --working-dir . -- python jobs/batch_stylize.py INPUT OUTPUT --style NAME ...`.
+
+Runs `raystyle batch` (a Ray Data job on the cluster the job was submitted to); same options.
+"""
+
+import sys
+
+from raystyle.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["batch", *sys.argv[1:]]))

@@ -1,0 +1,288 @@
+"""[ray] Ray Serve: one autoscaled deployment per registry style behind one FastAPI ingress.
+
+    GET  /healthz              {"status": "ok", "styles": [...]}
+    GET  /styles               registry metadata of every served style
+    POST /styles/{name}        raw image bytes or multipart field ``image``;
+                               query: strength, preserve_color, format, max_side
+                               -> image bytes; headers X-Raystyle-Style, X-Raystyle-Inference-Ms
+
+Errors are JSON ``{"error": ..., "detail": ...}``: 400 bad image, 404 unknown style,
+413 too large (the body limit is enforced while reading, before the whole body is in),
+415 unsupported format, 422 bad parameter, 503 overloaded (a style deployment's queue is
+full: load is shed, never queued without bound).
+
+The ingress decodes and encodes; the style deployments only run the network, with
+``@serve.batch`` dynamic batching (size and wait set through ``user_config``) and one
+ONNX Runtime session per replica whose threads match the replica's CPUs. Requests of
+different image sizes may share a batch window; equal shapes share one ORT call.
+The application is built by ``app_builder(args)`` from YAML (serve_configs/*.yaml).
+"""
+
+
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from . import registry
+from .images import (
+    ENCODE_FORMATS,
+    MEDIA_TYPES,
+    CorruptImage,
+    ImageError,
+    ImageTooLarge,
+    UnsupportedFormat,
+    decode,
+    encode,
+)
+from .stylize import Stylizer, blend_strength, keep_colour
+
+MAX_SIDE_LIMIT = 8192  # the largest max_side a client may ask for
+DEFAULT_DEPLOYMENT: dict[str, Any] = {
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
+                           "upscale_delay_s": 5, "downscale_delay_s": 30},
+    "max_ongoing_requests": 8,
+    "max_queued_requests": 32,
+    "ray_actor_options": {"num_cpus": 1},
+    "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
+}
+
+
+class AppArgs(BaseModel):
+    """Arguments of ``app_builder`` (the ``args:`` block of a serve config)."""
+
+    models_dir: str | None = None  # default: RAYSTYLE_MODELS or ~/raystyle/models
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    styles: list[str] | None = None  # default: every style in the registry
+    max_body_mb: float = Field(20.0, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)  # per request; ImageTooLarge -> 413
+    deployment: dict[str, Any] = Field(default_factory=dict)  # merged over DEFAULT_DEPLOYMENT
+    per_style: dict[str, dict[str, Any]] = Field(default_factory=dict)  # style -> overrides
+    ingress: dict[str, Any] = Field(default_factory=dict)  # options of the ingress deployment
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@serve.deployment
+class StyleModel:
+    """One style: a Stylizer (one ORT session) and a batched inference method."""
+
+    def __init__(self, style: str, models_dir: str | None, precision: str, provider: str):
+        import ray
+
+        # One ORT session per replica, its threads matched to the replica's CPUs.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        threads = max(1, math.floor(cpus))
+        self.stylizer = Stylizer(style, models_dir=models_dir, precision=precision,
+                                 provider=provider, threads=threads)
+        self.style = style
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.infer.set_max_batch_size(int(user_config.get("max_batch_size", 4)))
+        self.infer.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def infer(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        # ORT releases the GIL: run it in a thread so the replica keeps accepting requests
+        # (and forming the next batch) while this one computes.
+        start = time.perf_counter()
+        outs = await asyncio.to_thread(self.stylizer.stylize_batch, arrays)
+        ms = (time.perf_counter() - start) * 1000
+        return [(o, ms) for o in outs]
+
+    async def __call__(self, array: np.ndarray) -> tuple[np.ndarray, float]:
+        return await self.infer(array)
+
+
+def _error(status: int, error: str, detail: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (Content-Length is checked first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(int(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _image_bytes(request: Request, body: bytes) -> bytes:
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        return body
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form()
+    field = form.get("image")
+    if field is None or isinstance(field, str):
+        raise CorruptImage("multipart body has no file field 'image'")
+    return await field.read()
+
+
+api = FastAPI(title="raystyle", version="1", description=(
+    "Stylize images with CycleGAN styles served by Ray Serve. POST raw image bytes or a "
+    "multipart field `image` to /styles/{name}."))
+
+
+@api.exception_handler(RequestValidationError)
+async def _bad_parameter(request: Request, exc: RequestValidationError):
+    detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg")} for e in exc.errors()]
+    return _error(422, "invalid parameter", detail)
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress(api)
+class Gateway:
+    """The HTTP ingress: validation, body limits, decode/encode, routing to style deployments."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], meta: dict[str, dict], args: dict):
+        self.handles, self.meta, self.args = handles, meta, AppArgs(**args)
+        self.limit = int(self.args.max_body_mb * 2**20)
+
+    @api.get("/healthz", summary="liveness: the ingress answers and lists its styles")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "styles": sorted(self.handles)}
+
+    @api.get("/styles", summary="metadata of every served style (registry model.json)")
+    async def styles(self) -> dict:
+        return self.meta
+
+    @api.post(
+        "/styles/{name}",
+        summary="stylize one image (raw bytes or multipart field `image`)",
+        response_class=Response,
+        responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
+                         "description": "the stylized image; headers X-Raystyle-Style and "
+                                        "X-Raystyle-Inference-Ms"},
+                   400: {"description": "not a readable image"}, 404: {"description": "unknown style"},
+                   413: {"description": "body or pixel count too large"},
+                   415: {"description": "unsupported image format"},
+                   422: {"description": "invalid parameter"}, 503: {"description": "overloaded"}},
+    )
+    async def stylize(
+        self, name: str, request: Request,
+        strength: float = Query(1.0, ge=0.0, le=1.0, description="0 = input unchanged, 1 = full style"),
+        preserve_color: bool = Query(False, description="keep the input's colours"),
+        format: Literal["png", "jpeg", "webp"] = Query("png", description="output format"),  # noqa: A002
+        max_side: int | None = Query(None, ge=16, le=MAX_SIDE_LIMIT,
+                                     description="downscale so the longer side is at most this"),
+    ) -> Response:
+        handle = self.handles.get(name)
+        if handle is None:
+            return _error(404, "unknown style", f"{name!r}; available: {sorted(self.handles)}")
+        try:
+            body = await _read_limited(request, self.limit)
+        except BodyTooLarge as exc:
+            return _error(413, "request too large", f"{exc.args[0]} bytes > {self.limit} bytes")
+        try:
+            data = await _image_bytes(request, body)
+            img = decode(data, max_pixels=self.args.max_pixels, name="upload")
+            if max_side is not None and max(img.size) > max_side:
+                scale = max_side / max(img.size)
+                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+            original = np.asarray(img)
+        except ImageTooLarge as exc:
+            return _error(413, "image too large", str(exc))
+        except UnsupportedFormat as exc:
+            return _error(415, "unsupported image format", str(exc))
+        except ImageError as exc:
+            return _error(400, "bad image", str(exc))
+        if strength == 0.0:
+            out, ms = original, 0.0
+        else:
+            try:
+                out, ms = await handle.remote(original)
+            except BackPressureError as exc:
+                return _error(503, "overloaded", str(exc))
+            if preserve_color:
+                out = keep_colour(out, original)
+            out = blend_strength(out, original, strength)
+        payload = await asyncio.to_thread(encode, out, format)
+        return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[format]], headers={
+            "X-Raystyle-Style": name, "X-Raystyle-Inference-Ms": f"{ms:.1f}"})
+
+
+def deployment_name(style: str) -> str:
+    return f"style-{style}"
+
+
+def app_builder(args: dict[str, Any] | AppArgs):
+    """The Serve application: ``import_path: raystyle.serve:app_builder`` in a serve config."""
+    args = args if isinstance(args, AppArgs) else AppArgs(**(args or {}))
+    found = {s.name: s for s in registry.list_styles(args.models_dir)}
+    names = args.styles if args.styles is not None else sorted(found)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise registry.RegistryError(
+            f"styles not in {registry.models_dir(args.models_dir)}: {missing} (available: {sorted(found)})")
+    if not names:
+        raise registry.RegistryError(
+            f"no styles in {registry.models_dir(args.models_dir)}; create one with `raystyle export`")
+    handles = {}
+    for name in names:
+        opts = _merge(_merge(DEFAULT_DEPLOYMENT, args.deployment), args.per_style.get(name, {}))
+        handles[name] = StyleModel.options(name=deployment_name(name), **opts).bind(
+            name, args.models_dir, args.precision, args.provider)
+    meta = {n: found[n].meta for n in names}
+    return Gateway.options(**args.ingress).bind(handles, json.loads(json.dumps(meta)),
+                                                args.model_dump())
+
+
+def load_serve_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(http_options, app args) of the raystyle application in a serve config YAML."""
+    try:
+        doc = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read serve config {path}: {exc}") from None
+    for app in doc.get("applications", []):
+        if app.get("import_path") == "raystyle.serve:app_builder":
+            return doc.get("http_options", {}), app.get("args") or {}
+    raise ValueError(f"{path}: no application with import_path raystyle.serve:app_builder")
+
+
+def run_from_config(config: str | Path, *, models_dir: str | Path | None = None,
+                    host: str | None = None, port: int | None = None,
+                    address: str | None = None, name: str = "raystyle") -> str:
+    """Start Serve (HTTP on host:port, default 127.0.0.1:8000) and deploy; returns the URL."""
+    from .train import connect
+
+    http, app_args = load_serve_config(config)
+    if models_dir is not None:
+        app_args = {**app_args, "models_dir": str(models_dir)}
+    host = host or http.get("host", "127.0.0.1")
+    port = port or http.get("port", 8000)
+    app = app_builder(app_args)  # errors (no styles, bad args) before anything starts
+    connect(address)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name=name, route_prefix="/")
+    return f"http://{host}:{port}"

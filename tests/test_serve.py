@@ -1,0 +1,255 @@
+"""Real Ray Serve on 127.0.0.1, real HTTP: errors, concurrency, shedding, autoscaling, redeploy."""
+
+import http.client
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from raystyle.images import decode
+from raystyle.serve import app_builder
+from raystyle.stylize import Stylizer
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+SMALL = {"ray_actor_options": {"num_cpus": 0.25}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(exported, tmp_path_factory):
+    """A private copy of the registry: the redeploy test adds a style to it."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("serve_models")
+    shutil.copytree(exported.path, root / "tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"models_dir": str(models), "provider": "cpu", "max_body_mb": 0.5,
+            "max_pixels": 1_000_000, "ingress": SMALL,
+            "deployment": {**SMALL, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}
+    serve.run(app_builder(args), name="main", route_prefix="/")
+    yield f"http://127.0.0.1:{port}", args
+    serve.shutdown()
+
+
+def _png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(sample_data):
+    return [np.asarray(decode(p)) for p in sorted((sample_data / "testA").iterdir())]
+
+
+def test_health_styles_and_openapi(server):
+    url, _ = server
+    assert requests.get(f"{url}/healthz").json() == {"status": "ok", "styles": ["tiny"]}
+    meta = requests.get(f"{url}/styles").json()
+    assert meta["tiny"]["direction"] == "ab" and "fp32" in meta["tiny"]["precisions"]
+    spec = requests.get(f"{url}/openapi.json").json()
+    params = {p["name"] for p in spec["paths"]["/styles/{name}"]["post"]["parameters"]}
+    assert {"name", "strength", "preserve_color", "format", "max_side"} <= params
+
+
+def test_stylize_raw_and_multipart(server, images, exported):
+    url, _ = server
+    offline = Stylizer("tiny", models_dir=exported.path.parent).stylize(images[0])
+    r = requests.post(f"{url}/styles/tiny", data=_png(images[0]))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["x-raystyle-style"] == "tiny" and float(r.headers["x-raystyle-inference-ms"]) > 0
+    assert np.abs(np.asarray(decode(r.content)).astype(int) - offline).max() <= 1
+    r = requests.post(f"{url}/styles/tiny?format=webp&max_side=24",
+                      files={"image": ("x.png", _png(images[0]), "image/png")})
+    assert r.status_code == 200 and r.content.startswith(b"RIFF")
+    assert max(decode(r.content).size) == 24
+    r = requests.post(f"{url}/styles/tiny?strength=0", data=_png(images[1]))
+    assert np.array_equal(np.asarray(decode(r.content)), images[1])
+
+
+def _ppm() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PPM")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("path", "body", "status", "error"), [
+    ("/styles/nope", b"x", 404, "unknown style"),
+    ("/styles/tiny", b"not an image", 400, "bad image"),
+    ("/styles/tiny", b"", 400, "bad image"),
+    ("/styles/tiny", "ppm", 415, "unsupported image format"),
+    ("/styles/tiny", "huge", 413, "image too large"),
+    ("/styles/tiny", b"x" * (600 * 1024), 413, "request too large"),
+    ("/styles/tiny?strength=1.5", b"x", 422, "invalid parameter"),
+    ("/styles/tiny?format=gif", b"x", 422, "invalid parameter"),
+    ("/styles/tiny?max_side=3", b"x", 422, "invalid parameter"),
+])
+def test_errors_are_json_and_the_server_still_answers(server, path, body, status, error):
+    url, _ = server
+    if body == "ppm":
+        body = _ppm()
+    elif body == "huge":  # 1200 x 1000 = 1.2 MP > the 1 MP limit, but a small PNG
+        body = _png(np.zeros((1000, 1200, 3), np.uint8))
+    r = requests.post(f"{url}{path}", data=body)
+    assert r.status_code == status
+    assert r.json()["error"] == error and r.json()["detail"]
+    assert requests.get(f"{url}/healthz").status_code == 200
+
+
+def test_413_comes_before_the_body_is_read(server):
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", "/styles/tiny")
+    conn.putheader("Content-Length", str(10**9))  # claims 1 GB, sends 10 bytes
+    conn.endheaders()
+    conn.send(b"0123456789")
+    start = time.perf_counter()
+    resp = conn.getresponse()
+    assert resp.status == 413 and time.perf_counter() - start < 5
+
+
+def test_16_concurrent_clients_get_the_offline_result(server, images, exported):
+    url, _ = server
+    stylizer = Stylizer("tiny", models_dir=exported.path.parent)
+    jobs = [(images[i % len(images)], [1.0, 0.5][i % 2], i % 3 == 0) for i in range(32)]
+
+    def call(job):
+        img, strength, keep = job
+        r = requests.post(f"{url}/styles/tiny", params={"strength": strength, "preserve_color": keep},
+                          data=_png(img), timeout=120)
+        return r.status_code, np.asarray(decode(r.content)) if r.status_code == 200 else None
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, jobs))
+    for (img, strength, keep), (status, got) in zip(jobs, results, strict=True):
+        assert status == 200
+        want = stylizer.stylize(img, strength=strength, preserve_color=keep)
+        assert np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_overload_is_shed_with_503_and_recovers(server, models, images):
+    from ray import serve
+
+    args = {"models_dir": str(models), "provider": "cpu", "ingress": SMALL,
+            "deployment": {**SMALL, "max_ongoing_requests": 1, "max_queued_requests": 1,
+                           "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+                           "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}}
+    serve.run(app_builder(args), name="limits", route_prefix="/limits")
+    url = f"{server[0]}/limits"
+    body = _png(np.asarray(Image.fromarray(images[0]).resize((256, 256))))
+    statuses: list[int] = []
+    stop = time.monotonic() + 4
+
+    def client():
+        while time.monotonic() < stop:
+            r = requests.post(f"{url}/styles/tiny", data=body, timeout=60)
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                assert r.json()["error"] == "overloaded"
+
+    threads = [threading.Thread(target=client) for _ in range(8)]  # 4x the capacity of 2
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+    start = time.monotonic()
+    assert requests.post(f"{url}/styles/tiny", data=body, timeout=10).status_code == 200
+    assert time.monotonic() - start < 1.0
+    serve.delete("limits")
+
+
+def _replicas(app: str) -> int:
+    from ray import serve
+
+    dep = serve.status().applications[app].deployments["style-tiny"]
+    return sum(n for state, n in dep.replica_states.items() if state == "RUNNING")
+
+
+def test_autoscaling_goes_up_under_load_and_back_down(server, models, images):
+    from ray import serve
+
+    args = {"models_dir": str(models), "provider": "cpu", "ingress": SMALL,
+            "deployment": {**SMALL, "max_ongoing_requests": 2, "max_queued_requests": 100,
+                           "autoscaling_config": {
+                               "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                               "upscale_delay_s": 0.5, "downscale_delay_s": 2,
+                               "metrics_interval_s": 0.5, "look_back_period_s": 1},
+                           "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}}
+    serve.run(app_builder(args), name="auto", route_prefix="/auto")
+    url = f"{server[0]}/auto"
+    body = _png(np.asarray(Image.fromarray(images[0]).resize((192, 192))))
+    assert _replicas("auto") == 1
+    done = threading.Event()
+
+    def client():
+        while not done.is_set():
+            requests.post(f"{url}/styles/tiny", data=body, timeout=60)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    peak, deadline = 1, time.monotonic() + 40
+    while time.monotonic() < deadline and peak < 2:
+        peak = max(peak, _replicas("auto"))
+        time.sleep(0.5)
+    done.set()
+    for t in threads:
+        t.join()
+    assert peak == 2, "scaled up under load"
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and _replicas("auto") > 1:
+        time.sleep(0.5)
+    assert _replicas("auto") == 1, "scaled back down after the load"
+    serve.delete("auto")
+
+
+def test_redeploy_with_a_new_style_drops_no_request(server, trained_checkpoint, images, tmp_path_factory):
+    from ray import serve
+
+    from raystyle.export import export_style
+
+    url, args = server
+    body = _png(images[0])
+    results: list[int] = []
+    done = threading.Event()
+
+    def client():
+        while not done.is_set():
+            results.append(requests.post(f"{url}/styles/tiny", data=body, timeout=60).status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    export_style(trained_checkpoint, "second", models_dir=args["models_dir"], direction="ba")
+    serve.run(app_builder(args), name="main", route_prefix="/")  # redeploy: adds style-second
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "second" not in requests.get(f"{url}/healthz").json()["styles"]:
+        time.sleep(0.2)
+    time.sleep(1)
+    done.set()
+    for t in threads:
+        t.join()
+    assert "second" in requests.get(f"{url}/healthz").json()["styles"]
+    assert results and set(results) == {200}, f"{len(results)} requests: {set(results)}"
+    assert requests.post(f"{url}/styles/second", data=body).status_code == 200
