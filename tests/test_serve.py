@@ -253,3 +253,19 @@ def test_redeploy_with_a_new_style_drops_no_request(server, trained_checkpoint, 
     assert "second" in requests.get(f"{url}/healthz").json()["styles"]
     assert results and set(results) == {200}, f"{len(results)} requests: {set(results)}"
     assert requests.post(f"{url}/styles/second", data=body).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_serve_configs_are_valid_and_bind_localhost(name):
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from raystyle.serve import AppArgs, load_serve_config
+
+    path = Path(__file__).resolve().parent.parent / "serve_configs" / name
+    ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    http, args = load_serve_config(path)
+    assert http["host"] == "127.0.0.1"
+    AppArgs(**args)  # every key is one app_builder knows
