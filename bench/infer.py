@@ -58,8 +58,10 @@ def random_paper_checkpoint(folder: Path) -> Path:
     return out
 
 
+# Peak RSS from VmHWM: getrusage's ru_maxrss is inherited from the parent across fork/exec
+# on Linux, so in a child it would report the benchmark process's own peak.
 PEAK_SCRIPT = """
-import resource, sys, time
+import sys, time
 import numpy as np
 from PIL import Image
 from raystyle.stylize import Stylizer
@@ -67,7 +69,8 @@ s = Stylizer(sys.argv[1], models_dir=sys.argv[2], precision=sys.argv[4], tile=in
 start = time.perf_counter()
 out = s.stylize(sys.argv[3])
 secs = time.perf_counter() - start
-print(out.shape[1], out.shape[0], secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(out.shape[1], out.shape[0], secs, int(hwm.split()[1]) / 1024)
 """
 
 

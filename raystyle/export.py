@@ -3,7 +3,7 @@
 One generator direction (g_ab or g_ba) becomes ``MODELS/NAME/``:
   model.onnx            fp32, dynamic batch/height/width (multiples of 4), opset 18
   model.fp16.onnx       float16 weights and math, float32 input/output (GPU providers)
-  model.int8.onnx       static QDQ int8, calibrated on training images of the source domain
+  model.int8.onnx       static QDQ int8 convolutions, calibrated on training images of the source domain
   tile.onnx, stats.onnx the tiling pair: ``stats`` returns every InstanceNorm's mean/var of a
                         (downscaled) whole image, ``tile`` normalises a tile with them, so
                         tiles of a huge image agree with each other and with the whole image
@@ -242,6 +242,10 @@ def quantize_int8(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]]) -> 
             str(pre), str(out), _Calibration(feeds), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile,
+            # Convolutions only: Pad/InstanceNorm/ReLU stay float. Quantising those too adds a
+            # Q/DQ pair around every op; measured on the paper's generator at 256 px on a
+            # 2-core AVX-512 VNNI CPU: 1.47x fp32 with all ops, 2.27x with convolutions only.
+            op_types_to_quantize=["Conv", "ConvTranspose"],
             extra_options={"CalibPercentile": 99.999},
         )
     root_logger.setLevel(level)
