@@ -391,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("raystyle: interrupted; run the same command again to resume from the last "
-              "checkpoint", file=sys.stderr)
+        hint = ("; run the same command again to resume from the last checkpoint"
+                if args.command in ("train", "demo") else "")
+        print(f"raystyle: interrupted{hint}", file=sys.stderr)
         return 130
     except ValueError as exc:  # every expected bad-input error is a ValueError subclass
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
