@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole flow on the bundled sample data, from nothing",
                        description="Write the sample dataset, train the tiny preset on a local "
-                       f"Ray into {HOME}/runs/{DEMO_STYLE}. A second run reuses what exists.")
+                       f"Ray into {HOME}/runs/{DEMO_STYLE}, export it as style '{DEMO_STYLE}' "
+                       f"into {HOME}/models and stylize the held-out sample photos into "
+                       f"{HOME}/outputs. A second run reuses what exists.")
     p.add_argument("--max-steps", type=int, help="stop training after N steps")
     p.add_argument("--workers", type=int, help="training workers (default 2)")
     p.add_argument("--home", type=Path, default=HOME, help=f"demo folder (default {HOME}; env RAYSTYLE_HOME)")
@@ -344,6 +346,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ev = evaluate(result.checkpoint, data, grid=out / "demo_grid.png")
     _print_evaluation(ev)
     print(f"sample translations (real A | fake B): {out / 'demo_grid.png'}")
+
+    # Export the trained photo -> painting generator and stylize the held-out photos with it.
+    from .export import export_style
+    from .images import encode
+    from .registry import get_style
+    from .stylize import Stylizer
+
+    models = home / "models"
+    try:
+        style = get_style(DEMO_STYLE, models)
+        fresh = style.meta["training"]["checkpoint"] != str(result.checkpoint)
+    except ValueError:
+        fresh = True
+    if fresh:
+        style = export_style(result.checkpoint, DEMO_STYLE, models_dir=models,
+                             precisions=("fp32", "int8"))
+    print(f"style {DEMO_STYLE!r} in {models}{' (exported)' if fresh else ' (exists)'}")
+    stylizer = Stylizer(DEMO_STYLE, models_dir=models)
+    stylized = out / "stylized"
+    stylized.mkdir(exist_ok=True)
+    for src in sorted((data / "testA").iterdir()):
+        (stylized / src.name).with_suffix(".png").write_bytes(encode(stylizer.stylize(src), "png"))
+    print(f"stylized sample photos: {stylized}")
+    print(f"next: raystyle stylize PHOTO --style {DEMO_STYLE} --models-dir {models}   "
+          f"|  RAYSTYLE_MODELS={models} raystyle serve")
     return 0
 
 

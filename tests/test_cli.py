@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -213,3 +214,27 @@ def test_train_happy_path(capsys, ray_session, sample_data, tmp_path):
     assert checkpoint.name == "checkpoint_00000002" and checkpoint.parent == run_dir
     assert (checkpoint / "manifest.json").is_file()
     assert step == "2"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_demo_end_to_end_then_reuse(tmp_path, capsys):
+    from raystyle.images import decode
+
+    cli_main = main
+
+    home = tmp_path / "home"
+    assert cli_main(["demo", "--home", str(home), "--max-steps", "4", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "sample dataset written" in out and "style 'demo'" in out and "(exported)" in out
+    assert (home / "runs" / "demo" / "checkpoint_00000004" / "manifest.json").is_file()
+    assert (home / "models" / "demo" / "model.int8.onnx").is_file()
+    photos = sorted((home / "data" / "sample" / "testA").iterdir())
+    results = sorted((home / "outputs" / "stylized").iterdir())
+    assert [p.stem for p in results] == [p.stem for p in photos]
+    for src, res in zip(photos, results, strict=True):
+        a, b = (np.asarray(decode(p)).astype(int) for p in (src, res))
+        assert a.shape == b.shape and np.abs(a - b).mean() > 1, "outputs differ from inputs"
+    # A second run reuses the dataset, the finished run and the exported style.
+    assert cli_main(["demo", "--home", str(home), "--max-steps", "4", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "(exists)" in out and "style 'demo'" in out and "(exported)" not in out
