@@ -103,9 +103,9 @@ def main() -> None:
     walls: dict[str, list[float]] = {}
     ray_setups = []
     if not args.skip_ray:
-        import ray
+        from raystyle.train import connect
 
-        ray.init(num_cpus=cores, logging_level="ERROR")  # as `raystyle train` starts it
+        connect()  # the local Ray exactly as `raystyle train` starts it
         per_worker = cores if not args.gpu else max(1, cores // 2)
         ray_setups = [(1, per_worker), (2, per_worker if args.gpu else max(1, per_worker // 2))]
         if args.gpu:
