@@ -147,6 +147,15 @@ def probe(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
+def fit_within(img: Image.Image, max_side: int | None,
+               resample: int = Image.LANCZOS) -> Image.Image:
+    """Downscale so the longer side is at most ``max_side`` (never upscales; None: as is)."""
+    if max_side is None or max(img.size) <= max_side:
+        return img
+    scale = max_side / max(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample)
+
+
 def encode(image: Image.Image | np.ndarray, fmt: str = "png", quality: int = 92) -> bytes:
     """RGB image -> PNG, JPEG or WebP bytes."""
     key = fmt.lower()

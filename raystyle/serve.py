@@ -46,6 +46,7 @@ from .images import (
     UnsupportedFormat,
     decode,
     encode,
+    fit_within,
 )
 from .stylize import Stylizer, blend_strength, keep_colour
 
@@ -207,10 +208,7 @@ class Gateway:
         try:
             data = await _image_bytes(request, body)
             img = decode(data, max_pixels=self.args.max_pixels, name="upload")
-            if max_side is not None and max(img.size) > max_side:
-                scale = max_side / max(img.size)
-                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-            original = np.asarray(img)
+            original = np.asarray(fit_within(img, max_side))  # same resampling as the Stylizer
         except ImageTooLarge as exc:
             return _error(413, "image too large", str(exc))
         except UnsupportedFormat as exc:

@@ -28,7 +28,7 @@ import psutil
 from PIL import Image
 
 from . import registry
-from .images import ImageInput, decode
+from .images import ImageInput, decode, fit_within
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -214,12 +214,7 @@ class Stylizer:
     # -- internals ------------------------------------------------------------------------
     @staticmethod
     def _prepare(image: ImageInput, max_side: int | None) -> np.ndarray:
-        img = decode(image)
-        if max_side is not None and max(img.size) > max_side:
-            scale = max_side / max(img.size)
-            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            img = img.resize(size, Image.LANCZOS)
-        return np.asarray(img)
+        return np.asarray(fit_within(decode(image), max_side))
 
     def _tiling_sessions(self):
         if self._tile_sessions is None and self._tile_paths is not None:
@@ -228,11 +223,7 @@ class Stylizer:
         return self._tile_sessions
 
     def _whole_image_stats(self, a: np.ndarray, stats_sess: ort.InferenceSession) -> np.ndarray:
-        img = Image.fromarray(a)
-        if max(img.size) > self.stats_side:
-            scale = self.stats_side / max(img.size)
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                             Image.BILINEAR)
+        img = fit_within(Image.fromarray(a), self.stats_side, Image.BILINEAR)
         return stats_sess.run(None, {"image": _to_input(np.asarray(img)[None])})[0]
 
     def _tiled(self, a: np.ndarray, tile: int) -> np.ndarray:
