@@ -17,11 +17,14 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where tensors are saved or loaded: reading manifests (the monitor,
+# `raystyle styles`) stays light.
 
 MANIFEST = "manifest.json"
 SHARED_FILES = ("config.json", "nets.pt", "train_state.pt")
@@ -55,6 +58,8 @@ def save_shared(directory: str | Path, config: Config, nets: dict[str, Any],
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _atomic_write(d / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+    import torch
+
     _atomic_write(d / "nets.pt", lambda f: torch.save(nets, f))
     _atomic_write(d / "train_state.pt", lambda f: torch.save(train_state, f))
     manifest = {
@@ -71,6 +76,8 @@ def save_shared(directory: str | Path, config: Config, nets: dict[str, Any],
 def save_rank(directory: str | Path, rank: int, state: dict[str, Any]) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    import torch
+
     _atomic_write(d / f"rank_{rank}.pt", lambda f: torch.save(state, f))
 
 
@@ -108,6 +115,8 @@ def load_shared(directory: str | Path, map_location: str | torch.device = "cpu"
     """(config, nets, train_state) of a complete checkpoint."""
     d = Path(directory)
     config = load_config(d)
+    import torch
+
     nets = torch.load(d / "nets.pt", map_location=map_location, weights_only=True)
     state = torch.load(d / "train_state.pt", map_location=map_location, weights_only=False)
     return config, nets, state
@@ -119,6 +128,8 @@ def load_rank(directory: str | Path, rank: int) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception:  # a truncated per-rank file costs exactness, not the run
         return None

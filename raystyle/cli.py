@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .batch import add_parser as add_batch_parser
@@ -53,13 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, help="styles registry for --export (env RAYSTYLE_MODELS)")
 
     p = sub.add_parser("demo", help="the whole flow on the bundled sample data, from nothing",
-                       description="Write the sample dataset, train the tiny preset on a local "
-                       f"Ray into {HOME}/runs/{DEMO_STYLE}, export it as style '{DEMO_STYLE}' "
-                       f"into {HOME}/models and stylize the held-out sample photos into "
-                       f"{HOME}/outputs. A second run reuses what exists.")
+                       description="Start a local Ray, write the sample dataset, train the tiny "
+                       f"preset into {HOME}/runs/{DEMO_STYLE}, export it as style '{DEMO_STYLE}' "
+                       f"into {HOME}/models, serve it with Ray Serve, stylize the held-out sample "
+                       f"photos through the HTTP API into {HOME}/outputs/stylized, start the "
+                       "monitor, print the URLs and keep serving until Ctrl-C. A second run "
+                       "reuses what exists.")
     p.add_argument("--max-steps", type=int, help="stop training after N steps")
     p.add_argument("--workers", type=int, help="training workers (default 2)")
     p.add_argument("--home", type=Path, default=HOME, help=f"demo folder (default {HOME}; env RAYSTYLE_HOME)")
+    p.add_argument("--serve-port", type=int, default=8000, help="Serve HTTP port on 127.0.0.1 (default 8000)")
+    p.add_argument("--monitor-port", type=int, default=8501, help="monitor port on 127.0.0.1 (default 8501)")
+    p.add_argument("--dashboard-port", type=int,
+                   help="Ray dashboard port of the local Ray the demo starts (Ray's default 8265)")
+    p.add_argument("--no-monitor", action="store_true", help="do not start the monitor page")
+    p.add_argument("--no-wait", action="store_true",
+                   help="stop Serve, the monitor and Ray once the photos are stylized, instead of "
+                        "keeping them up until Ctrl-C")
 
     p = sub.add_parser("evaluate", help="figures that show whether training moved A toward B",
                        description="Colour-statistics distance of G_ab(testA) to testB (trained "
@@ -120,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default: the config's, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: the config's, 8000)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
+
+    p = sub.add_parser("monitor", help="the Streamlit monitor: cluster, GPUs, training, Serve, try it",
+                       description="Start the monitor page (dashboard/app.py) on 127.0.0.1. It "
+                       "reads the Ray dashboard (sending the Ray auth token when token auth is "
+                       "on), the training runs under --storage, and the raystyle API.")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; the page has no login: keep it local)")
+    p.add_argument("--ray-dashboard", metavar="URL",
+                   help="Ray dashboard (default: RAY_ADDRESS if a URL, else http://127.0.0.1:8265)")
+    p.add_argument("--serve-url", metavar="URL", default="http://127.0.0.1:8000",
+                   help="the raystyle API (default http://127.0.0.1:8000)")
+    p.add_argument("--storage", type=Path, default=HOME / "runs",
+                   help=f"where training runs are (default {HOME / 'runs'})")
+    p.add_argument("--refresh", type=int, default=5, help="seconds between refreshes, 0 = off (default 5)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="largest photo 'Try it' accepts (default 20 MB)")
 
     add_batch_parser(sub)
 
@@ -321,11 +349,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import write_sample_dataset
+    from .train import connect
 
     home: Path = args.home.expanduser()
+    ports = [("--serve-port", args.serve_port)] + ([] if args.no_monitor else [("--monitor-port", args.monitor_port)])
+    for flag, port in ports:  # before minutes of training, not after
+        if not _port_free(port):
+            raise ValueError(f"port {port} on 127.0.0.1 is in use (another demo, `raystyle serve` "
+                             f"or monitor?); stop it or pass {flag}")
     data = home / "data" / "sample"
     if (data / "trainA").is_dir() and (data / "trainB").is_dir():
         print(f"[raystyle] sample dataset: {data} (exists)")
@@ -338,6 +387,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides.append(f"cluster.workers={args.workers}")
     cfg = load_config("tiny", overrides).replace(cluster={"storage": str(home / "runs")})
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    dashboard = connect(cfg.cluster.address, dashboard_port=args.dashboard_port)
     result = _run_training(cfg, data, DEMO_STYLE)
     from .evaluate import evaluate
 
@@ -347,11 +398,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_evaluation(ev)
     print(f"sample translations (real A | fake B): {out / 'demo_grid.png'}")
 
-    # Export the trained photo -> painting generator and stylize the held-out photos with it.
+    # Export the trained photo -> painting generator, serve it, stylize the held-out photos
+    # through the HTTP API.
     from .export import export_style
-    from .images import encode
     from .registry import get_style
-    from .stylize import Stylizer
 
     models = home / "models"
     try:
@@ -363,15 +413,99 @@ def cmd_demo(args: argparse.Namespace) -> int:
         style = export_style(result.checkpoint, DEMO_STYLE, models_dir=models,
                              precisions=("fp32", "int8"))
     print(f"style {DEMO_STYLE!r} in {models}{' (exported)' if fresh else ' (exists)'}")
-    stylizer = Stylizer(DEMO_STYLE, models_dir=models)
-    stylized = out / "stylized"
-    stylized.mkdir(exist_ok=True)
-    for src in sorted((data / "testA").iterdir()):
-        (stylized / src.name).with_suffix(".png").write_bytes(encode(stylizer.stylize(src), "png"))
-    print(f"stylized sample photos: {stylized}")
-    print(f"next: raystyle stylize PHOTO --style {DEMO_STYLE} --models-dir {models}   "
-          f"|  RAYSTYLE_MODELS={models} raystyle serve")
-    return 0
+
+    from ray import serve
+
+    from . import client
+    from . import monitor as mon
+    from .serve import run_from_config
+
+    monitor_proc = None
+    try:
+        serve_url = run_from_config(SERVE_CONFIG, models_dir=models, port=args.serve_port)
+        print(f"[raystyle] serving style {DEMO_STYLE!r} at {serve_url}")
+        stylized = out / "stylized"
+        stylized.mkdir(exist_ok=True)
+        photos = sorted(p for p in (data / "testA").iterdir() if p.is_file())
+        for src in photos:
+            png, _ = client.stylize(serve_url, DEMO_STYLE, src.read_bytes())
+            (stylized / src.name).with_suffix(".png").write_bytes(png)
+        print(f"[raystyle] {len(photos)} sample photos stylized through {serve_url}/styles/{DEMO_STYLE}")
+        monitor_url = None
+        if not args.no_monitor:
+            monitor_url = f"http://127.0.0.1:{args.monitor_port}"
+            (home / "logs").mkdir(exist_ok=True)
+            monitor_proc = mon.launch(port=args.monitor_port, dashboard=dashboard, serve_url=serve_url,
+                                      storage=home / "runs", log=home / "logs" / "monitor.log")
+            mon.wait_ready(monitor_url, monitor_proc)
+        print()
+        print("raystyle demo is ready")
+        print(f"  stylized photos   {stylized}")
+        print(f"  sample grid       {out / 'demo_grid.png'}")
+        print(f"  Serve (HTTP API)  {serve_url}  (docs {serve_url}/docs)")
+        print(f"  Ray dashboard     {dashboard or 'not running (needs ray[default])'}")
+        print(f"  monitor           {monitor_url or 'not started (--no-monitor)'}")
+        print(f"  try:  curl --data-binary @PHOTO.jpg {serve_url}/styles/{DEMO_STYLE} -o out.png")
+        if args.no_wait:
+            return 0
+        print("Ctrl-C stops Serve, the monitor and this Ray instance.", flush=True)
+        _stop_on_signals()
+        try:
+            while monitor_proc is None or monitor_proc.poll() is None:
+                time.sleep(1)
+            print(f"raystyle: the monitor exited (code {monitor_proc.returncode}); see "
+                  f"{home / 'logs' / 'monitor.log'}. Serve keeps running until Ctrl-C.", file=sys.stderr)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\nraystyle: demo stopped; `raystyle demo` brings it back (everything is reused)")
+        return 0
+    finally:
+        if monitor_proc is not None and monitor_proc.poll() is None:
+            monitor_proc.terminate()
+            try:
+                monitor_proc.wait(10)
+            except Exception:
+                monitor_proc.kill()
+        serve.shutdown()
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM end a waiting command cleanly (KeyboardInterrupt), even where
+    SIGINT was inherited as ignored (a job started in the background by a script)."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from . import monitor as mon
+
+    if args.max_upload_mb <= 0:
+        raise ValueError("--max-upload-mb must be positive")
+    if not _port_free(args.port, args.host):
+        raise ValueError(f"port {args.port} on {args.host} is in use; pass --port")
+    proc = mon.launch(host=args.host, port=args.port, dashboard=args.ray_dashboard,
+                      serve_url=args.serve_url, storage=args.storage, refresh=args.refresh,
+                      max_upload_mb=args.max_upload_mb, log=None)
+    url = f"http://{args.host}:{args.port}"
+    _stop_on_signals()
+    try:
+        mon.wait_ready(url, proc)
+        print(f"raystyle monitor at {url}  (Ray dashboard {mon.dashboard_url(args.ray_dashboard)}, "
+              f"API {args.serve_url}, runs in {args.storage}; Ctrl-C stops it)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("raystyle: monitor stopped")
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -409,7 +543,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "serve": cmd_serve, "demo": cmd_demo, "evaluate": cmd_evaluate, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "serve": cmd_serve, "demo": cmd_demo, "monitor": cmd_monitor, "evaluate": cmd_evaluate, "export": cmd_export,
             "styles": cmd_styles, "stylize": cmd_stylize, "batch": cmd_batch, "data": cmd_data}
 
 
@@ -422,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.command in ("train", "demo") else "")
         print(f"raystyle: interrupted{hint}", file=sys.stderr)
         return 130
-    except ValueError as exc:  # every expected bad-input error is a ValueError subclass
+    except (ValueError, FileNotFoundError) as exc:  # expected bad-input errors
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"raystyle: error: {message}", file=sys.stderr)
         return 2

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torchvision.utils import save_image
+if TYPE_CHECKING:
+    import torch
 
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
@@ -58,6 +58,9 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
 
 def save_sample_grid(run_dir: str | Path, step: int, rows: list[list[torch.Tensor]]) -> Path:
     """Save rows of (B, 3, H, W) tensors in [-1, 1]: the first image of each, side by side."""
+    import torch
+    from torchvision.utils import save_image
+
     folder = Path(run_dir) / SAMPLES
     folder.mkdir(parents=True, exist_ok=True)
     tiles = [t[:1].detach().float().cpu() for row in rows for t in row]

@@ -86,6 +86,20 @@ def test_stylize_raw_and_multipart(server, images, exported):
     assert np.array_equal(np.asarray(decode(r.content)), images[1])
 
 
+def test_python_client(server, images, exported):
+    """raystyle.client (the demo's and the monitor's way in) against the real API."""
+    from raystyle import client
+
+    url, _ = server
+    assert set(client.styles(url)) == {"tiny"}
+    png, headers = client.stylize(url, "tiny", _png(images[0]), strength=0.5, max_side=32)
+    assert max(decode(png).size) == 32 and headers["x-raystyle-style"] == "tiny"
+    with pytest.raises(client.ApiError, match=r"^404 unknown style: 'nope'"):
+        client.stylize(url, "nope", _png(images[0]))
+    with pytest.raises(client.ApiError, match=r"^400 bad image"):
+        client.stylize(url, "tiny", b"not an image")
+
+
 def _ppm() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PPM")

@@ -1,0 +1,242 @@
+"""The raystyle monitor: `raystyle monitor` starts it (or `streamlit run dashboard/app.py`).
+
+Draws what raystyle.monitor gathers; no business logic here. Settings come from the
+sidebar, whose defaults come from the environment that `raystyle monitor` sets:
+RAYSTYLE_RAY_DASHBOARD, RAYSTYLE_SERVE_URL, RAYSTYLE_STORAGE, RAYSTYLE_MONITOR_REFRESH,
+RAYSTYLE_MONITOR_MAX_UPLOAD_MB.
+"""
+
+import functools
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from raystyle import client
+from raystyle import monitor as mon
+
+st.set_page_config(page_title="raystyle monitor", page_icon=":art:", layout="wide")
+
+MAX_UPLOAD_MB = float(os.environ.get("RAYSTYLE_MONITOR_MAX_UPLOAD_MB", "20"))
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
+
+with st.sidebar:
+    st.header("Settings")
+    dashboard = st.text_input("Ray dashboard", mon.dashboard_url()).rstrip("/")
+    serve_url = st.text_input("raystyle API (Serve)",
+                              os.environ.get("RAYSTYLE_SERVE_URL", mon.DEFAULT_SERVE)).rstrip("/")
+    storage = st.text_input("Training storage", os.environ.get("RAYSTYLE_STORAGE",
+                                                                str(mon.home() / "runs")))
+    refresh = st.number_input("Refresh every N seconds (0 = off)", min_value=0, max_value=600,
+                              value=int(os.environ.get("RAYSTYLE_MONITOR_REFRESH", "5")))
+    token = mon.read_token()
+    st.caption(f"Ray auth token: {'sent, from ' + token.source if token.value else token.source}")
+    st.markdown(f"[Ray dashboard]({dashboard}) · [Serve in the Ray dashboard]({dashboard}/#/serve) "
+                f"· [API docs]({serve_url}/docs)")
+
+RUN_EVERY = refresh if refresh > 0 else None
+
+st.title("raystyle monitor")
+st.caption("Ray cluster, GPUs, training runs and served styles; "
+           + (f"refreshes every {refresh} s." if RUN_EVERY else "auto-refresh off."))
+
+
+@st.cache_data(ttl=1.0, show_spinner=False)
+def cluster(url: str) -> dict:
+    return mon.cluster_snapshot(url)
+
+
+def guarded(title: str):
+    """Run a section; a failing source shows one line, never a traceback for the whole page."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run():
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - one bad source must not blank the page
+                st.error(f"{title}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        return run
+    return wrap
+
+
+def _fmt(used, total, unit="") -> str:
+    if used is None or total is None:
+        return "n/a"
+    return f"{used:.3g} / {total:.3g}{unit}"
+
+
+# ---------------------------------------------------------------------------------------
+st.header("Cluster")
+
+
+@st.fragment(run_every=RUN_EVERY)
+@guarded("Cluster")
+def cluster_section() -> None:
+    snap = cluster(dashboard)
+    if not snap["ok"]:
+        st.warning(f"Ray is not running or not reachable ({snap['error']}).  \n{snap['hint']}.")
+    else:
+        u = snap["usage"]
+        alive = sum(1 for n in snap["nodes"] if n["state"] == "ALIVE")
+        c = st.columns(5)
+        c[0].metric("Ray nodes alive", f"{alive} / {len(snap['nodes'])}", help=f"Ray {snap.get('ray_version')}")
+        c[1].metric("CPUs in use", _fmt(u.get("CPU", {}).get("used"), u.get("CPU", {}).get("total")))
+        gpu = u.get("GPU")
+        c[2].metric("GPUs in use", _fmt(gpu["used"], gpu["total"]) if gpu else "no GPU")
+        c[3].metric("Memory (Ray)", _fmt(u.get("memory", {}).get("used"), u.get("memory", {}).get("total"), " GiB"))
+        c[4].metric("Object store", _fmt(u.get("object_store_memory", {}).get("used"),
+                                         u.get("object_store_memory", {}).get("total"), " GiB"))
+        rows = [{"node": n["node_id"][:12], "ip": n["ip"], "head": n["head"], "state": n["state"],
+                 "CPUs": n["cpus"], "GPUs": n["gpus"], "CPU %": n["cpu_percent"],
+                 "memory GiB": _fmt(n["mem_used_gib"], n["mem_total_gib"]),
+                 "object store GiB": _fmt(n["object_store_used_gib"], n["object_store_total_gib"])}
+                for n in snap["nodes"]]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    host = mon.host_snapshot(storage)
+    st.subheader("This machine")
+    c = st.columns(4)
+    c[0].metric("CPU", f"{host['cpu_percent']:.0f} %", help=f"{host['cpu_count']} logical CPUs; "
+                f"per CPU {host['per_cpu']}")
+    c[1].metric("Memory", _fmt(host["mem_used_gib"], host["mem_total_gib"], " GiB"))
+    c[2].metric("Disk free (storage)", f"{host['disk_free_gib']:.3g} GiB", help=host["disk_path"])
+    c[3].metric("Load (1 min)", f"{host['load'][0]:.2f}" if host["load"] else "n/a")
+    gpus = mon.gpu_snapshot()
+    if not gpus["gpus"]:
+        st.info(f"No GPU: {gpus['note']}")
+    else:
+        st.dataframe(pd.DataFrame(gpus["gpus"]), hide_index=True, width="stretch")
+
+
+cluster_section()
+
+# ---------------------------------------------------------------------------------------
+st.header("Training")
+
+
+@st.fragment(run_every=RUN_EVERY)
+@guarded("Training")
+def training_section() -> None:
+    runs = mon.list_runs(storage)
+    if not runs:
+        st.info(f"No training runs under {storage}. Start one with `raystyle demo` or "
+                "`raystyle train --data DIR --style NAME`.")
+        return
+    names = [r.name for r in runs]
+    chosen = st.selectbox("Run", names, key="run")
+    run = runs[names.index(chosen)] if chosen in names else runs[0]
+    last = run.metrics[-1] if run.metrics else {}
+    c = st.columns(5)
+    c[0].metric("Status", run.status)
+    c[1].metric("Step", f"{run.step} / {run.total_steps or '?'}")
+    c[2].metric("Images/s", f"{last.get('images_per_s', 0):.1f}" if last else "n/a")
+    c[3].metric("Learning rate", f"{last.get('lr', 0):.2e}" if last else "n/a")
+    c[4].metric("Checkpoints", len(run.checkpoints))
+    if run.metrics:
+        df = pd.DataFrame(run.metrics).set_index("step")
+        charts = [("Losses", [k for k in mon.LOSS_KEYS if k in df and k != "g_total"], 260),
+                  ("Generator total", [k for k in ("g_total",) if k in df], 260),
+                  ("Learning rate", [k for k in ("lr",) if k in df], 200),
+                  ("Images/s (all workers)", [k for k in ("images_per_s",) if k in df], 200)]
+        cols = st.columns(2)
+        for i, (title, keys, height) in enumerate(c for c in charts if c[1]):
+            cols[i % 2].markdown(f"**{title}**")
+            cols[i % 2].line_chart(df[keys], height=height)
+    if run.samples:
+        latest = run.samples[-1]
+        st.image(str(latest), width=480, caption=f"{run.name}, {latest.stem.replace('_', ' ')}: "
+                 "real A | fake B | rec A (top), real B | fake A | rec B (bottom)")
+    if run.checkpoints:
+        st.markdown("**Checkpoints**")
+        st.dataframe(pd.DataFrame(run.checkpoints), hide_index=True, width="stretch")
+
+
+training_section()
+
+# ---------------------------------------------------------------------------------------
+st.header("Serving")
+
+
+@st.fragment(run_every=RUN_EVERY)
+@guarded("Serving")
+def serving_section() -> None:
+    snap = cluster(dashboard)
+    if not snap["ok"]:
+        st.info("Serve needs Ray; start both with `raystyle demo` or `raystyle serve`.")
+        return
+    serve = mon.serve_snapshot(dashboard, nodes=snap["nodes"])
+    serve = mon.with_rates(serve, st.session_state.get("serve_prev"))
+    st.session_state["serve_prev"] = {"time": serve["time"], "deployments": [
+        {k: d[k] for k in ("application", "deployment", "requests")} for d in serve["deployments"]]}
+    if not serve["ok"]:
+        st.warning(f"Serve status unavailable: {serve['error']}")
+        return
+    if not serve["running"]:
+        st.info("Serve is not running on this cluster. Start it with `raystyle serve` "
+                "(or `serve deploy serve_configs/local.yaml`).")
+        return
+    st.markdown(f"HTTP proxy: {serve['proxy_url']} · [Serve in the Ray dashboard]({dashboard}/#/serve) "
+                f"· [metrics]({dashboard}/#/metrics)")
+    st.dataframe(pd.DataFrame(serve["applications"]), hide_index=True, width="stretch")
+    rows = [{"application": d["application"], "deployment": d["deployment"], "status": d["status"],
+             "replicas": d["replicas"], "target": d["target_replicas"],
+             "min..max": f"{d['min_replicas']}..{d['max_replicas']}",
+             "requests": int(d["requests"]), "req/s": d["requests_per_s"],
+             "p50 ms": d["latency_p50_ms"], "p95 ms": d["latency_p95_ms"],
+             "errors": int(d["errors"])} for d in serve["deployments"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    codes = serve["http"]
+    if codes:
+        errors = sum(v for k, v in codes.items() if not k.startswith("2"))
+        st.caption("HTTP requests by status: " + ", ".join(f"{k}: {int(v)}" for k, v in sorted(codes.items()))
+                   + f" (errors {int(errors)})")
+    else:
+        st.caption("No request metrics yet (Ray exports them every few seconds).")
+    if serve["metrics_errors"]:
+        st.caption("metrics not read from: " + "; ".join(serve["metrics_errors"]))
+
+
+serving_section()
+
+# ---------------------------------------------------------------------------------------
+st.header("Try it")
+
+
+@guarded("Try it")
+def try_section() -> None:
+    styles = client.styles(serve_url)
+    if not styles:
+        st.info(f"No raystyle API answers at {serve_url}. Start it with `raystyle serve` "
+                "(or `raystyle demo`), or set the API URL in the sidebar.")
+        return
+    upload = st.file_uploader(f"A photo (up to {MAX_UPLOAD_MB:g} MB)", type=UPLOAD_TYPES, key="photo")
+    c = st.columns(4)
+    style = c[0].selectbox("Style", sorted(styles), key="style")
+    strength = c[1].slider("Strength", 0.0, 1.0, 1.0, 0.05, key="strength")
+    max_side = c[2].number_input("Longest side (px)", 64, 4096, 1024, 64, key="max_side")
+    preserve = c[3].checkbox("Keep the photo's colours", key="preserve")
+    if st.button("Stylize", type="primary", disabled=upload is None, key="go"):
+        data = upload.getvalue()
+        if len(data) > MAX_UPLOAD_MB * 2**20:
+            st.error(f"{upload.name} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB:g} MB")
+            return
+        try:
+            out, headers = client.stylize(serve_url, style, data, strength=strength,
+                                          preserve_color=preserve, max_side=int(max_side))
+        except client.ApiError as exc:
+            st.error(f"Serve refused {upload.name}: {exc}")
+            return
+        st.session_state["result"] = {"name": upload.name, "input": data, "output": out,
+                                      "style": style, "ms": headers.get("x-raystyle-inference-ms")}
+    res = st.session_state.get("result")
+    if res:
+        before, after = st.columns(2)
+        before.image(Image.open(io.BytesIO(res["input"])), caption=f"before: {res['name']}")
+        after.image(res["output"], caption=f"after: style {res['style']}, {res['ms']} ms inference")
+        st.download_button("Download the result", res["output"], key="download",
+                           file_name=f"{Path(res['name']).stem}_{res['style']}.png", mime="image/png")
+
+
+try_section()

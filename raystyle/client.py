@@ -1,0 +1,47 @@
+"""A small client of the raystyle HTTP API (the Serve application in serve.py).
+
+Used by the demo, the monitor's "Try it" and the tests; any HTTP client works the same
+way (see the README's curl example).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+
+class ApiError(Exception):
+    """A call failed; the message carries the API's own JSON error where there is one."""
+
+
+def styles(url: str, timeout: float = 3.0) -> dict[str, Any]:
+    """``GET /styles``: metadata of every served style; {} when nothing answers at ``url``."""
+    try:
+        r = requests.get(f"{url.rstrip('/')}/styles", timeout=timeout)
+        return r.json() if r.status_code == 200 else {}
+    except (requests.RequestException, ValueError):
+        return {}
+
+
+def stylize(url: str, style: str, image: bytes, *, strength: float = 1.0,
+            preserve_color: bool = False, fmt: str = "png", max_side: int | None = None,
+            timeout: float = 120.0) -> tuple[bytes, dict[str, str]]:
+    """``POST /styles/{style}`` with raw image bytes; (image bytes, x-raystyle-* headers, lower case)."""
+    params: dict[str, Any] = {"strength": strength, "preserve_color": str(preserve_color).lower(),
+                              "format": fmt}
+    if max_side:
+        params["max_side"] = max_side
+    try:
+        r = requests.post(f"{url.rstrip('/')}/styles/{style}", params=params, data=image,
+                          timeout=timeout)
+    except requests.RequestException as exc:
+        raise ApiError(f"no answer from {url}: {type(exc).__name__}") from None
+    if r.status_code != 200:
+        try:
+            body = r.json()
+            detail = f"{body.get('error')}: {body.get('detail')}"
+        except ValueError:
+            detail = r.text[:200]
+        raise ApiError(f"{r.status_code} {detail}")
+    return r.content, {k.lower(): v for k, v in r.headers.items() if k.lower().startswith("x-raystyle")}

@@ -1,0 +1,454 @@
+"""What the monitor shows, as plain data: the Ray cluster, the host, its GPUs, training runs,
+Serve. No Streamlit here (dashboard/app.py draws these); nothing here starts or changes Ray.
+
+Sources:
+  Ray cluster   the dashboard's HTTP API: Ray's state API (``StateApiClient``, nodes),
+                ``/api/cluster_status`` (resource use) and ``/nodes?view=summary`` (per-node
+                CPU, memory, object store, GPUs). With token auth on (the default for local
+                clusters) every request carries ``Authorization: Bearer <token>``.
+  Serve         ``ServeSubmissionClient.get_serve_details`` (applications, deployments,
+                replicas, autoscaling bounds) and the Prometheus metrics each Ray node
+                exports (request counts, latency histograms, errors).
+  host / GPUs   psutil and GPUtil on the machine the monitor runs on.
+  training      STORAGE/NAME/metrics.jsonl, samples/ and checkpoints (see runlog.py).
+
+Every function degrades to a dict that says what is missing; none raises for a cluster
+that is down, a run that is half-written or a machine without GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from . import checkpoint as ckpt
+from . import runlog
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+DEFAULT_SERVE = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 3.0
+START_HINT = ("Start one with `raystyle demo` (local Ray, training, Serve) or `ray start --head`, "
+              "or point the monitor at a cluster's dashboard (`raystyle monitor --ray-dashboard URL`)")
+
+
+def home() -> Path:
+    return Path(os.environ.get("RAYSTYLE_HOME", "~/raystyle")).expanduser()
+
+
+def dashboard_url(explicit: str | None = None) -> str:
+    """--ray-dashboard / RAYSTYLE_RAY_DASHBOARD, else RAY_ADDRESS if a URL, else 127.0.0.1:8265."""
+    url = explicit or os.environ.get("RAYSTYLE_RAY_DASHBOARD")
+    if not url:
+        address = os.environ.get("RAY_ADDRESS", "")
+        url = address if address.startswith(("http://", "https://")) else DEFAULT_DASHBOARD
+    return url.rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------
+# Ray auth token
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str | None
+    source: str  # where it came from, or why there is none
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.value}"} if self.value else {}
+
+
+def read_token() -> Token:
+    """Ray's own lookup order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return Token(os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN")
+    path_env = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(path_env).expanduser() if path_env else Path.home() / ".ray" / "auth_token"
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        return Token(None, f"no token ({path} not found)")
+    return Token(value or None, str(path) if value else f"no token ({path} is empty)")
+
+
+# ---------------------------------------------------------------------------------------
+# Ray cluster
+
+
+class RayUnavailable(Exception):
+    """The dashboard cannot be reached or refuses us; the message says which and what to do."""
+
+
+def _get_json(url: str, token: Token, timeout: float) -> Any:
+    try:
+        r = requests.get(url, headers=token.headers(), timeout=timeout)
+    except requests.RequestException as exc:
+        raise RayUnavailable(f"no Ray dashboard at {url.split('/', 3)[:3][-1]}: "
+                             f"{type(exc).__name__}") from None
+    if r.status_code in (401, 403):
+        raise RayUnavailable(
+            f"the Ray dashboard refused the request ({r.status_code}): token auth is on and "
+            f"the token is {'wrong' if token.value else 'missing'} ({token.source}); set "
+            "RAY_AUTH_TOKEN or copy the cluster's ~/.ray/auth_token")
+    if r.status_code != 200:
+        raise RayUnavailable(f"{url} answered {r.status_code}: {r.text[:200]}")
+    return r.json()
+
+
+def _gib(x: float | None) -> float | None:
+    return None if x is None else round(x / 2**30, 2)
+
+
+def cluster_snapshot(url: str, token: Token | None = None, timeout: float = DEFAULT_TIMEOUT_S
+                     ) -> dict[str, Any]:
+    """Nodes, cluster-wide resource use, per-node load. ``ok`` False says why, with a hint."""
+    token = token if token is not None else read_token()
+    out: dict[str, Any] = {"ok": False, "url": url, "auth": token.source, "nodes": [],
+                           "usage": {}, "error": None, "hint": START_HINT}
+    try:
+        version = _get_json(f"{url}/api/version", token, timeout)
+    except RayUnavailable as exc:
+        out["error"] = str(exc)
+        return out
+    out["ray_version"] = version.get("ray_version")
+    out["session"] = version.get("session_name")
+
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    try:
+        client = StateApiClient(address=url, headers={"Content-Type": "application/json",
+                                                      **token.headers()})
+        nodes = client.list(StateResource.NODES, options=ListApiOptions(detail=True, timeout=int(timeout) + 1),
+                            raise_on_missing_output=False)
+    except Exception as exc:  # the state API's errors are many types; all mean "no data"
+        out["error"] = f"Ray state API failed: {str(exc).splitlines()[0][:200]}"
+        return out
+    status = _get_json(f"{url}/api/cluster_status", token, timeout)
+    usage = (status.get("data", {}).get("clusterStatus", {}).get("loadMetricsReport", {})
+             .get("usage", {}))
+    for key, label in (("CPU", "CPU"), ("GPU", "GPU"), ("memory", "memory"),
+                       ("objectStoreMemory", "object_store_memory")):
+        if key in usage:
+            used, total = usage[key]
+            if label in ("memory", "object_store_memory"):
+                used, total = _gib(used), _gib(total)
+            out["usage"][label] = {"used": used, "total": total}
+    summary = {s.get("raylet", {}).get("nodeId"): s
+               for s in _get_json(f"{url}/nodes?view=summary", token, timeout)
+               .get("data", {}).get("summary", [])}
+    for n in nodes:
+        n = n if isinstance(n, dict) else n.__dict__
+        s = summary.get(n["node_id"], {})
+        raylet = s.get("raylet", {})
+        mem = s.get("mem") or [None, None, None, None]  # total, available, percent, used
+        store_used = raylet.get("objectStoreUsedMemory")
+        res = n.get("resources_total") or {}
+        out["nodes"].append({
+            "node_id": n["node_id"], "ip": n.get("node_ip"), "head": bool(n.get("is_head_node")),
+            "state": n.get("state"), "hostname": s.get("hostname"),
+            "cpus": res.get("CPU", 0.0), "gpus": res.get("GPU", 0.0),
+            "cpu_percent": s.get("cpu"),
+            "mem_used_gib": _gib(mem[3]) if mem[3] is not None else None,
+            "mem_total_gib": _gib(mem[0]),
+            "object_store_used_gib": _gib(float(store_used)) if store_used is not None else None,
+            "object_store_total_gib": _gib(res.get("object_store_memory")),
+            "gpu_devices": [{"name": g.get("name"), "load": g.get("utilizationGpu"),
+                             "mem_used_mb": g.get("memoryUsed"), "mem_total_mb": g.get("memoryTotal")}
+                            for g in s.get("gpus") or []],
+            "metrics_port": raylet.get("metricsExportPort"),
+        })
+    out["ok"] = True
+    return out
+
+
+def host_snapshot(storage: str | Path | None = None) -> dict[str, Any]:
+    """This machine, by psutil (CPU %, memory, disk of the storage path, load)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    disk_path = Path(storage).expanduser() if storage else Path.home()
+    while not disk_path.exists() and disk_path != disk_path.parent:
+        disk_path = disk_path.parent
+    disk = psutil.disk_usage(str(disk_path))
+    return {
+        "cpu_count": psutil.cpu_count(), "cpu_percent": psutil.cpu_percent(interval=0.2),
+        "per_cpu": psutil.cpu_percent(percpu=True),
+        "mem_used_gib": _gib(vm.total - vm.available), "mem_total_gib": _gib(vm.total),
+        "mem_percent": vm.percent, "disk_path": str(disk_path),
+        "disk_free_gib": _gib(disk.free), "disk_percent": disk.percent,
+        "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def gpu_snapshot() -> dict[str, Any]:
+    """GPUtil's view of this machine's NVIDIA GPUs; ``gpus == []`` with a note when none."""
+    try:
+        import GPUtil
+
+        gpus = GPUtil.getGPUs()
+    except Exception as exc:  # GPUtil raises when nvidia-smi is missing or fails
+        return {"gpus": [], "note": f"no GPU (GPUtil: {type(exc).__name__}: {exc})"[:200]}
+    if not gpus:
+        return {"gpus": [], "note": "no GPU on this machine (GPUtil found none; nvidia-smi absent "
+                                    "or no NVIDIA device): training and serving run on CPU"}
+    return {"gpus": [{"id": g.id, "name": g.name, "load_percent": round(100 * g.load, 1),
+                      "mem_used_mb": g.memoryUsed, "mem_total_mb": g.memoryTotal,
+                      "temperature_c": g.temperature} for g in gpus], "note": None}
+
+
+# ---------------------------------------------------------------------------------------
+# Training runs
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return int(self.metrics[-1]["step"]) if self.metrics else 0
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.metrics[-1].get("total_steps") if self.metrics else None
+
+    @property
+    def status(self) -> str:
+        if not self.metrics:
+            return "no metrics yet"
+        total, last = self.total_steps, self.metrics[-1]
+        if total and self.step >= total:
+            return "finished"
+        age = time.time() - float(last.get("time", 0))
+        step_s = float(last.get("step_time_s", 1.0)) * 20  # silent for ~ 2 logging windows
+        return "running" if age < max(120.0, step_s) else f"stopped at step {self.step}"
+
+
+def list_runs(storage: str | Path) -> list[Run]:
+    """Runs under ``storage``: folders with a metrics log or a checkpoint, newest first."""
+    root = Path(storage).expanduser()
+    if not root.is_dir():
+        return []
+    runs = []
+    for d in root.iterdir():
+        if not d.is_dir() or not ((d / runlog.METRICS).is_file() or any(d.glob("checkpoint_*"))):
+            continue
+        cks = []
+        for c in ckpt.list_checkpoints(d):
+            m = ckpt.read_manifest(c)
+            cks.append({"checkpoint": c.name, "step": m.get("step"), "epoch": m.get("epoch"),
+                        "written": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.stat().st_mtime)),
+                        "path": str(c)})
+        runs.append(Run(d.name, d, runlog.read_metrics(d), runlog.list_samples(d), cks))
+    runs.sort(key=lambda r: (r.path / runlog.METRICS).stat().st_mtime
+              if (r.path / runlog.METRICS).exists() else 0.0, reverse=True)
+    return runs
+
+
+LOSS_KEYS = ("g_total", "g_gan_ab", "g_gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "d_a", "d_b")
+
+
+# ---------------------------------------------------------------------------------------
+# Serve
+
+
+def _histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus-style quantile from cumulative (upper bound, count) pairs."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            width = count - prev_count
+            return prev_le + (le - prev_le) * ((rank - prev_count) / width if width else 0.0)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+def parse_serve_metrics(text: str) -> dict[str, dict[str, Any]]:
+    """Per-deployment request/error counters and latency histograms from Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(labels: dict[str, str]) -> dict[str, Any]:
+        key = f"{labels.get('application', '')}/{labels.get('deployment', '')}"
+        return out.setdefault(key, {"requests": 0.0, "errors": 0.0, "buckets": {},
+                                    "latency_sum_ms": 0.0, "latency_count": 0.0})
+
+    for fam in text_string_to_metric_families(text):
+        if not fam.name.startswith("ray_serve_deployment_"):
+            continue
+        for s in fam.samples:
+            if "deployment" not in s.labels:
+                continue
+            if s.name == "ray_serve_deployment_request_counter_total":
+                entry(s.labels)["requests"] += s.value
+            elif s.name == "ray_serve_deployment_error_counter_total":
+                entry(s.labels)["errors"] += s.value
+            elif s.name == "ray_serve_deployment_processing_latency_ms_bucket":
+                b = entry(s.labels)["buckets"]
+                le = float(s.labels["le"])
+                b[le] = b.get(le, 0.0) + s.value
+            elif s.name == "ray_serve_deployment_processing_latency_ms_sum":
+                entry(s.labels)["latency_sum_ms"] += s.value
+            elif s.name == "ray_serve_deployment_processing_latency_ms_count":
+                entry(s.labels)["latency_count"] += s.value
+    return out
+
+
+def parse_http_metrics(text: str) -> dict[str, float]:
+    """HTTP requests at Serve's proxies by status code (all applications)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    by_code: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "ray_serve_num_http_requests_total":
+                code = s.labels.get("status_code", "?")
+                by_code[code] = by_code.get(code, 0.0) + s.value
+    return by_code
+
+
+def _scrape(nodes: list[dict[str, Any]], timeout: float) -> tuple[str, list[str]]:
+    texts, errors = [], []
+    for n in nodes:
+        if n.get("state") != "ALIVE" or not n.get("metrics_port"):
+            continue
+        url = f"http://{n['ip']}:{n['metrics_port']}/metrics"
+        try:
+            r = requests.get(url, timeout=timeout)
+            r.raise_for_status()
+            texts.append(r.text)
+        except requests.RequestException as exc:
+            errors.append(f"{url}: {type(exc).__name__}")
+    return "\n".join(texts), errors
+
+
+def serve_snapshot(url: str, token: Token | None = None, nodes: list[dict[str, Any]] | None = None,
+                   timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """Serve applications, per-deployment replicas/bounds/status, and request metrics."""
+    token = token if token is not None else read_token()
+    out: dict[str, Any] = {"ok": False, "running": False, "applications": [], "deployments": [],
+                           "http": {}, "error": None, "time": time.time(), "metrics_errors": []}
+    try:
+        details = _get_json(f"{url}/api/serve/applications/", token, timeout)
+    except RayUnavailable as exc:
+        out["error"] = str(exc)
+        return out
+    out["ok"] = True
+    http = details.get("http_options") or {}
+    out["proxy_url"] = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    apps = details.get("applications") or {}
+    out["running"] = bool(apps)
+    text, errors = _scrape(nodes or [], timeout) if nodes else ("", [])
+    out["metrics_errors"] = errors
+    metrics = parse_serve_metrics(text) if text else {}
+    out["http"] = parse_http_metrics(text) if text else {}
+    for name, app in sorted(apps.items()):
+        deps = app.get("deployments") or {}
+        out["applications"].append({"name": name, "status": app.get("status"),
+                                    "route_prefix": app.get("route_prefix"),
+                                    "message": app.get("message") or "",
+                                    "deployments": len(deps)})
+        for dname, d in sorted(deps.items()):
+            cfg = d.get("deployment_config") or {}
+            auto = cfg.get("autoscaling_config") or {}
+            running = sum(1 for r in d.get("replicas") or [] if r.get("state") == "RUNNING")
+            m = metrics.get(f"{name}/{dname}", {})
+            buckets = sorted(m.get("buckets", {}).items())
+            count = m.get("latency_count", 0.0)
+            out["deployments"].append({
+                "application": name, "deployment": dname, "status": d.get("status"),
+                "replicas": running, "target_replicas": d.get("target_num_replicas"),
+                "min_replicas": auto.get("min_replicas", cfg.get("num_replicas")),
+                "max_replicas": auto.get("max_replicas", cfg.get("num_replicas")),
+                "max_ongoing_requests": cfg.get("max_ongoing_requests"),
+                "max_queued_requests": cfg.get("max_queued_requests"),
+                "requests": m.get("requests", 0.0), "errors": m.get("errors", 0.0),
+                "latency_mean_ms": round(m["latency_sum_ms"] / count, 1) if count else None,
+                "latency_p50_ms": _round(_histogram_quantile(buckets, 0.5)),
+                "latency_p95_ms": _round(_histogram_quantile(buckets, 0.95)),
+            })
+    return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def with_rates(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Add requests/s per deployment from two snapshots (counters are cumulative)."""
+    prev = {(d["application"], d["deployment"]): d for d in (previous or {}).get("deployments", [])}
+    dt = current.get("time", 0.0) - (previous or {}).get("time", 0.0)
+    for d in current.get("deployments", []):
+        p = prev.get((d["application"], d["deployment"]))
+        rate = None
+        if p is not None and previous and dt > 0 and d["requests"] >= p["requests"]:
+            rate = round((d["requests"] - p["requests"]) / dt, 2)
+        d["requests_per_s"] = rate
+    return current
+
+
+# ---------------------------------------------------------------------------------------
+# Starting the page (`raystyle monitor`, `raystyle demo`)
+
+
+def app_path() -> Path:
+    """dashboard/app.py of the source tree raystyle is installed from."""
+    path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: install raystyle from its source tree "
+                                "(`pip install -e .` in a clone) to get the monitor page")
+    return path
+
+
+def launch(*, host: str = "127.0.0.1", port: int = 8501, dashboard: str | None = None,
+           serve_url: str | None = None, storage: str | Path | None = None, refresh: int = 5,
+           max_upload_mb: float = 20.0, log: Path | None = None):
+    """Start ``streamlit run dashboard/app.py`` bound to host:port; returns the Popen."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAYSTYLE_RAY_DASHBOARD": dashboard_url(dashboard),
+           "RAYSTYLE_SERVE_URL": serve_url or DEFAULT_SERVE,
+           "RAYSTYLE_STORAGE": str(Path(storage).expanduser() if storage else home() / "runs"),
+           "RAYSTYLE_MONITOR_REFRESH": str(refresh),
+           "RAYSTYLE_MONITOR_MAX_UPLOAD_MB": f"{max_upload_mb:g}"}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path()),
+           "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+           # Streamlit's own cap, in whole MB (checked again by the page with the exact value)
+           "--server.maxUploadSize", str(max(1, math.ceil(max_upload_mb))),
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--theme.base", "light", "--client.toolbarMode", "viewer"]
+    out = log.open("ab") if log is not None else None
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+
+
+def wait_ready(url: str, proc, timeout: float = 60.0) -> None:
+    """Until Streamlit's health endpoint answers; RuntimeError if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the monitor exited with code {proc.returncode} before it was ready")
+        try:
+            if requests.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the monitor did not answer at {url} within {timeout:.0f} s")
