@@ -86,9 +86,9 @@ def cluster_section() -> None:
         c[1].metric("CPUs in use", _fmt(u.get("CPU", {}).get("used"), u.get("CPU", {}).get("total")))
         gpu = u.get("GPU")
         c[2].metric("GPUs in use", _fmt(gpu["used"], gpu["total"]) if gpu else "no GPU")
-        c[3].metric("Memory (Ray)", _fmt(u.get("memory", {}).get("used"), u.get("memory", {}).get("total"), " GiB"))
-        c[4].metric("Object store", _fmt(u.get("object_store_memory", {}).get("used"),
-                                         u.get("object_store_memory", {}).get("total"), " GiB"))
+        c[3].metric("Memory (Ray), GiB", _fmt(u.get("memory", {}).get("used"), u.get("memory", {}).get("total")))
+        c[4].metric("Object store, GiB", _fmt(u.get("object_store_memory", {}).get("used"),
+                                              u.get("object_store_memory", {}).get("total")))
         rows = [{"node": n["node_id"][:12], "ip": n["ip"], "head": n["head"], "state": n["state"],
                  "CPUs": n["cpus"], "GPUs": n["gpus"], "CPU %": n["cpu_percent"],
                  "memory GiB": _fmt(n["mem_used_gib"], n["mem_total_gib"]),
@@ -100,8 +100,8 @@ def cluster_section() -> None:
     c = st.columns(4)
     c[0].metric("CPU", f"{host['cpu_percent']:.0f} %", help=f"{host['cpu_count']} logical CPUs; "
                 f"per CPU {host['per_cpu']}")
-    c[1].metric("Memory", _fmt(host["mem_used_gib"], host["mem_total_gib"], " GiB"))
-    c[2].metric("Disk free (storage)", f"{host['disk_free_gib']:.3g} GiB", help=host["disk_path"])
+    c[1].metric("Memory, GiB", _fmt(host["mem_used_gib"], host["mem_total_gib"]))
+    c[2].metric("Disk free, GiB", f"{host['disk_free_gib']:.3g}", help=f"where runs are: {host['disk_path']}")
     c[3].metric("Load (1 min)", f"{host['load'][0]:.2f}" if host["load"] else "n/a")
     gpus = mon.gpu_snapshot()
     if not gpus["gpus"]:
@@ -145,9 +145,11 @@ def training_section() -> None:
             cols[i % 2].markdown(f"**{title}**")
             cols[i % 2].line_chart(df[keys], height=height)
     if run.samples:
-        latest = run.samples[-1]
-        st.image(str(latest), width=480, caption=f"{run.name}, {latest.stem.replace('_', ' ')}: "
-                 "real A | fake B | rec A (top), real B | fake A | rec B (bottom)")
+        shown = run.samples[-3:]
+        st.markdown(f"**Latest sample grids** ({len(run.samples)} in all; rows: real A | fake B | "
+                    "rec A and real B | fake A | rec B)")
+        for col, path in zip(st.columns(3), shown, strict=False):
+            col.image(str(path), caption=f"{run.name}, {path.stem.replace('_', ' ')}", width="stretch")
     if run.checkpoints:
         st.markdown("**Checkpoints**")
         st.dataframe(pd.DataFrame(run.checkpoints), hide_index=True, width="stretch")

@@ -29,12 +29,12 @@ def _add_train_args(p: argparse.ArgumentParser, data_required: bool) -> None:
                    help="YAML file or preset name (paper, tiny); default: the paper's recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
-    p.add_argument("--workers", type=int, help="training workers (cluster.workers)")
-    p.add_argument("--cpus-per-worker", type=int, help="CPUs per worker (cluster.cpus_per_worker)")
+    p.add_argument("--workers", type=int, metavar="N", help="training workers (cluster.workers)")
+    p.add_argument("--cpus-per-worker", type=int, metavar="N", help="CPUs per worker (cluster.cpus_per_worker)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (cluster.use_gpu)")
-    p.add_argument("--max-steps", type=int, help="stop after N optimisation steps (train.max_steps)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimisation steps (train.max_steps)")
     p.add_argument("--storage", metavar="DIR", help="where runs are written (cluster.storage)")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--address", metavar="ADDR", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, data_required=True)
     p.add_argument("--export", metavar="STYLE",
                    help="after training, export g_ab as STYLE (fp32 + int8) with a Ray task")
-    p.add_argument("--models-dir", type=Path, help="styles registry for --export (env RAYSTYLE_MODELS)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
 
     p = sub.add_parser("demo", help="the whole flow on the bundled sample data, from nothing",
                        description="Start a local Ray, write the sample dataset, train the tiny "
@@ -60,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                        f"photos through the HTTP API into {HOME}/outputs/stylized, start the "
                        "monitor, print the URLs and keep serving until Ctrl-C. A second run "
                        "reuses what exists.")
-    p.add_argument("--max-steps", type=int, help="stop training after N steps")
-    p.add_argument("--workers", type=int, help="training workers (default 2)")
-    p.add_argument("--home", type=Path, default=HOME, help=f"demo folder (default {HOME}; env RAYSTYLE_HOME)")
-    p.add_argument("--serve-port", type=int, default=8000, help="Serve HTTP port on 127.0.0.1 (default 8000)")
-    p.add_argument("--monitor-port", type=int, default=8501, help="monitor port on 127.0.0.1 (default 8501)")
-    p.add_argument("--dashboard-port", type=int,
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop training after N steps")
+    p.add_argument("--workers", type=int, metavar="N", help="training workers (default 2)")
+    p.add_argument("--home", type=Path, default=HOME, metavar="DIR", help=f"demo folder (default {HOME}; env RAYSTYLE_HOME)")
+    p.add_argument("--serve-port", type=int, default=8000, metavar="PORT", help="Serve HTTP port on 127.0.0.1 (default 8000)")
+    p.add_argument("--monitor-port", type=int, default=8501, metavar="PORT", help="monitor port on 127.0.0.1 (default 8501)")
+    p.add_argument("--dashboard-port", type=int, metavar="PORT",
                    help="Ray dashboard port of the local Ray the demo starts (Ray's default 8265)")
     p.add_argument("--no-monitor", action="store_true", help="do not start the monitor page")
     p.add_argument("--no-wait", action="store_true",
@@ -75,78 +75,78 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="figures that show whether training moved A toward B",
                        description="Colour-statistics distance of G_ab(testA) to testB (trained "
                        "vs freshly initialised nets) and cycle-reconstruction PSNR.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint dir, or a run dir (its latest checkpoint)")
-    p.add_argument("--data", type=Path, required=True, help="dataset folder with testA/ and testB/")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT", help="checkpoint dir, or a run dir (its latest checkpoint)")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder with testA/ and testB/")
     p.add_argument("--split", default="test", choices=["test", "train"])
-    p.add_argument("--limit", type=int, default=16, help="images per domain (default 16)")
-    p.add_argument("--grid", type=Path, help="write a PNG of real A | fake B pairs here")
+    p.add_argument("--limit", type=int, default=16, metavar="N", help="images per domain (default 16)")
+    p.add_argument("--grid", type=Path, metavar="PNG", help="write a PNG of real A | fake B pairs here")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     p = sub.add_parser("export", help="checkpoint -> validated ONNX style in the registry",
                        description="Export one generator of a checkpoint (or of a run's latest "
                        "or best checkpoint) to ONNX, validate it against torch, and register it "
                        "as MODELS/STYLE/ with model.json.")
-    p.add_argument("source", type=Path, help="checkpoint dir, or a run dir")
-    p.add_argument("--style", required=True, help="style name in the registry")
+    p.add_argument("source", type=Path, metavar="RUN_OR_CHECKPOINT", help="checkpoint dir, or a run dir")
+    p.add_argument("--style", required=True, metavar="NAME", help="style name in the registry")
     p.add_argument("--direction", default="ab", choices=["ab", "ba"],
                    help="ab: photos (A) -> style (B), the default; ba: the reverse")
-    p.add_argument("--models-dir", type=Path, help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
-    p.add_argument("--precision", default="fp32,int8",
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
+    p.add_argument("--precision", default="fp32,int8", metavar="LIST",
                    help="comma list of fp32, fp16, int8 (default fp32,int8; fp32 is always written)")
     p.add_argument("--best", metavar="METRIC",
                    help="given a run dir, pick the checkpoint lowest in this metric (e.g. cycle_a)")
     p.add_argument("--torchscript", action="store_true", help="also write model.ts (TorchScript)")
     p.add_argument("--ray", action="store_true", help="run the export as a Ray task on the cluster")
-    p.add_argument("--address", help="Ray address for --ray (default: RAY_ADDRESS, else local)")
+    p.add_argument("--address", metavar="ADDR", help="Ray address for --ray (default: RAY_ADDRESS, else local)")
 
     p = sub.add_parser("styles", help="list the styles in the registry")
-    p.add_argument("--models-dir", type=Path, help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
     p.add_argument("--json", action="store_true", help="full metadata as JSON")
 
     p = sub.add_parser("stylize", help="stylize image files, folders or stdin with a style",
                        description="Stylize images with ONNX Runtime. INPUT is a file, a folder "
                        "(searched recursively) or - for stdin; -o - writes to stdout.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--style", required=True)
+    p.add_argument("--style", required=True, metavar="NAME", help="style name in the registry")
     p.add_argument("-o", "--output", default="stylized",
                    help="output file (one input), folder (default ./stylized) or - for stdout")
-    p.add_argument("--strength", type=float, default=1.0, help="0 = input unchanged, 1 = full style")
+    p.add_argument("--strength", type=float, default=1.0, metavar="S", help="0 = input unchanged, 1 = full style")
     p.add_argument("--preserve-color", action="store_true", help="keep the input's colours")
-    p.add_argument("--tile", type=int, default=1024, help="tile size for large images (default 1024)")
-    p.add_argument("--max-side", type=int, help="downscale inputs so the longer side is at most N")
+    p.add_argument("--tile", type=int, default=1024, metavar="N", help="tile size for large images (default 1024)")
+    p.add_argument("--max-side", type=int, metavar="N", help="downscale inputs so the longer side is at most N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     p.add_argument("--format", choices=["png", "jpeg", "webp"],
                    help="output format (default: the input's if png/jpeg/webp, else png)")
-    p.add_argument("--models-dir", type=Path, help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
     p.add_argument("--json", action="store_true", help="one JSON line per image instead of text")
 
     p = sub.add_parser("serve", help="serve every registry style over HTTP with Ray Serve",
                        description="Start the Ray Serve application (one autoscaled deployment per "
                        "style behind one HTTP API) and print its URL. Binds 127.0.0.1 unless "
                        "--host says otherwise; see the README before exposing it.")
-    p.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml",
+    p.add_argument("--config", type=Path, metavar="YAML", default=Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml",
                    help="serve config YAML (default serve_configs/local.yaml)")
-    p.add_argument("--models-dir", type=Path, help="styles registry (overrides the config's models_dir)")
-    p.add_argument("--host", help="bind address (default: the config's, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: the config's, 8000)")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry (overrides the config's models_dir)")
+    p.add_argument("--host", metavar="HOST", help="bind address (default: the config's, 127.0.0.1)")
+    p.add_argument("--port", type=int, metavar="PORT", help="port (default: the config's, 8000)")
+    p.add_argument("--address", metavar="ADDR", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
 
     p = sub.add_parser("monitor", help="the Streamlit monitor: cluster, GPUs, training, Serve, try it",
                        description="Start the monitor page (dashboard/app.py) on 127.0.0.1. It "
                        "reads the Ray dashboard (sending the Ray auth token when token auth is "
                        "on), the training runs under --storage, and the raystyle API.")
-    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--port", type=int, default=8501, metavar="PORT", help="port (default 8501)")
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address (default 127.0.0.1; the page has no login: keep it local)")
     p.add_argument("--ray-dashboard", metavar="URL",
                    help="Ray dashboard (default: RAY_ADDRESS if a URL, else http://127.0.0.1:8265)")
     p.add_argument("--serve-url", metavar="URL", default="http://127.0.0.1:8000",
                    help="the raystyle API (default http://127.0.0.1:8000)")
-    p.add_argument("--storage", type=Path, default=HOME / "runs",
+    p.add_argument("--storage", type=Path, default=HOME / "runs", metavar="DIR",
                    help=f"where training runs are (default {HOME / 'runs'})")
-    p.add_argument("--refresh", type=int, default=5, help="seconds between refreshes, 0 = off (default 5)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0,
+    p.add_argument("--refresh", type=int, default=5, metavar="S", help="seconds between refreshes, 0 = off (default 5)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
                    help="largest photo 'Try it' accepts (default 20 MB)")
 
     add_batch_parser(sub)
@@ -156,14 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("sample", help="write the bundled sample dataset (photos -> painterly)",
                         description="Domain A: crops of the photos shipped in scikit-image's "
                         "wheel. Domain B: other crops of them through a painterly filter.")
-    s.add_argument("out", type=Path, help="output folder (gets trainA/ trainB/ testA/ testB/)")
-    s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    s.add_argument("out", type=Path, metavar="OUT", help="output folder (gets trainA/ trainB/ testA/ testB/)")
+    s.add_argument("--size", type=int, default=128, metavar="N", help="image side in pixels (default 128)")
     d = dsub.add_parser("download", help="download a reference CycleGAN dataset",
                         description="Resumable download with size and zip-integrity checks.")
-    d.add_argument("name", help="dataset name, e.g. monet2photo, vangogh2photo, horse2zebra")
-    d.add_argument("out", type=Path, help="folder that receives OUT/NAME/trainA ...")
-    d.add_argument("--base-url", help="mirror URL (default: the reference server; env RAYSTYLE_DATASETS_URL)")
-    d.add_argument("--sha256", help="expected SHA-256 of the zip")
+    d.add_argument("name", metavar="NAME", help="dataset name, e.g. monet2photo, vangogh2photo, horse2zebra")
+    d.add_argument("out", type=Path, metavar="OUT", help="folder that receives OUT/NAME/trainA ...")
+    d.add_argument("--base-url", metavar="URL", help="mirror URL (default: the reference server; env RAYSTYLE_DATASETS_URL)")
+    d.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the zip")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -532,6 +532,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = run_from_config(args.config, models_dir=args.models_dir, host=args.host, port=args.port,
                           address=args.address)
     print(f"raystyle is serving at {url}  (API docs: {url}/docs; Ctrl-C stops it)", flush=True)
+    _stop_on_signals()
     try:
         while True:
             time.sleep(3600)

@@ -2,6 +2,7 @@
 
 import http.client
 import io
+import re
 import socket
 import threading
 import time
@@ -283,3 +284,29 @@ def test_serve_configs_are_valid_and_bind_localhost(name):
     http, args = load_serve_config(path)
     assert http["host"] == "127.0.0.1"
     AppArgs(**args)  # every key is one app_builder knows
+
+
+def test_kuberay_rayservice_carries_the_same_application():
+    """serve_configs/kuberay-rayservice.yaml: valid for Serve, same app as local.yaml."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from raystyle.serve import AppArgs, load_serve_config
+
+    root = Path(__file__).resolve().parent.parent / "serve_configs"
+    doc = yaml.safe_load((root / "kuberay-rayservice.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
+    serve_cfg = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(serve_cfg)
+    (app,) = serve_cfg["applications"]
+    _, local = load_serve_config(root / "local.yaml")
+    args = AppArgs(**app["args"])
+    assert app["import_path"] == "raystyle.serve:app_builder" and args.models_dir == "/models"
+    assert set(app["args"]) == set(local) and app["args"]["deployment"].keys() == local["deployment"].keys()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", doc["spec"]["rayClusterConfig"]["rayVersion"])
+    spec = doc["spec"]["rayClusterConfig"]
+    mounts = [m["mountPath"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+              for c in g["template"]["spec"]["containers"] for m in c["volumeMounts"]]
+    assert mounts == ["/models", "/models"]

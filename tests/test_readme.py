@@ -1,0 +1,113 @@
+"""The README matches the code: its commands parse, its CLI reference is the parser's, its
+test command is .ci/run's, its pictures exist. (The HTTP examples run against a live
+Serve in test_demo.py; the commands themselves run in the tests of each command.)"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from raystyle.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _fenced(text: str = README) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block, in order."""
+    out, lang, body = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, body = line[3:].strip(), []
+            else:
+                out.append((lang, "\n".join(body)))
+                lang = None
+        elif lang is not None:
+            body.append(line)
+    return out
+
+
+def _blocks(lang: str = "bash") -> list[str]:
+    return [body for kind, body in _fenced() if kind == lang]
+
+
+def _commands() -> list[str]:
+    """Every shell line of the README's bash blocks, continuations joined, comments cut."""
+    out = []
+    for block in _blocks():
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                out.append(line)
+    return out
+
+
+def _raystyle_argvs() -> list[list[str]]:
+    argvs = []
+    for line in _commands():
+        for part in re.split(r"&&|\|", line):
+            words = shlex.split(part.split(">", 1)[0])
+            if words and words[0] == "raystyle":
+                argvs.append(words[1:])
+    return argvs
+
+
+def _subparsers(parser):
+    return next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+
+
+def _usages() -> dict[str, str]:
+    out = {}
+    for sp in _subparsers(build_parser()).values():
+        subs = [a for a in sp._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for p in (subs[0].choices.values() if subs else [sp]):
+            text = " ".join(p.format_usage().removeprefix("usage: ").split()).replace(" [-h]", "")
+            out[text.split(" [")[0].split(" --")[0]] = text
+    return out
+
+
+def test_every_raystyle_command_in_the_readme_parses():
+    argvs = _raystyle_argvs()
+    assert len(argvs) >= 15
+    parser = build_parser()
+    for argv in argvs:
+        try:
+            parser.parse_args(argv)
+        except SystemExit as exc:
+            pytest.fail(f"README command does not parse: raystyle {' '.join(argv)} (exit {exc.code})")
+
+
+def test_every_command_is_in_the_readme_and_its_reference_is_the_parsers():
+    reference = next(b for kind, b in _fenced() if not kind and "raystyle demo [" in b)
+    lines = {" ".join(line.split()) for line in reference.splitlines() if line.strip()}
+    usages = _usages()
+    assert len(usages) == 11
+    for text in usages.values():
+        assert text in lines, f"README's CLI reference lacks or differs from: {text}"
+    for name in _subparsers(build_parser()):
+        assert f"| `{name}" in README, f"command {name} missing from the README's table"
+
+
+def test_readme_test_command_is_ci_run():
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
+    quick = README[README.index("## Quick start"):README.index("## What the demo shows")]
+    commands = [body for kind, body in _fenced(quick) if kind == "bash"]
+    assert commands[0] == "pip install -e . && raystyle demo"
+    assert ci == [commands[1]], "`.ci/run` must run exactly the README's test command"
+
+
+def test_pictures_exist():
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert "docs/monitor.png" in pictures and "docs/demo_grid.png" in pictures
+    for pic in pictures:
+        assert (ROOT / pic).is_file() and (ROOT / pic).stat().st_size > 10_000, pic
+
+
+def test_http_examples_use_the_demo_style():
+    """test_demo.py runs these exact lines against the demo's Serve."""
+    api = README[README.index("## HTTP API"):README.index("## CLI reference")]
+    curls = [c for c in _commands() if c.startswith("curl") and c in api]
+    assert len(curls) == 3 and all("/styles/demo" in c or "healthz" in c for c in curls)
