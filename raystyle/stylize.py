@@ -148,8 +148,11 @@ class Stylizer:
                  overlap: int = 64, stats_side: int = 1024):
         if (style is None) == (model_path is None):
             raise StylizeError("give a style name or a model_path, not both")
-        if tile < 64 or tile % MULTIPLE or not 0 <= overlap < tile // 2:
-            raise StylizeError(f"tile must be a multiple of {MULTIPLE} >= 64 and overlap < tile/2")
+        if tile < 64 or tile % MULTIPLE:
+            raise StylizeError(f"tile must be a multiple of {MULTIPLE} and at least 64 (got {tile})")
+        if overlap < 0:
+            raise StylizeError(f"overlap must be >= 0 (got {overlap})")
+        # tiles overlap by min(overlap, tile / 4): small tiles get a smaller overlap, not an error
         self.provider, self.threads, self.precision = provider, threads, precision
         self.tile, self.overlap, self.stats_side = tile, overlap, stats_side
         self._tile_paths: tuple[Path, Path] | None = None

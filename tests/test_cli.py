@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from raystyle import checkpoint as ckpt
 from raystyle.cli import main
 from raystyle.download import DATASETS
 
@@ -173,7 +175,7 @@ def test_console_error_path_via_python_m(tmp_path):
         (["train"], ["--data", "--style", "--config", "--set", "--workers", "--cpus-per-worker",
                      "--gpu", "--max-steps", "--storage", "--address"]),
         (["data", "sample"], ["out", "--size", "painterly"]),
-        (["data", "download"], ["name", "out", "--base-url", "--sha256", "--no-progress"]),
+        (["data", "download"], ["NAME", "OUT", "--base-url", "--sha256", "--no-progress"]),
         (["demo"], ["--max-steps", "--workers", "--home", "--serve-port", "--monitor-port",
                     "--dashboard-port", "--no-monitor", "--no-wait", "Ctrl-C"]),
         (["monitor"], ["--port", "--host", "--ray-dashboard", "--serve-url", "--storage",
@@ -202,9 +204,12 @@ def test_no_command_is_a_usage_error(capsys):
 
 
 def test_train_happy_path(capsys, ray_session, sample_data, tmp_path):
-    storage = tmp_path / "runs"
+    # README: train ... --set train.amp=bf16 (bf16 autocast works on CPU too) and
+    # train ... --export STYLE --models-dir DIR (export after training, as a Ray task).
+    storage, models = tmp_path / "runs", tmp_path / "models"
     rc = main(["train", "--data", str(sample_data), "--style", "cli", *TINY,
-               "--max-steps", "2", "--workers", "2", "--storage", str(storage)])
+               "--set", "train.amp=bf16", "--max-steps", "2", "--workers", "2",
+               "--storage", str(storage), "--export", "cli-style", "--models-dir", str(models)])
     out, err = capsys.readouterr()
     assert rc == 0, (out, err)
     run_lines = [m.group(1) for m in re.finditer(r"^run directory:\s+(\S+)$", out, re.M)]
@@ -216,5 +221,13 @@ def test_train_happy_path(capsys, ray_session, sample_data, tmp_path):
     assert checkpoint.name == "checkpoint_00000002" and checkpoint.parent == run_dir
     assert (checkpoint / "manifest.json").is_file()
     assert step == "2"
+    assert ckpt.load_shared(checkpoint)[0].train.amp == "bf16"
+    exported = re.findall(r"^exported style:\s+(\S+) -> (\S+)$", out, re.M)
+    assert exported == [("cli-style", str(models / "cli-style"))], out
+    meta = json.loads((models / "cli-style" / "model.json").read_text())
+    assert meta["training"]["checkpoint"] == str(checkpoint) and meta["training"]["step"] == 2
+    assert sorted(meta["precisions"]) == ["fp32", "int8"]
+    assert (models / "cli-style" / "model.onnx").is_file()
+    assert (models / "cli-style" / "model.int8.onnx").is_file()
 
 

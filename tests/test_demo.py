@@ -43,6 +43,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_demo_refuses_a_busy_port_before_doing_anything(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([*RAYSTYLE, "demo", "--home", str(tmp_path), "--serve-port", str(port)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"raystyle: error: port {port} on 127.0.0.1 is in use (another demo, "
+                                "`raystyle serve` or monitor?); stop it or pass --serve-port")
+    assert list(tmp_path.iterdir()) == []  # no dataset written, no Ray started
+
+
 class Demo:
     def __init__(self, home: Path, ports: dict[str, int]):
         self.home, self.ports, self.lines = home, ports, []

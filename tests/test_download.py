@@ -418,3 +418,21 @@ def test_progress_goes_to_stderr_and_can_be_disabled(
     loud = capsys.readouterr()
     assert loud.out == ""
     assert NAME in loud.err
+
+
+def test_cli_download_with_base_url_and_no_progress(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # README: raystyle data download [--base-url URL] [--sha256 HEX] [--no-progress] NAME OUT
+    from raystyle.cli import main
+
+    data = _serve(server, _zip(_members()))
+    out = tmp_path / "datasets"
+    assert main(["data", "download", NAME, str(out), "--base-url", server.url, "--no-progress",
+                 "--sha256", hashlib.sha256(data).hexdigest()]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # --no-progress: no bar on stderr
+    assert f"dataset ready: {out / NAME}" in captured.out
+    assert all((out / NAME / split).is_dir() for split in SPLITS)
+    assert _tree(out / NAME) == _expected()
+    assert [(r.path, r.status) for r in server.state.log] == [(f"/{NAME}.zip", 200)]

@@ -91,6 +91,20 @@ def test_best_checkpoint_by_metric(tmp_path, trained_checkpoint):
     with pytest.raises(ExportError, match="no checkpoint of .* has metric 'nope'"):
         pick_checkpoint(tmp_path, best="nope")
 
+    # README: raystyle export RUN_DIR --style S --best cycle_a --precision fp32,fp16,int8
+    # --torchscript, through the CLI (RUN_DIR with default precisions: test_cli_styles.py).
+    from raystyle.cli import main
+
+    models = tmp_path / "models"  # not a checkpoint_* folder: the run dir stays valid
+    assert main(["export", str(tmp_path), "--style", "best", "--models-dir", str(models),
+                 "--best", "cycle_a", "--precision", "fp32,fp16,int8", "--torchscript"]) == 0
+    best = json.loads((models / "best" / "model.json").read_text())
+    assert best["training"]["checkpoint"] == str(tmp_path / "checkpoint_00000020")
+    assert best["training"]["step"] == 20 and best["torchscript"] == "model.ts"
+    assert sorted(best["precisions"]) == ["fp16", "fp32", "int8"]
+    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "model.ts"):
+        assert (models / "best" / name).is_file(), name
+
 
 def test_bad_arguments(trained_checkpoint, tmp_path):
     with pytest.raises(ExportError, match="precisions must be among"):

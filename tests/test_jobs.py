@@ -34,6 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from PIL import Image
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
@@ -178,23 +179,31 @@ def test_token_auth_is_on(ray_head):
     assert requests.get(jobs, timeout=10, headers=right).status_code == 200
 
 
+RUNTIME_ENV = {"excludes": [".git", "runs", ".ruff_cache", ".benchmarks", "__pycache__"]}
+
+
+def _submit(head: Head, cwd: Path, *entrypoint: str) -> str:
+    """`ray job submit --working-dir REPO -- python ENTRYPOINT...`; its output, checked."""
+    cmd = [str(RAY), "job", "submit", "--address", head.url, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", "python", *entrypoint]
+    proc = subprocess.run(cmd, env=head.env, capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT, cwd=cwd)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
+    return output
+
+
 def test_job_submit_trains_and_checkpoints(ray_head, sample_data, tmp_path):
-    storage = tmp_path / "runs"
-    runtime_env = {"excludes": [".git", "runs", ".ruff_cache", ".benchmarks", "__pycache__"]}
-    cmd = [
-        str(RAY), "job", "submit", "--address", ray_head.url, "--working-dir", str(REPO),
-        "--runtime-env-json", json.dumps(runtime_env), "--",
-        "python", "jobs/train.py", "--data", str(sample_data), "--style", "jobtest",
+    # README: ray job submit --working-dir . -- python jobs/train.py ... --export NAME
+    storage, models = tmp_path / "runs", tmp_path / "models"
+    output = _submit(
+        ray_head, tmp_path, "jobs/train.py", "--data", str(sample_data), "--style", "jobtest",
         "--config", "tiny", "--set", "data.load_size=36", "--set", "data.crop_size=32",
         "--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "model.n_blocks=2",
         "--set", "data.loader_workers=0", "--set", "train.checkpoint_every=2",
         "--max-steps", "2", "--workers", "1", "--storage", str(storage),
-    ]
-    proc = subprocess.run(cmd, env=ray_head.env, capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT, cwd=tmp_path)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-6000:]
+        "--export", "jobstyle", "--models-dir", str(models))
     found = re.findall(r"^final checkpoint:\s+(\S+) \(step (\d+)\)$", output, re.M)
     assert len(found) == 1, output[-6000:]
     checkpoint, step = Path(found[0][0]), int(found[0][1])
@@ -206,3 +215,21 @@ def test_job_submit_trains_and_checkpoints(ray_head, sample_data, tmp_path):
     records = runlog.read_metrics(run_dir)
     assert [r["step"] for r in records] == [2]
     assert records[0]["world_size"] == 1
+    assert f"exported style:   jobstyle -> {models / 'jobstyle'}" in output, output[-6000:]
+    meta = json.loads((models / "jobstyle" / "model.json").read_text())
+    assert meta["training"]["checkpoint"] == str(checkpoint)
+    assert (models / "jobstyle" / "model.onnx").is_file()
+    assert (models / "jobstyle" / "model.int8.onnx").is_file()
+
+
+def test_job_submit_batch_stylizes_a_folder(ray_head, sample_data, exported, tmp_path):
+    # README: ray job submit --working-dir . -- python jobs/batch_stylize.py IN OUT --style S
+    photos, out = sample_data / "testA", tmp_path / "stylized"
+    output = _submit(ray_head, tmp_path, "jobs/batch_stylize.py", str(photos), str(out),
+                     "--style", "tiny", "--models-dir", str(exported.path.parent))
+    inputs = sorted(p.name for p in photos.iterdir())
+    assert len(inputs) == 7 and f"{len(inputs)} stylized, 0 errors, 0 skipped" in output, output[-6000:]
+    for name in inputs:
+        with Image.open(out / name) as res, Image.open(photos / name) as src:
+            assert res.size == src.size and res.tobytes() != src.convert("RGB").tobytes(), name
+    assert (out / "_errors.jsonl").read_text() == ""

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -224,8 +225,9 @@ def _start_monitor(*args: str, port: int) -> subprocess.Popen:
 
 
 def test_monitor_command_serves_the_page_and_stops_on_ctrl_c(runs):
-    port = _free_port()
-    proc = _start_monitor("--ray-dashboard", f"http://127.0.0.1:{_free_port()}",
+    port, dashboard = _free_port(), f"http://127.0.0.1:{_free_port()}"
+    api = f"http://127.0.0.1:{_free_port()}"  # README: monitor --ray-dashboard URL --serve-url URL
+    proc = _start_monitor("--ray-dashboard", dashboard, "--serve-url", api,
                           "--storage", str(runs), "--max-upload-mb", "3", port=port)
     try:
         line = proc.stdout.readline()
@@ -233,6 +235,10 @@ def test_monitor_command_serves_the_page_and_stops_on_ctrl_c(runs):
         while "raystyle monitor at" not in line and time.monotonic() < deadline and proc.poll() is None:
             line = proc.stdout.readline()
         assert f"raystyle monitor at http://127.0.0.1:{port}" in line, line
+        assert f"(Ray dashboard {dashboard}, API {api}, runs in {runs};" in line, line
+        page = psutil.Process(proc.pid).children()[0]  # streamlit: the page reads these
+        assert page.environ()["RAYSTYLE_SERVE_URL"] == api
+        assert page.environ()["RAYSTYLE_RAY_DASHBOARD"] == dashboard
         assert requests.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=5).text == "ok"
         assert "<title>Streamlit</title>" in requests.get(f"http://127.0.0.1:{port}/", timeout=5).text
         proc.send_signal(signal.SIGINT)
