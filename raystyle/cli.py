@@ -448,8 +448,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  try:  curl --data-binary @PHOTO.jpg {serve_url}/styles/{DEMO_STYLE} -o out.png")
         if args.no_wait:
             return 0
-        print("Ctrl-C stops Serve, the monitor and this Ray instance.", flush=True)
         _stop_on_signals()
+        print("Ctrl-C stops Serve, the monitor and this Ray instance.", flush=True)
         try:
             while monitor_proc is None or monitor_proc.poll() is None:
                 time.sleep(1)
@@ -531,8 +531,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     url = run_from_config(args.config, models_dir=args.models_dir, host=args.host, port=args.port,
                           address=args.address)
-    print(f"raystyle is serving at {url}  (API docs: {url}/docs; Ctrl-C stops it)", flush=True)
     _stop_on_signals()
+    print(f"raystyle is serving at {url}  (API docs: {url}/docs; Ctrl-C stops it)", flush=True)
     try:
         while True:
             time.sleep(3600)

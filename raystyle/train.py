@@ -180,6 +180,20 @@ def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
 _DASHBOARD: dict[str, str | None] = {"url": None}
 
 
+def _port_or_free(preferred: int) -> int:
+    """``preferred`` if nothing listens on it on 127.0.0.1, else a free port."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise ClusterError("no free port on 127.0.0.1 for the Ray dashboard")
+
+
 def connect(address: str | None = None, *, dashboard_port: int | None = None) -> str | None:
     """Attach to ``address`` / RAY_ADDRESS when given, else start a local Ray instance.
 
@@ -196,12 +210,18 @@ def connect(address: str | None = None, *, dashboard_port: int | None = None) ->
         # vs 7.74 img/s at 0, same benchmark run). Only for the local Ray started here; a
         # cluster keeps its own setting, and RAY_worker_niceness in the environment wins.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        if dashboard_port is not None:
-            kwargs["dashboard_port"] = dashboard_port
+        port = dashboard_port or _port_or_free(8265)
+        kwargs["dashboard_port"] = port
+        # Ray's own state-API calls inside its actors (Ray Train V2's placement-group
+        # cleaner) find "the" local cluster by scanning for GCS processes and crash with a
+        # traceback when the machine runs two local Ray instances; name this one's dashboard.
+        os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+        address = "local"  # start one, even if a `ray start` cluster runs here (README)
     try:
         ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cannot connect to Ray at {address!r}: {exc}") from None
+        where = "start a local Ray" if address == "local" else f"connect to Ray at {address!r}"
+        raise ClusterError(f"cannot {where}: {exc}") from None
     url = getattr(ctx, "dashboard_url", None)
     _DASHBOARD["url"] = (url if url.startswith("http") else f"http://{url}") if url else None
     return _DASHBOARD["url"]

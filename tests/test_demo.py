@@ -321,7 +321,7 @@ def test_monitor_in_headless_chromium(demo, photos, tmp_path):
             page.get_by_text(photos[1].name).first.wait_for(timeout=30_000)
             page.get_by_role("button", name="Stylize").click()
             page.get_by_text("after: style demo").first.wait_for(timeout=60_000)
-            assert page.get_by_role("button", name="Download the result").count() == 1
+            page.get_by_role("button", name="Download the result").wait_for(timeout=30_000)
             assert page.locator("[data-testid=stAlertContentError]").count() == 0
             page.screenshot(path=str(tmp_path / "monitor_try_it.png"), full_page=True)
             keep = os.environ.get("RAYSTYLE_SCREENSHOTS")

@@ -67,13 +67,18 @@ def test_raystyle_serve_command(exported, sample_data):
                             env=_env(), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
+        # Ctrl-C is the way to stop it once it says it serves (before that, it interrupts)
+        line = ""
+        while "raystyle is serving at" not in line and proc.poll() is None:
+            line = proc.stdout.readline()
+        assert line.startswith(f"raystyle is serving at {url}"), line
         assert _wait_healthy(url, proc) == {"status": "ok", "styles": ["tiny"]}
         r = requests.post(f"{url}/styles/tiny", data=_photo(sample_data), timeout=60)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     finally:
         rc, out = _stop(proc)
     assert rc == 0, out[-3000:]
-    assert f"raystyle is serving at {url}" in out and "raystyle: serve stopped" in out
+    assert "raystyle: serve stopped" in out
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/healthz", timeout=2)
 
