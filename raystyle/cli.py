@@ -370,6 +370,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .train import connect
 
     home: Path = args.home.expanduser()
+    if not args.no_monitor:
+        from .monitor import app_path
+
+        app_path()  # the page ships with the source tree: say so now, not after training
     ports = [("--serve-port", args.serve_port)] + ([] if args.no_monitor else [("--monitor-port", args.monitor_port)])
     for flag, port in ports:  # before minutes of training, not after
         if not _port_free(port):
