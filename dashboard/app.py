@@ -17,6 +17,7 @@ from PIL import Image
 
 from raystyle import client
 from raystyle import monitor as mon
+from raystyle.config import home
 
 st.set_page_config(page_title="raystyle monitor", page_icon=":art:", layout="wide")
 
@@ -29,7 +30,7 @@ with st.sidebar:
     serve_url = st.text_input("raystyle API (Serve)",
                               os.environ.get("RAYSTYLE_SERVE_URL", mon.DEFAULT_SERVE)).rstrip("/")
     storage = st.text_input("Training storage", os.environ.get("RAYSTYLE_STORAGE",
-                                                                str(mon.home() / "runs")))
+                                                                str(home() / "runs")))
     refresh = st.number_input("Refresh every N seconds (0 = off)", min_value=0, max_value=600,
                               value=int(os.environ.get("RAYSTYLE_MONITOR_REFRESH", "5")))
     token = mon.read_token()

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from .batch import add_parser as add_batch_parser
 from .batch import cmd_batch
+from .config import home
+from .ports import port_free
 
-HOME = Path(os.environ.get("RAYSTYLE_HOME", "~/raystyle")).expanduser()
+HOME = home()
 DEMO_STYLE = "demo"
 
 
@@ -349,18 +351,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 
 
@@ -376,7 +366,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         app_path()  # the page ships with the source tree: say so now, not after training
     ports = [("--serve-port", args.serve_port)] + ([] if args.no_monitor else [("--monitor-port", args.monitor_port)])
     for flag, port in ports:  # before minutes of training, not after
-        if not _port_free(port):
+        if not port_free(port):
             raise ValueError(f"port {port} on 127.0.0.1 is in use (another demo, `raystyle serve` "
                              f"or monitor?); stop it or pass {flag}")
     data = home / "data" / "sample"
@@ -391,7 +381,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides.append(f"cluster.workers={args.workers}")
     cfg = load_config("tiny", overrides).replace(cluster={"storage": str(home / "runs")})
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     dashboard = connect(cfg.cluster.address, dashboard_port=args.dashboard_port)
     result = _run_training(cfg, data, DEMO_STYLE)
     from .evaluate import evaluate
@@ -491,7 +480,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
-    if not _port_free(args.port, args.host):
+    if not port_free(args.port, args.host):
         raise ValueError(f"port {args.port} on {args.host} is in use; pass --port")
     proc = mon.launch(host=args.host, port=args.port, dashboard=args.ray_dashboard,
                       serve_url=args.serve_url, storage=args.storage, refresh=args.refresh,

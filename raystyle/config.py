@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ import yaml
 class ConfigError(ValueError):
     """A configuration key or value is not allowed; the message names the key."""
 
+
+
+def home() -> Path:
+    """Where raystyle keeps the demo, runs and styles by default: $RAYSTYLE_HOME or ~/raystyle."""
+    return Path(os.environ.get("RAYSTYLE_HOME", "~/raystyle")).expanduser()
 
 @dataclass(frozen=True)
 class DataConfig:

@@ -29,16 +29,13 @@ import requests
 
 from . import checkpoint as ckpt
 from . import runlog
+from .config import home
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 DEFAULT_SERVE = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 3.0
 START_HINT = ("Start one with `raystyle demo` (local Ray, training, Serve) or `ray start --head`, "
               "or point the monitor at a cluster's dashboard (`raystyle monitor --ray-dashboard URL`)")
-
-
-def home() -> Path:
-    return Path(os.environ.get("RAYSTYLE_HOME", "~/raystyle")).expanduser()
 
 
 def dashboard_url(explicit: str | None = None) -> str:
@@ -250,8 +247,11 @@ def list_runs(storage: str | Path) -> list[Run]:
                         "written": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.stat().st_mtime)),
                         "path": str(c)})
         runs.append(Run(d.name, d, runlog.read_metrics(d), runlog.list_samples(d), cks))
-    runs.sort(key=lambda r: (r.path / runlog.METRICS).stat().st_mtime
-              if (r.path / runlog.METRICS).exists() else 0.0, reverse=True)
+    def logged(run: Run) -> float:
+        log = run.path / runlog.METRICS
+        return log.stat().st_mtime if log.exists() else 0.0
+
+    runs.sort(key=logged, reverse=True)
     return runs
 
 
@@ -355,7 +355,7 @@ def serve_snapshot(url: str, token: Token | None = None, nodes: list[dict[str, A
     out["proxy_url"] = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     apps = details.get("applications") or {}
     out["running"] = bool(apps)
-    text, errors = _scrape(nodes or [], timeout) if nodes else ("", [])
+    text, errors = _scrape(nodes or [], timeout)
     out["metrics_errors"] = errors
     metrics = parse_serve_metrics(text) if text else {}
     out["http"] = parse_http_metrics(text) if text else {}

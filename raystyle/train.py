@@ -30,6 +30,7 @@ from . import runlog
 from .config import Config, ConfigError
 from .cyclegan import CycleGAN
 from .data import EpochBatches, UnpairedDataset, check_dataset, steps_per_epoch
+from .ports import port_or_free
 
 CRASH_MARKER = ".crash_hook_fired"
 
@@ -180,26 +181,15 @@ def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
 _DASHBOARD: dict[str, str | None] = {"url": None}
 
 
-def _port_or_free(preferred: int) -> int:
-    """``preferred`` if nothing listens on it on 127.0.0.1, else a free port."""
-    import socket
-
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise ClusterError("no free port on 127.0.0.1 for the Ray dashboard")
-
-
 def connect(address: str | None = None, *, dashboard_port: int | None = None) -> str | None:
     """Attach to ``address`` / RAY_ADDRESS when given, else start a local Ray instance.
 
     Returns the Ray dashboard URL (None when the dashboard does not run). ``dashboard_port``
     only applies to a local Ray started here.
     """
+    # Worker prints go straight to the driver's console (the V2 print patch logs them twice);
+    # set before a local Ray starts, so its workers inherit it.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return _DASHBOARD["url"]
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -210,7 +200,7 @@ def connect(address: str | None = None, *, dashboard_port: int | None = None) ->
         # vs 7.74 img/s at 0, same benchmark run). Only for the local Ray started here; a
         # cluster keeps its own setting, and RAY_worker_niceness in the environment wins.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        port = dashboard_port or _port_or_free(8265)
+        port = dashboard_port or port_or_free(8265)
         kwargs["dashboard_port"] = port
         # Ray's own state-API calls inside its actors (Ray Train V2's placement-group
         # cleaner) find "the" local cluster by scanning for GCS processes and crash with a
@@ -272,8 +262,6 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     run_dir = run_dir_for(cfg, name)
     _check_compatible(run_dir, cfg)
     cl = cfg.cluster
-    # Worker prints go straight to the driver's console (the V2 print patch logs them twice).
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     connect(cl.address)
     check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)
     run_dir.mkdir(parents=True, exist_ok=True)
