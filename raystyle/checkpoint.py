@@ -35,6 +35,10 @@ class CheckpointError(ValueError):
     """Not a (complete) raystyle checkpoint."""
 
 
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint file whose pickle would import or call code: refused, never executed."""
+
+
 def checkpoint_name(step: int) -> str:
     return f"checkpoint_{step:08d}"
 
@@ -105,6 +109,31 @@ def is_complete(directory: str | Path) -> bool:
         return False
 
 
+def _load_tensors(path: Path, map_location: Any) -> Any:
+    """torch.load restricted to tensors and plain containers (``weights_only=True``).
+
+    A pickle that would import or call anything else (a shared or downloaded checkpoint
+    made to run code) is refused with an UnsafeCheckpoint error; nothing in it is executed.
+    Damaged data is a CheckpointError too.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
+        if lines:  # torch names the callable the pickle wanted to import
+            raise UnsafeCheckpoint(
+                f"{path} was refused: it holds more than tensors and plain data and could run "
+                f"code when loaded ({lines[0][:160]}); raystyle loads checkpoints with "
+                f"weights_only=True") from None
+        raise CheckpointError(f"{path} is corrupt (not a readable tensor file)") from None
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
+
+
 def load_config(directory: str | Path) -> Config:
     read_manifest(directory)
     return Config.from_dict(json.loads((Path(directory) / "config.json").read_text()))
@@ -117,8 +146,8 @@ def load_shared(directory: str | Path, map_location: str | torch.device = "cpu"
     config = load_config(d)
     import torch
 
-    nets = torch.load(d / "nets.pt", map_location=map_location, weights_only=True)
-    state = torch.load(d / "train_state.pt", map_location=map_location, weights_only=False)
+    nets = _load_tensors(d / "nets.pt", map_location)
+    state = _load_tensors(d / "train_state.pt", map_location)
     return config, nets, state
 
 
@@ -130,8 +159,10 @@ def load_rank(directory: str | Path, rank: int) -> dict[str, Any] | None:
     try:
         import torch
 
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a truncated per-rank file costs exactness, not the run
+        return _load_tensors(path, "cpu")
+    except UnsafeCheckpoint:
+        raise  # a file that tries to run code is refused, never skipped
+    except CheckpointError:  # a truncated per-rank file costs exactness, not the run
         return None
 
 

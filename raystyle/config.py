@@ -25,10 +25,25 @@ class ConfigError(ValueError):
     """A configuration key or value is not allowed; the message names the key."""
 
 
+# -- default locations: one resolution, used by every command ---------------------------
+HOME_ENV, MODELS_ENV = "RAYSTYLE_HOME", "RAYSTYLE_MODELS"
+
 
 def home() -> Path:
     """Where raystyle keeps the demo, runs and styles by default: $RAYSTYLE_HOME or ~/raystyle."""
-    return Path(os.environ.get("RAYSTYLE_HOME", "~/raystyle")).expanduser()
+    return Path(os.environ.get(HOME_ENV) or "~/raystyle").expanduser()
+
+
+def default_storage() -> str:
+    """Where training runs go when ``cluster.storage`` is not set: HOME/runs."""
+    return str(home() / "runs")
+
+
+def default_models_dir() -> Path:
+    """The styles registry when no ``--models-dir`` is given: $RAYSTYLE_MODELS, else HOME/models."""
+    env = os.environ.get(MODELS_ENV)
+    return Path(env).expanduser() if env else home() / "models"
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -106,7 +121,7 @@ class ClusterConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     address: str | None = None  # Ray address; None: RAY_ADDRESS or a local Ray started for you
-    storage: str = "~/raystyle/runs"  # runs are written to STORAGE/NAME
+    storage: str | None = None  # runs are written to STORAGE/NAME; None: $RAYSTYLE_HOME/runs
     max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
 
     def __post_init__(self) -> None:

@@ -3,20 +3,20 @@
 ``model.json`` describes the entry completely (artefacts describe themselves): style
 name, direction, architecture, the training run and step it came from, the ONNX opset,
 input constraints, every exported precision with its file and the validation figures
-measured at export. The default directory is ``~/raystyle/models``; the environment
-variable ``RAYSTYLE_MODELS`` or a ``models_dir`` argument overrides it.
+measured at export. The default directory is ``$RAYSTYLE_HOME/models`` (``~/raystyle/models``);
+the environment variable ``RAYSTYLE_MODELS`` or a ``models_dir`` argument overrides it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODELS_ENV = "RAYSTYLE_MODELS"
+from .config import MODELS_ENV, default_models_dir  # noqa: F401  (MODELS_ENV re-exported)
+
 METADATA = "model.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -27,8 +27,8 @@ class RegistryError(ValueError):
 
 
 def models_dir(path: str | Path | None = None) -> Path:
-    """``path``, else $RAYSTYLE_MODELS, else ~/raystyle/models."""
-    return Path(path or os.environ.get(MODELS_ENV) or "~/raystyle/models").expanduser()
+    """``path``, else $RAYSTYLE_MODELS, else $RAYSTYLE_HOME/models (config.default_models_dir)."""
+    return Path(path).expanduser() if path else default_models_dir()
 
 
 def check_name(name: str) -> str:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
 from . import runlog
-from .config import Config, ConfigError
+from .config import Config, ConfigError, default_storage
 from .cyclegan import CycleGAN
 from .data import EpochBatches, UnpairedDataset, check_dataset, steps_per_epoch
 from .ports import port_or_free
@@ -234,7 +234,7 @@ def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
 
 
 def run_dir_for(cfg: Config, name: str) -> Path:
-    return Path(cfg.cluster.storage).expanduser().resolve() / name
+    return Path(cfg.cluster.storage or default_storage()).expanduser().resolve() / name
 
 
 def _check_compatible(run_dir: Path, cfg: Config) -> None:
