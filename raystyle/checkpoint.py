@@ -8,6 +8,10 @@ A checkpoint dir holds
   manifest.json    written last; step, epoch, the dataset path, and every shared file's size
 A directory whose manifest is missing or disagrees with the files on disk is incomplete
 and is never loaded (a crash mid-write or mid-upload leaves exactly that).
+
+Checkpoints are written to a local folder (Ray Train uploads them); every reading function
+also takes a URI (s3://bucket/runs/NAME/checkpoint_N, through storage.py): a remote
+checkpoint is downloaded to a temporary folder and loaded from there.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.fs as pafs
+
+from . import storage
 from .config import Config
+from .storage import Location
 
 if TYPE_CHECKING:
     import torch
@@ -85,23 +93,26 @@ def save_rank(directory: str | Path, rank: int, state: dict[str, Any]) -> None:
     _atomic_write(d / f"rank_{rank}.pt", lambda f: torch.save(state, f))
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of a complete checkpoint, or CheckpointError saying what is wrong."""
-    d = Path(directory)
+def read_manifest(directory: str | Path | Location) -> dict[str, Any]:
+    """The manifest of a complete checkpoint, or CheckpointError saying what is wrong.
+
+    ``directory`` is a local path or a URI (s3://...); the sizes are checked either way.
+    """
+    d = storage.resolve(directory)
     try:
-        manifest = json.loads((d / MANIFEST).read_text())
+        manifest = json.loads(storage.read_bytes(d / MANIFEST))
     except FileNotFoundError:
         raise CheckpointError(f"{d} is not a complete checkpoint (no {MANIFEST})") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{d}: {MANIFEST} is corrupt") from None
+    sizes = {e.base_name: e.size for e in storage.listdir(d) if e.type == pafs.FileType.File}
     for name, size in manifest.get("files", {}).items():
-        path = d / name
-        if not path.is_file() or path.stat().st_size != size:
+        if sizes.get(name) != size:
             raise CheckpointError(f"{d} is incomplete: {name} is missing or truncated")
     return manifest
 
 
-def is_complete(directory: str | Path) -> bool:
+def is_complete(directory: str | Path | Location) -> bool:
     try:
         read_manifest(directory)
         return True
@@ -109,7 +120,7 @@ def is_complete(directory: str | Path) -> bool:
         return False
 
 
-def _load_tensors(path: Path, map_location: Any) -> Any:
+def _load_tensors(path: Path, map_location: Any, mmap: bool = False) -> Any:
     """torch.load restricted to tensors and plain containers (``weights_only=True``).
 
     A pickle that would import or call anything else (a shared or downloaded checkpoint
@@ -121,7 +132,7 @@ def _load_tensors(path: Path, map_location: Any) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
         if lines:  # torch names the callable the pickle wanted to import
@@ -134,63 +145,108 @@ def _load_tensors(path: Path, map_location: Any) -> Any:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
 
 
-def load_config(directory: str | Path) -> Config:
-    read_manifest(directory)
-    return Config.from_dict(json.loads((Path(directory) / "config.json").read_text()))
+def load_config(directory: str | Path | Location) -> Config:
+    d = storage.resolve(directory)
+    read_manifest(d)
+    return Config.from_dict(json.loads(storage.read_bytes(d / "config.json")))
 
 
-def load_shared(directory: str | Path, map_location: str | torch.device = "cpu"
+def load_nets(directory: str | Path | Location, map_location: str | torch.device = "cpu"
+              ) -> tuple[Config, dict[str, Any]]:
+    """(config, nets) of a complete checkpoint: all that export and evaluate read."""
+    loc = storage.resolve(directory)
+    if loc.is_remote:
+        read_manifest(loc)
+    with storage.local_copy(loc, (*SHARED_FILES, MANIFEST)) as d:  # the manifest checks all
+        try:
+            return load_config(d), _load_tensors(d / "nets.pt", map_location)
+        except CheckpointError as exc:
+            if not loc.is_remote:
+                raise
+            raise type(exc)(str(exc).replace(str(d), str(loc))) from None
+
+
+def load_shared(directory: str | Path | Location, map_location: str | torch.device = "cpu"
                 ) -> tuple[Config, dict[str, Any], dict[str, Any]]:
-    """(config, nets, train_state) of a complete checkpoint."""
-    d = Path(directory)
-    config = load_config(d)
-    import torch
+    """(config, nets, train_state) of a complete checkpoint, local or remote.
 
-    nets = _load_tensors(d / "nets.pt", map_location)
-    state = _load_tensors(d / "train_state.pt", map_location)
+    A remote checkpoint is downloaded to a temporary folder first and checked there again
+    (sizes against its manifest), so what is loaded is what the manifest vouches for.
+    """
+    loc = storage.resolve(directory)
+    if loc.is_remote:
+        read_manifest(loc)  # errors name the URI, and nothing is downloaded for a bad one
+    with storage.local_copy(loc, (*SHARED_FILES, MANIFEST)) as d:
+        try:
+            config = load_config(d)
+            nets = _load_tensors(d / "nets.pt", map_location)
+            state = _load_tensors(d / "train_state.pt", map_location)
+        except CheckpointError as exc:
+            if not loc.is_remote:
+                raise
+            raise type(exc)(str(exc).replace(str(d), str(loc))) from None
     return config, nets, state
 
 
-def load_rank(directory: str | Path, rank: int) -> dict[str, Any] | None:
+def check_safe(directory: str | Path | Location) -> None:
+    """Refuse a checkpoint any of whose .pt files would run code when loaded (UnsafeCheckpoint),
+    or whose shared files are damaged (CheckpointError), before training resumes from it.
+
+    Called on the driver, so a bad checkpoint is a one-line error before any worker starts
+    (in a worker it would be a failed, retried training run). Local files are memory-mapped:
+    only the pickles are read, not the tensor data.
+    """
+    loc = storage.resolve(directory)
+    names = sorted(e.base_name for e in storage.listdir(loc) if e.base_name.endswith(".pt"))
+    with storage.local_copy(loc, tuple(names)) as d:
+        for name in names:
+            try:
+                _load_tensors(d / name, "cpu", mmap=True)
+            except UnsafeCheckpoint as exc:
+                raise type(exc)(str(exc).replace(str(d), str(loc))) from None
+            except CheckpointError:
+                if name in SHARED_FILES:
+                    raise  # a damaged rank file only costs exactness (see load_rank)
+
+
+def load_rank(directory: str | Path | Location, rank: int) -> dict[str, Any] | None:
     """This worker's pools and RNG states, or None (new rank, or an unreadable file)."""
-    path = Path(directory) / f"rank_{rank}.pt"
-    if not path.is_file():
-        return None
-    try:
-        import torch
+    name = f"rank_{rank}.pt"
+    with storage.local_copy(storage.resolve(directory), (name,)) as d:
+        path = d / name
+        if not path.is_file():
+            return None
+        try:
+            return _load_tensors(path, "cpu")
+        except UnsafeCheckpoint:
+            raise  # a file that tries to run code is refused, never skipped
+        except CheckpointError:  # a truncated per-rank file costs exactness, not the run
+            return None
 
-        return _load_tensors(path, "cpu")
-    except UnsafeCheckpoint:
-        raise  # a file that tries to run code is refused, never skipped
-    except CheckpointError:  # a truncated per-rank file costs exactness, not the run
-        return None
 
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (by step)."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        return []
+def list_checkpoints(run_dir: str | Path | Location) -> list[Path | str]:
+    """Complete checkpoints of a run (local paths or URIs), oldest first (by step)."""
+    run = storage.resolve(run_dir)
     found = []
-    for p in run.iterdir():
-        m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and is_complete(p):
-            found.append((int(m.group(1)), p))
+    for entry in storage.listdir(run):
+        m = CHECKPOINT_RE.match(entry.base_name)
+        if m and entry.type == pafs.FileType.Directory and is_complete(run / entry.base_name):
+            found.append((int(m.group(1)), (run / entry.base_name).native))
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
+def latest_checkpoint(run_dir: str | Path | Location) -> Path | str | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
 
-def resolve(path: str | Path) -> Path:
-    """A checkpoint dir, or a run dir (-> its latest complete checkpoint)."""
-    p = Path(path).expanduser()
-    if (p / MANIFEST).exists():
-        read_manifest(p)
-        return p
-    latest = latest_checkpoint(p)
+def resolve(path: str | Path | Location) -> Path | str:
+    """A checkpoint dir, or a run dir (-> its latest complete checkpoint); local or a URI."""
+    loc = storage.resolve(path)
+    if storage.exists(loc / MANIFEST):
+        read_manifest(loc)
+        return loc.native
+    latest = latest_checkpoint(loc)
     if latest is None:
-        raise CheckpointError(f"{p} is neither a checkpoint nor a run directory with one")
+        raise CheckpointError(f"{loc} is neither a checkpoint nor a run directory with one")
     return latest

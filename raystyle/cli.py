@@ -19,6 +19,8 @@ from .config import home
 from .ports import port_free
 
 HOME = home()
+# Shipped inside the package (serve_configs/ in a clone points here), so a wheel has it too.
+SERVE_CONFIG = Path(__file__).resolve().parent / "serve_configs" / "local.yaml"
 DEMO_STYLE = "demo"
 
 
@@ -35,7 +37,9 @@ def _add_train_args(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--cpus-per-worker", type=int, metavar="N", help="CPUs per worker (cluster.cpus_per_worker)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (cluster.use_gpu)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimisation steps (train.max_steps)")
-    p.add_argument("--storage", metavar="DIR", help="where runs are written (cluster.storage)")
+    p.add_argument("--storage", metavar="DIR_OR_URI",
+                   help="where runs are written: a folder or a URI such as s3://bucket/runs "
+                        "(cluster.storage; default $RAYSTYLE_HOME/runs)")
     p.add_argument("--address", metavar="ADDR", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
 
 
@@ -98,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best", metavar="METRIC",
                    help="given a run dir, pick the checkpoint lowest in this metric (e.g. cycle_a)")
     p.add_argument("--torchscript", action="store_true", help="also write model.ts (TorchScript)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="export.KEY=VALUE",
+                   help="override a validation threshold of the checkpoint's export config, e.g. "
+                        "--set export.int8_min_psnr_db=35 (repeatable)")
+    p.add_argument("--allow-unvalidated-fp16", action="store_true",
+                   help="register fp16 even where this machine's CPU provider cannot run (validate) it; "
+                        "model.json then says validated: false")
     p.add_argument("--ray", action="store_true", help="run the export as a Ray task on the cluster")
     p.add_argument("--address", metavar="ADDR", help="Ray address for --ray (default: RAY_ADDRESS, else local)")
 
@@ -127,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the Ray Serve application (one autoscaled deployment per "
                        "style behind one HTTP API) and print its URL. Binds 127.0.0.1 unless "
                        "--host says otherwise; see the README before exposing it.")
-    p.add_argument("--config", type=Path, metavar="YAML", default=Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml",
+    p.add_argument("--config", type=Path, metavar="YAML", default=SERVE_CONFIG,
                    help="serve config YAML (default serve_configs/local.yaml)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry (overrides the config's models_dir)")
     p.add_argument("--host", metavar="HOST", help="bind address (default: the config's, 127.0.0.1)")
@@ -145,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray dashboard (default: RAY_ADDRESS if a URL, else http://127.0.0.1:8265)")
     p.add_argument("--serve-url", metavar="URL", default="http://127.0.0.1:8000",
                    help="the raystyle API (default http://127.0.0.1:8000)")
-    p.add_argument("--storage", type=Path, default=HOME / "runs", metavar="DIR",
-                   help=f"where training runs are (default {HOME / 'runs'})")
+    p.add_argument("--storage", default=str(HOME / "runs"), metavar="DIR_OR_URI",
+                   help=f"where training runs are: a folder or a URI such as s3://bucket/runs "
+                        f"(default {HOME / 'runs'})")
     p.add_argument("--refresh", type=int, default=5, metavar="S", help="seconds between refreshes, 0 = off (default 5)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
                    help="largest photo 'Try it' accepts (default 20 MB)")
@@ -209,10 +220,16 @@ def _print_evaluation(ev, as_json: bool = False) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .registry import check_name
+    from .storage import is_uri
 
     if args.export:
         check_name(args.export)  # fail before hours of training, not after
-    result = _run_training(_train_config(args), args.data, args.style)
+    cfg = _train_config(args)
+    if args.export and cfg.cluster.storage and is_uri(cfg.cluster.storage):
+        raise ValueError(f"--export needs a local --storage for now (export reads local checkpoints); "
+                         f"train to {cfg.cluster.storage.split('?', 1)[0]} without --export, then copy "
+                         f"the checkpoint folder and run `raystyle export DIR`")
+    result = _run_training(cfg, args.data, args.style)
     if args.export:
         from .train import export_on_cluster
 
@@ -230,7 +247,8 @@ def _precisions(text: str) -> tuple[str, ...]:
 def cmd_export(args: argparse.Namespace) -> int:
     kwargs = dict(direction=args.direction, models_dir=args.models_dir,
                   precisions=_precisions(args.precision), best=args.best,
-                  torchscript=args.torchscript)
+                  torchscript=args.torchscript, overrides=args.overrides,
+                  allow_unvalidated_fp16=args.allow_unvalidated_fp16)
     if args.ray:
         from .train import export_on_cluster
 
@@ -247,14 +265,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _print_style(style) -> None:
     m = style.meta
     t = m.get("training", {})
+    version = f", version {m['version']}" if m.get("version") else ""
     print(f"  {style.name}: {m['source_domain']}->{m['target_domain']}, ngf {m['architecture']['ngf']}, "
-          f"{m['architecture']['n_blocks']} blocks, step {t.get('step')}, from {t.get('run_dir')}")
+          f"{m['architecture']['n_blocks']} blocks, step {t.get('step')}, from {t.get('run_dir')}{version}")
     for prec, e in m["precisions"].items():
         figures = []
         if "max_abs_error_vs_torch" in e:
             figures.append(f"max |ORT-torch| {max(e['max_abs_error_vs_torch'].values()):.1e}")
         if e.get("psnr_vs_fp32_db") is not None:
             figures.append(f"PSNR vs fp32 {e['psnr_vs_fp32_db']} dB")
+        if e.get("tiled_psnr_db") is not None:
+            figures.append(f"tiles vs whole {e['tiled_psnr_db']} dB")
+        if e.get("calibration"):
+            figures.append(f"calibrated on {e['calibration']['count']} images")
+        if e.get("validated") is False:
+            figures.append("NOT validated")
         if e.get("note"):
             figures.append(e["note"])
         print(f"    {prec:<5} {e['file']:<18} {'; '.join(figures)}")
@@ -351,7 +376,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -363,7 +387,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.no_monitor:
         from .monitor import app_path
 
-        app_path()  # the page ships with the source tree: say so now, not after training
+        app_path()  # an incomplete installation: say so now, not after training
     ports = [("--serve-port", args.serve_port)] + ([] if args.no_monitor else [("--monitor-port", args.monitor_port)])
     for flag, port in ports:  # before minutes of training, not after
         if not port_free(port):

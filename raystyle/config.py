@@ -129,12 +129,34 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """The gates an export must pass before anything is registered (raystyle.export).
+
+    Defaults from measurements (held-out images; tiny = the tests' and the `tiny` preset's
+    generators, 0 to 150 training steps; paper = the ResNet-9 with random weights):
+    fp32 vs torch 3e-6 (tiny) / 2.3e-4 (paper); exact tiling vs whole 90-99 dB; streamed
+    statistics 3e-7 / 7e-5 std; int8 model and tile graph 31.1-40.8 dB (tiny) / 19.2 dB
+    (paper, refused); fp16 51-88 dB.
+    """
+
+    max_abs_error: float = 1e-3  # fp32 model.onnx and tile(x, stats(x)) vs torch, values in [-1, 1]
+    stats_max_rel_error: float = 1e-3  # streamed statistics vs stats.onnx, in stds of each norm's input
+    tile_min_psnr_db: float = 60.0  # exact tiling vs the whole image (a halo 1/2 too small gives ~55)
+    int8_min_psnr_db: float = 28.0  # int8 model and tile graph vs fp32 (28 dB: ~10 grey levels RMS)
+    fp16_min_psnr_db: float = 45.0  # fp16 model and tile graph vs fp32
+
+    def __post_init__(self) -> None:
+        _positive(self, "export", "max_abs_error", "stats_max_rel_error")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,11 +175,12 @@ class Config:
         return Config.from_dict(merged)
 
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+# Shipped inside the package (jobs/configs in a clone points here), so a wheel has them too.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
 def preset_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a preset in jobs/configs (``paper``, ``tiny``)."""
+    """A YAML path, or the name of a preset in raystyle/presets (``paper``, ``tiny``)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path

@@ -133,6 +133,8 @@ class EpochBatches:
 
     Like DistributedSampler: a per-epoch permutation (same on all ranks), padded so every
     rank gets ceil(N / world) samples and so the same number of steps (DDP needs that).
+    The padding cycles the permutation, so even N < world gives every rank work (a rank
+    without samples would leave the others waiting in DDP's all-reduce forever).
     """
 
     def __init__(self, n: int, world_size: int, rank: int, batch_size: int, seed: int,
@@ -143,8 +145,8 @@ class EpochBatches:
     def indices(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.n, generator=g).tolist()
-        per_rank = math.ceil(self.n / self.world)
-        order += order[: per_rank * self.world - self.n]  # pad to equal shards
+        padded = math.ceil(self.n / self.world) * self.world
+        order = (order * math.ceil(padded / self.n))[:padded]  # cycle to equal shards
         return order[self.rank :: self.world]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

@@ -72,7 +72,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", limi
              max_side: int = 256, grid: str | Path | None = None) -> Evaluation:
     """Compare trained and freshly initialised generators on ``data/{split}A`` vs ``{split}B``."""
     path = ckpt.resolve(checkpoint)
-    config, nets, _ = ckpt.load_shared(path)
+    config, nets = ckpt.load_nets(path)
     step = ckpt.read_manifest(path)["step"]
     data = Path(data).expanduser()
     real_a = load_images(data / f"{split}A", limit, max_side)

@@ -1,31 +1,44 @@
 """Checkpoint -> validated ONNX style in the registry (fp32, fp16, int8), pure torch + ORT.
 
-One generator direction (g_ab or g_ba) becomes ``MODELS/NAME/``:
+One generator direction (g_ab or g_ba) becomes a new version of ``MODELS/NAME``:
   model.onnx            fp32, dynamic batch/height/width (multiples of 4), opset 18
-  model.fp16.onnx       float16 weights and math, float32 input/output (GPU providers)
+  model.fp16.onnx       float16 weights and math, float32 input/output
   model.int8.onnx       static QDQ int8 convolutions, calibrated on training images of the source domain
-  tile.onnx, stats.onnx the tiling pair: ``stats`` returns every InstanceNorm's mean/var of a
-                        (downscaled) whole image, ``tile`` normalises a tile with them, so
-                        tiles of a huge image agree with each other and with the whole image
+  stats.onnx, tile.onnx, sums.onnx
+                        the exact-tiling graphs (raystyle.tiling): whole-image InstanceNorm
+                        statistics, a generator that normalises with given statistics, and
+                        the per-tile sums that the Stylizer streams into exact statistics
   model.ts              TorchScript (optional, for users outside ONNX)
-  model.json            metadata and the validation figures measured here
-Each ONNX file passes the ONNX checker and is compared with torch on random and real
-images; each reduced precision records its PSNR against fp32 on images that were not
-used for calibration. The entry is written to a hidden folder and renamed into place,
-so a reader never sees a half-written style.
+  model.json            metadata, the tiling halo, the int8 calibration images and every
+                        validation figure measured here with the thresholds it passed
+Export is a gate, not a record. Thresholds come from the checkpoint config's ``export``
+section (raystyle.config.ExportConfig; ``--set export.KEY=VALUE`` overrides it):
+  - fp32 model.onnx and tile(x, stats(x)) (the ORT graphs together) against the torch
+    generator on random and held-out images: max abs error <= max_abs_error;
+  - exact tiling on held-out images cut into 2x2 cores: one streaming pass of sums.onnx
+    given the whole image's statistics gives them back (<= stats_max_rel_error), and the
+    cores through tile.onnx form the whole image (PSNR >= tile_min_psnr_db);
+  - int8 and fp16 model and tile graphs against fp32 on held-out images (never the
+    calibration images): PSNR >= int8_min_psnr_db / fp16_min_psnr_db; an fp16 model that
+    this machine's CPU provider cannot run is refused unless ``allow_unvalidated_fp16``
+    (then recorded ``validated: false``);
+  - NaN or inf in any output fails.
+A failed gate is an ExportError naming the artefact, the figure and the threshold, and
+nothing is registered: the version is written to a hidden folder and swapped in by
+``registry.install`` only when every gate passed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import io
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,14 +48,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import yaml
 from torch import nn
 
 from . import __version__, registry
 from . import checkpoint as ckpt
+from .config import Config, ExportConfig
 from .data import sample_photo_dir, scan_domain
-from .evaluate import load_images, psnr
 from .nets import MULTIPLE, build_generator
 from .runlog import read_metrics
+from .stylize import Stylizer, _Plan, _to_input, _to_uint8, stats_change
+from .tiling import (
+    StatsModel,
+    SumsModel,
+    TileModel,
+    halo_for,
+    instance_norms,
+    norm_layout,
+    receptive_radius,
+)
 
 OPSET = 18
 INPUT_SPEC = {
@@ -53,91 +77,6 @@ INPUT_SPEC = {
 
 class ExportError(ValueError):
     """The export cannot be done as asked (bad direction, precision, metric, failed check)."""
-
-
-# ----------------------------------------------------------------------------------------
-# Tiling graphs: InstanceNorm with statistics computed once for the whole image.
-
-
-class _Ctx:
-    def __init__(self):
-        self.collected: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.stats: torch.Tensor | None = None
-
-
-class _CollectNorm(nn.Module):
-    def __init__(self, ctx: _Ctx, eps: float, index: int):
-        super().__init__()
-        self.ctx, self.eps, self.index = ctx, eps, index
-
-    def forward(self, x):
-        mean = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-        var = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
-        self.ctx.collected[self.index] = (mean.flatten(1), var.flatten(1))  # (B, C) each
-        return (x - mean) / torch.sqrt(var + self.eps)
-
-
-class _ApplyNorm(nn.Module):
-    def __init__(self, ctx: _Ctx, eps: float, offset: int, channels: int):
-        super().__init__()
-        self.ctx, self.eps, self.offset, self.c = ctx, eps, offset, channels
-
-    def forward(self, x):
-        s = self.ctx.stats  # (B, S): [mean_0, var_0, mean_1, var_1, ...]
-        mean = s[:, self.offset : self.offset + self.c][:, :, None, None]
-        var = s[:, self.offset + self.c : self.offset + 2 * self.c][:, :, None, None]
-        return (x - mean) / torch.sqrt(var + self.eps)
-
-
-def _instance_norms(net: nn.Module) -> list[tuple[nn.Module, str, nn.InstanceNorm2d]]:
-    """Every InstanceNorm2d with its parent, in module-traversal order (the stats layout)."""
-    found = []
-    for parent in net.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.InstanceNorm2d):
-                found.append((parent, name, child))
-    return found
-
-
-class StatsModel(nn.Module):
-    """image (B, 3, H, W) -> (B, S) means and variances of every InstanceNorm input."""
-
-    def __init__(self, generator: nn.Module):
-        super().__init__()
-        self.ctx = _Ctx()
-        self.net = copy.deepcopy(generator)
-        for i, (parent, name, norm) in enumerate(_instance_norms(self.net)):
-            setattr(parent, name, _CollectNorm(self.ctx, norm.eps, i))
-
-    def forward(self, x):
-        self.ctx.collected = {}
-        self.net(x)
-        return torch.cat([t for i in sorted(self.ctx.collected) for t in self.ctx.collected[i]], dim=1)
-
-
-class TileModel(nn.Module):
-    """(tile (B, 3, h, w), stats (B, S)) -> stylized tile, normalised with the given stats."""
-
-    def __init__(self, generator: nn.Module):
-        super().__init__()
-        self.ctx = _Ctx()
-        self.net = copy.deepcopy(generator)
-        offset = 0
-        probe = StatsModel(generator)  # one tiny pass tells each norm's channel count
-        with torch.no_grad():
-            probe(torch.zeros(1, 3, 4 * MULTIPLE, 4 * MULTIPLE))
-        for i, (parent, name, norm) in enumerate(_instance_norms(self.net)):
-            c = probe.ctx.collected[i][0].shape[1]
-            setattr(parent, name, _ApplyNorm(self.ctx, norm.eps, offset, c))
-            offset += 2 * c
-        self.stats_size = offset
-
-    def forward(self, x, stats):
-        self.ctx.stats = stats
-        return self.net(x)
-
-
-# ----------------------------------------------------------------------------------------
 
 
 def pick_checkpoint(source: str | Path, best: str | None = None) -> Path:
@@ -160,7 +99,7 @@ def pick_checkpoint(source: str | Path, best: str | None = None) -> Path:
 def load_generator(checkpoint: Path, direction: str) -> tuple[nn.Module, Any, dict]:
     if direction not in ("ab", "ba"):
         raise ExportError(f"--direction must be ab or ba, got {direction!r}")
-    config, nets, _ = ckpt.load_shared(checkpoint)
+    config, nets = ckpt.load_nets(checkpoint)  # export reads only the nets (and the manifest)
     gen = build_generator(config.model)
     gen.load_state_dict(nets[f"g_{direction}"])
     return gen.eval(), config, ckpt.read_manifest(checkpoint)
@@ -174,14 +113,17 @@ def _dims():
 
 
 def export_onnx(module: nn.Module, path: Path, example: tuple, input_names: list[str],
-                output_name: str, opset: int = OPSET) -> None:
-    """torch.export-based ONNX export with dynamic batch, height and width."""
+                output_name: str, opset: int = OPSET, spatial: tuple[int, ...] = (0,)) -> None:
+    """torch.export-based ONNX export with dynamic batch, height and width.
+
+    The inputs at positions ``spatial`` are (B, C, H, W) sharing H and W; the others (B, ...).
+    """
     batch, h, w = _dims()
-    shapes: list[dict[int, Any]] = [{0: batch, 2: h, 3: w}] + [{0: batch} for _ in example[1:]]
+    shapes = tuple({0: batch, 2: h, 3: w} if i in spatial else {0: batch} for i in range(len(example)))
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter is chatty
         program = torch.onnx.export(module, example, input_names=input_names,
-                                    output_names=[output_name], dynamic_shapes=tuple(shapes),
+                                    output_names=[output_name], dynamic_shapes=shapes,
                                     opset_version=opset, dynamo=True, external_data=False)
     program.save(str(path))
     onnx.checker.check_model(str(path), full_check=True)
@@ -195,10 +137,27 @@ def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _real_images(folder: Path | None, limit: int, side: int) -> list[torch.Tensor]:
-    if folder is not None and folder.is_dir() and scan_domain(folder, 0).files:
-        return load_images(folder, limit, side)
-    return load_images(sample_photo_dir(), limit, side)  # real photos that ship with scikit-image
+def _image_files(folder: Path | None, limit: int, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Up to ``limit`` image paths of ``folder``, else of the photos that ship with scikit-image."""
+    if folder is None or not folder.is_dir() or not scan_domain(folder, 0).files:
+        folder = sample_photo_dir()
+    return [f for f in scan_domain(folder, 0).files if f not in exclude][:limit]
+
+
+def _load(files: list[str], side: int) -> list[torch.Tensor]:
+    """(1, 3, H, W) in [-1, 1], longer side <= ``side``, H and W multiples of 4 (as evaluate.load_images)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from .images import load_rgb
+
+    out = []
+    for path in files:
+        x = TF.pil_to_tensor(load_rgb(path))
+        h, w = x.shape[-2:]
+        scale = min(1.0, side / max(h, w))
+        h, w = (max(MULTIPLE, int(n * scale) // MULTIPLE * MULTIPLE) for n in (h, w))
+        out.append(TF.resize(x, [h, w], antialias=True).float().div(127.5).sub(1).unsqueeze(0))
+    return out
 
 
 def _center_square(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -258,46 +217,154 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     onnx.save(model, str(out))
 
 
-def _max_abs_error(sess: ort.InferenceSession, module: nn.Module, inputs: list[tuple]) -> float:
+@dataclasses.dataclass
+class _HeldOut:
+    """Images never used for calibration, and what the fp32 graphs make of them."""
+
+    images: list[torch.Tensor]  # (1, 3, H, W) in [-1, 1]
+    names: list[str]  # for messages: "held-out image NAME"
+    reference: list[np.ndarray] = dataclasses.field(default_factory=list)  # model.onnx outputs
+    stats: list[np.ndarray] = dataclasses.field(default_factory=list)  # stats.onnx outputs
+
+
+# -- the gates --------------------------------------------------------------------------------
+
+
+def export_settings(config: Config, overrides: list[str] | None = None) -> ExportConfig:
+    """The checkpoint's ``export`` section (defaults for older checkpoints) with ``export.KEY=VALUE`` overrides."""
+    values: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not sep or section != "export" or not name:
+            keys = ", ".join(f.name for f in dataclasses.fields(ExportConfig))
+            raise ExportError(f"--set {item!r}: export takes export.KEY=VALUE with KEY among {keys}")
+        values[name] = yaml.safe_load(raw) if raw.strip() else None
+    return config.replace(export=values).export if values else config.export
+
+
+def _finite(artefact: str, array: np.ndarray, where: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise ExportError(f"{artefact} outputs NaN/inf on {where}; nothing was registered")
+    return array
+
+
+def _at_most(artefact: str, figure: str, value: float, key: str, limit: float) -> float:
+    if not value <= limit:  # NaN fails too
+        raise ExportError(f"{artefact}: {figure} {value:.3g} > export.{key} {limit:g}; nothing was registered")
+    return value
+
+
+def _at_least(artefact: str, figure: str, value: float, key: str, limit: float) -> float:
+    if not value >= limit:
+        raise ExportError(f"{artefact}: {figure} {value:.2f} dB < export.{key} {limit:g} dB; nothing was registered")
+    return round(value, 2)
+
+
+def _psnr_db(a: np.ndarray, b: np.ndarray, peak: float) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else min(99.0, 10 * math.log10(peak**2 / mse))
+
+
+def _u8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return np.clip((x[0].permute(1, 2, 0).numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _max_abs_error(artefact: str, run, module: nn.Module, inputs: list[tuple], names: list[str]) -> float:
+    """max |ORT - torch| over ``inputs``; ``run(*arrays)`` is the ONNX side."""
     err = 0.0
     with torch.no_grad():
-        for args in inputs:
-            feed = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args, strict=True)}
-            got = sess.run(None, feed)[0]
+        for args, where in zip(inputs, names, strict=True):
+            got = _finite(artefact, run(*(a.numpy() for a in args)), where)
             err = max(err, float(np.abs(got - module(*args).numpy()).max()))
     return err
 
 
-def _outputs(sess: ort.InferenceSession, images: list[torch.Tensor]) -> list[np.ndarray]:
-    name = sess.get_inputs()[0].name
-    return [sess.run(None, {name: x.numpy()})[0] for x in images]
+def _outputs(artefact: str, sess: ort.InferenceSession, images: list[torch.Tensor], names: list[str],
+             stats: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """``sess`` on each image (a tile graph gets the image's fp32 statistics too), all finite."""
+    out = []
+    for i, (x, where) in enumerate(zip(images, names, strict=True)):
+        feed = {"image": x.numpy()} if stats is None else {"image": x.numpy(), "stats": stats[i]}
+        out.append(_finite(artefact, sess.run(None, feed)[0], where))
+    return out
+
+
+def _min_psnr(outs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    return min(_psnr_db(a, b, 2.0) for a, b in zip(outs, reference, strict=True))  # range [-1, 1]
+
+
+def _check_tiling(style: registry.Style, precision: str, images: list[np.ndarray], names: list[str],
+                  gates: ExportConfig) -> dict[str, float]:
+    """The Stylizer's exact tiling on held-out images cut into >= 2x2 cores, vs the whole image.
+
+    With InstanceNorm: one streaming pass of sums.onnx over the tiles, given the whole image's
+    statistics (stats.onnx), must give those statistics back (a fixed point: mask, strides,
+    halo and accumulation all right), and the tiles' cores through tile.onnx must form the
+    whole image's output.
+    """
+    st = Stylizer(style, precision=precision, provider="cpu")
+    artefact = style.file(precision, "tile" if st._tiling is not None else "model").name
+    worst_rel, worst_db = 0.0, 99.0
+    for a, where in zip(images, names, strict=True):
+        h, w = a.shape[:2]
+        core = max(MULTIPLE, max(h, w) // 2 // MULTIPLE * MULTIPLE)
+        plan = _Plan(a.shape, core, st.halo)
+        whole = _finite(style.file(precision).name, st.session.run(None, {st._input: _to_input(a[None])})[0], where)
+        if st._tiling is not None:
+            stats_sess = st._tiling[1]
+            exact = _finite("stats.onnx", stats_sess.run(None, {"image": _to_input(a[None])})[0], where)
+            rel = stats_change(exact, st._sums_pass(a, plan, exact.astype(np.float64)), st._layout)
+            worst_rel = max(worst_rel, _at_most("sums.onnx", f"streamed statistics vs stats.onnx on {where}",
+                                                rel, "stats_max_rel_error", gates.stats_max_rel_error))
+
+            def run(x, opts, exact=exact, where=where):
+                return _finite(artefact, st._tiling[0].run(None, {"image": x, "stats": exact}, opts)[0], where)
+        else:
+            def run(x, opts, where=where):
+                return _finite(artefact, st.session.run(None, {st._input: x}, opts)[0], where)
+        tiled = st._assemble(a, plan, run)
+        db = _psnr_db(tiled, _to_uint8(whole, h, w)[0], 255.0)
+        worst_db = min(worst_db, _at_least(artefact, f"tiled ({core} px cores) vs whole image PSNR on {where}",
+                                           db, "tile_min_psnr_db", gates.tile_min_psnr_db))
+    return {"stats_max_rel_error": worst_rel, "tiled_psnr_db": round(worst_db, 2)}
+
+
+# -- the export ----------------------------------------------------------------------------------
 
 
 def export_style(source: str | Path, style: str, *, direction: str = "ab",
                  models_dir: str | Path | None = None, precisions: tuple[str, ...] = ("fp32",),
                  best: str | None = None, torchscript: bool = False, calib_images: int = 16,
-                 max_abs_tolerance: float = 1e-3, verbose: bool = False) -> registry.Style:
-    """Export one generator of a checkpoint (or a run's latest/best one) as style ``style``."""
+                 overrides: list[str] | None = None, allow_unvalidated_fp16: bool = False,
+                 verbose: bool = False) -> registry.Style:
+    """Export one generator of a checkpoint (or a run's latest/best one) as style ``style``.
+
+    Every artefact passes its gate (thresholds: the checkpoint's ``export`` config section
+    with ``overrides`` such as ``["export.int8_min_psnr_db=32"]``) before anything is
+    registered; a failed gate is an ExportError and the registry is left as it was.
+    """
     registry.check_name(style)
     unknown = set(precisions) - set(registry.PRECISIONS)
     if unknown or not precisions:
         raise ExportError(f"precisions must be among {', '.join(registry.PRECISIONS)}, got {sorted(unknown)}")
     checkpoint = pick_checkpoint(source, best)
     gen, config, manifest = load_generator(checkpoint, direction)
+    gates = export_settings(config, overrides)
     calib_dir, test_dir = _source_folders(manifest, direction)
     crop = config.data.crop_size
-    real = _real_images(test_dir, 4, 2 * crop)  # held out: never used for calibration
+    held_out = _image_files(test_dir, 4)  # never used for calibration
+    held = _HeldOut(_load(held_out, 2 * crop), [f"held-out image {Path(f).name}" for f in held_out])
     torch.manual_seed(0)
     random = [torch.rand(2, 3, crop, crop) * 2 - 1, torch.rand(1, 3, crop + 12, crop - 8) * 2 - 1]
     say = print if verbose else (lambda *a, **k: None)
 
     root = registry.models_dir(models_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    work = root / f".{style}.{uuid.uuid4().hex[:8]}.tmp"
-    work.mkdir()
+    version, work = registry.new_version(style, root)
     try:
         meta: dict[str, Any] = {
-            "style": style, "direction": direction,
+            "style": style, "version": version, "direction": direction,
             "source_domain": direction[0].upper(), "target_domain": direction[1].upper(),
             "architecture": {"generator": "resnet", **config.model.__dict__},
             "training": {"checkpoint": str(checkpoint), "run_dir": str(checkpoint.parent),
@@ -311,79 +378,134 @@ def export_style(source: str | Path, style: str, *, direction: str = "ab",
         fp32 = work / "model.onnx"
         export_onnx(gen, fp32, (random[0],), ["image"], "stylized")
         sess32 = session(fp32)
-        err_random = _max_abs_error(sess32, gen, [(x,) for x in random])
-        err_real = _max_abs_error(sess32, gen, [(x,) for x in real])
-        if max(err_random, err_real) > max_abs_tolerance:
-            raise ExportError(f"ONNX output differs from torch by {max(err_random, err_real):.2e} "
-                              f"(> {max_abs_tolerance:g})")
-        entry: dict[str, Any] = {"file": fp32.name, "max_abs_error_vs_torch": {
-            "random": err_random, "real": err_real}}
-        tile_inputs = None
-        if _instance_norms(gen):
-            stats_model, tile_model = StatsModel(gen).eval(), TileModel(gen).eval()
-            export_onnx(stats_model, work / "stats.onnx", (random[0],), ["image"], "stats")
-            with torch.no_grad():
-                stats = stats_model(random[0])
-            export_onnx(tile_model, work / "tile.onnx", (random[0], stats), ["image", "stats"], "stylized")
-            tile_inputs = [(x, stats_model(x).detach()) for x in real[:2]]
-            tile_err = _max_abs_error(session(work / "tile.onnx"), tile_model, tile_inputs)
-            entry.update(tile="tile.onnx", stats="stats.onnx", tile_max_abs_error_vs_torch=tile_err)
+
+        def run32(x):
+            return sess32.run(None, {"image": x})[0]
+
+        err_random = _max_abs_error("model.onnx", run32, gen, [(x,) for x in random], ["random input"] * 2)
+        err_real = _max_abs_error("model.onnx", run32, gen, [(x,) for x in held.images], held.names)
+        _at_most("model.onnx", "max |ORT - torch|", max(err_random, err_real), "max_abs_error", gates.max_abs_error)
+        entry: dict[str, Any] = {"file": fp32.name, "max_abs_error_vs_torch": {"random": err_random, "real": err_real}}
+        held.reference = _outputs("model.onnx", sess32, held.images, held.names)
+
+        norms = instance_norms(gen)
+        radius = receptive_radius(gen)
+        meta["tiling"] = {"halo": halo_for(gen), "receptive_radius": radius,
+                          "norms": norm_layout(gen) if norms else []}
+        if norms:
+            entry.update(_tiling_graphs(gen, work, random, held, gates))
         meta["precisions"]["fp32"] = entry
-        say(f"[raystyle] fp32 ONNX: max |ORT - torch| = {max(err_random, err_real):.2e} "
-            f"({time.perf_counter() - t0:.1f} s)")
-        reference = _outputs(sess32, real)
+        images_u8 = [_u8(x) for x in held.images[:2]]  # two are enough to catch a wrong halo or mask
+        entry.update(_check_tiling(registry.Style(style, work, meta, work), "fp32", images_u8, held.names[:2], gates))
+        entry["validated"] = True
+        say(f"[raystyle] fp32 ONNX: max |ORT - torch| = {max(err_random, err_real):.2e}; tiles vs whole "
+            f"{entry['tiled_psnr_db']} dB (halo {meta['tiling']['halo']} px) ({time.perf_counter() - t0:.1f} s)")
 
         if "int8" in precisions:
-            # Square crops of at most 128 px: the percentile calibrator needs equal shapes and
-            # keeps every activation of every image in memory (256 px x 16 images of the
-            # paper's generator would be ~6 GB); activation ranges barely depend on size.
-            side = min(crop, 128)
-            calib = [_center_square(x, side) for x in _real_images(calib_dir, calib_images, 2 * crop)]
-            quantize_int8(fp32, work / "model.int8.onnx", [{"image": x.numpy()} for x in calib])
-            out8 = _outputs(session(work / "model.int8.onnx"), real)
-            p8 = min(psnr(torch.from_numpy(a), torch.from_numpy(b)) for a, b in zip(out8, reference, strict=True))
-            entry8: dict[str, Any] = {"file": "model.int8.onnx", "psnr_vs_fp32_db": round(p8, 2),
-                                      "calibration_images": len(calib)}
-            if tile_inputs is not None:
-                feeds = [{"image": x.numpy(), "stats": StatsModel(gen)(x).detach().numpy()} for x in calib]
-                quantize_int8(work / "tile.onnx", work / "tile.int8.onnx", feeds)
-                entry8.update(tile="tile.int8.onnx", stats="stats.onnx")
-            meta["precisions"]["int8"] = entry8
-            say(f"[raystyle] int8 ONNX (QDQ, {len(calib)} calibration images): PSNR vs fp32 {p8:.2f} dB")
+            calib_files = _image_files(calib_dir, calib_images, exclude=tuple(held_out))
+            entry8 = meta["precisions"]["int8"] = _int8(gen, work, held, calib_files, min(crop, 128), norms, gates)
+            say(f"[raystyle] int8 ONNX (QDQ, {entry8['calibration']['count']} calibration images): PSNR vs "
+                f"fp32 {entry8['psnr_vs_fp32_db']} dB (gate {gates.int8_min_psnr_db:g})")
         if "fp16" in precisions:
-            convert_fp16(fp32, work / "model.fp16.onnx")
-            entry16: dict[str, Any] = {"file": "model.fp16.onnx"}
-            if tile_inputs is not None:
-                convert_fp16(work / "tile.onnx", work / "tile.fp16.onnx")
-                entry16.update(tile="tile.fp16.onnx", stats="stats.onnx")
-            try:
-                out16 = _outputs(session(work / "model.fp16.onnx"), real)
-                entry16["psnr_vs_fp32_db"] = round(min(
-                    psnr(torch.from_numpy(a), torch.from_numpy(b)) for a, b in zip(out16, reference, strict=True)), 2)
-            except Exception as exc:  # CPU kernels for some fp16 ops are missing: GPU-only variant
-                entry16["psnr_vs_fp32_db"] = None
-                entry16["note"] = f"not validated on CPU ({type(exc).__name__}); meant for CUDA/TensorRT"
-            meta["precisions"]["fp16"] = entry16
-            say(f"[raystyle] fp16 ONNX: PSNR vs fp32 {entry16['psnr_vs_fp32_db']} dB")
+            entry16 = meta["precisions"]["fp16"] = _fp16(work, held, norms, gates, allow_unvalidated_fp16)
+            say(f"[raystyle] fp16 ONNX: PSNR vs fp32 {entry16.get('psnr_vs_fp32_db')} dB "
+                f"(gate {gates.fp16_min_psnr_db:g})")
         if torchscript:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # jit is deprecated upstream; still loads everywhere
                 traced = torch.jit.trace(gen, random[0], check_trace=False)
             traced.save(str(work / "model.ts"))
             meta["torchscript"] = "model.ts"
+        meta["validation"] = {"thresholds": dataclasses.asdict(gates), "held_out_images": held_out,
+                              "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__}
         (work / registry.METADATA).write_text(json.dumps(meta, indent=2))
-        return _install(work, root / style)
+        return registry.install(work, style, version, root)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _install(work: Path, target: Path) -> registry.Style:
-    """Swap the finished folder into place (readers see the old or the new entry, whole)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-        target.rename(old)
-    work.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return registry.get_style(target.name, target.parent)
+def _tiling_graphs(gen: nn.Module, work: Path, random: list[torch.Tensor], held: _HeldOut,
+                   gates: ExportConfig) -> dict[str, Any]:
+    """stats.onnx, tile.onnx and sums.onnx; the ORT pair checked against the generator itself."""
+    example = random[0]
+    stats_model, tile_model = StatsModel(gen).eval(), TileModel(gen).eval()
+    export_onnx(stats_model, work / "stats.onnx", (example,), ["image"], "stats")
+    with torch.no_grad():
+        stats = stats_model(example)
+    mask = torch.ones(example.shape[0], 1, *example.shape[2:])
+    export_onnx(tile_model, work / "tile.onnx", (example, stats), ["image", "stats"], "stylized")
+    export_onnx(SumsModel(gen).eval(), work / "sums.onnx", (example, stats, mask),
+                ["image", "stats", "mask"], "sums", spatial=(0, 2))
+    # tile(x, stats(x)), both ORT graphs, against the generator (not against its own torch source)
+    stats_sess, tile_sess = session(work / "stats.onnx"), session(work / "tile.onnx")
+    held.stats = [_finite("stats.onnx", stats_sess.run(None, {"image": x.numpy()})[0], where)
+                  for x, where in zip(held.images, held.names, strict=True)]
+
+    def pair(x):
+        st = _finite("stats.onnx", stats_sess.run(None, {"image": x})[0], "an input")
+        return tile_sess.run(None, {"image": x, "stats": st})[0]
+
+    err = _max_abs_error("tile.onnx", pair, gen, [(x,) for x in [*held.images, random[1]]],
+                         [*held.names, "random input"])
+    _at_most("tile.onnx", "max |tile(x, stats(x)) - generator(x)|", err, "max_abs_error", gates.max_abs_error)
+    return {"tile": "tile.onnx", "stats": "stats.onnx", "sums": "sums.onnx", "tile_max_abs_error_vs_torch": err}
+
+
+def _int8(gen: nn.Module, work: Path, held: _HeldOut, calib_files: list[str], side: int, norms: list,
+          gates: ExportConfig) -> dict[str, Any]:
+    """int8 model (and tile graph) calibrated on ``calib_files``, checked against fp32 on held-out images."""
+    # Square crops of at most 128 px: the percentile calibrator needs equal shapes and keeps
+    # every activation of every image in memory (256 px x 16 images of the paper's generator
+    # would be ~6 GB); activation ranges barely depend on size.
+    calib = [_center_square(x, side) for x in _load(calib_files, 2 * side)]
+    if not calib:
+        raise ExportError("no calibration images for int8 (all candidates are held out)")
+    quantize_int8(work / "model.onnx", work / "model.int8.onnx", [{"image": x.numpy()} for x in calib])
+    entry: dict[str, Any] = {"file": "model.int8.onnx",
+                             "calibration": {"count": len(calib), "side": side, "images": calib_files}}
+    outs = _outputs("model.int8.onnx", session(work / "model.int8.onnx"), held.images, held.names)
+    entry["psnr_vs_fp32_db"] = _at_least("model.int8.onnx", "PSNR vs fp32", _min_psnr(outs, held.reference),
+                                         "int8_min_psnr_db", gates.int8_min_psnr_db)
+    if norms:
+        stats_model = StatsModel(gen).eval()
+        with torch.no_grad():
+            feeds = [{"image": x.numpy(), "stats": stats_model(x).numpy()} for x in calib]
+        quantize_int8(work / "tile.onnx", work / "tile.int8.onnx", feeds)
+        outs = _outputs("tile.int8.onnx", session(work / "tile.int8.onnx"), held.images, held.names, held.stats)
+        entry["tile_psnr_vs_fp32_db"] = _at_least("tile.int8.onnx", "PSNR vs fp32", _min_psnr(outs, held.reference),
+                                                  "int8_min_psnr_db", gates.int8_min_psnr_db)
+        entry.update(tile="tile.int8.onnx", stats="stats.onnx", sums="sums.onnx")
+    entry["validated"] = True
+    return entry
+
+
+def _fp16(work: Path, held: _HeldOut, norms: list, gates: ExportConfig, allow_unvalidated: bool) -> dict[str, Any]:
+    """fp16 model (and tile graph), validated where this machine's CPU provider can run them."""
+    convert_fp16(work / "model.onnx", work / "model.fp16.onnx")
+    entry: dict[str, Any] = {"file": "model.fp16.onnx"}
+    if norms:
+        convert_fp16(work / "tile.onnx", work / "tile.fp16.onnx")
+        entry.update(tile="tile.fp16.onnx", stats="stats.onnx", sums="sums.onnx")
+    try:
+        model16 = session(work / "model.fp16.onnx")
+        tile16 = session(work / "tile.fp16.onnx") if norms else None
+        out16 = [model16.run(None, {"image": x.numpy()})[0] for x in held.images]
+    except Exception as exc:  # an fp16 kernel this ORT build lacks on the CPU
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
+        if not allow_unvalidated:
+            raise ExportError(f"model.fp16.onnx cannot run on this machine's CPU provider ({reason}), so it "
+                              "cannot be validated; export it where it runs, or pass --allow-unvalidated-fp16 "
+                              "to register it unvalidated") from None
+        entry.update(validated=False, psnr_vs_fp32_db=None,
+                     note=f"NOT validated: the CPU provider cannot run it ({type(exc).__name__}); meant for CUDA/TensorRT")
+        return entry
+    for y, where in zip(out16, held.names, strict=True):
+        _finite("model.fp16.onnx", y, where)
+    entry["psnr_vs_fp32_db"] = _at_least("model.fp16.onnx", "PSNR vs fp32", _min_psnr(out16, held.reference),
+                                         "fp16_min_psnr_db", gates.fp16_min_psnr_db)
+    if tile16 is not None:
+        t16 = _min_psnr(_outputs("tile.fp16.onnx", tile16, held.images, held.names, held.stats), held.reference)
+        entry["tile_psnr_vs_fp32_db"] = _at_least("tile.fp16.onnx", "PSNR vs fp32", t16,
+                                                  "fp16_min_psnr_db", gates.fp16_min_psnr_db)
+    entry["validated"] = True
+    return entry

@@ -10,7 +10,8 @@ Sources:
                 replicas, autoscaling bounds) and the Prometheus metrics each Ray node
                 exports (request counts, latency histograms, errors).
   host / GPUs   psutil and GPUtil on the machine the monitor runs on.
-  training      STORAGE/NAME/metrics.jsonl, samples/ and checkpoints (see runlog.py).
+  training      STORAGE/NAME/metrics.jsonl, samples/ and checkpoints (see runlog.py);
+                STORAGE is a folder or a URI such as s3://bucket/runs (storage.py).
 
 Every function degrades to a dict that says what is missing; none raises for a cluster
 that is down, a run that is half-written or a machine without GPUs.
@@ -29,6 +30,7 @@ import requests
 
 from . import checkpoint as ckpt
 from . import runlog
+from . import storage as store
 from .config import home
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
@@ -169,7 +171,8 @@ def host_snapshot(storage: str | Path | None = None) -> dict[str, Any]:
     import psutil
 
     vm = psutil.virtual_memory()
-    disk_path = Path(storage).expanduser() if storage else Path.home()
+    remote = storage is not None and store.is_uri(str(storage))
+    disk_path = Path(storage).expanduser() if storage and not remote else Path.home()
     while not disk_path.exists() and disk_path != disk_path.parent:
         disk_path = disk_path.parent
     disk = psutil.disk_usage(str(disk_path))
@@ -206,9 +209,9 @@ def gpu_snapshot() -> dict[str, Any]:
 @dataclass
 class Run:
     name: str
-    path: Path
+    path: Path | str  # a local folder or a URI
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    samples: list[Path] = field(default_factory=list)
+    samples: list[Path | str] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -232,27 +235,38 @@ class Run:
 
 
 def list_runs(storage: str | Path) -> list[Run]:
-    """Runs under ``storage``: folders with a metrics log or a checkpoint, newest first."""
-    root = Path(storage).expanduser()
-    if not root.is_dir():
-        return []
-    runs = []
-    for d in root.iterdir():
-        if not d.is_dir() or not ((d / runlog.METRICS).is_file() or any(d.glob("checkpoint_*"))):
+    """Runs under ``storage`` (a folder or a URI): folders with a metrics log or a
+    checkpoint, most recently logged first."""
+    import pyarrow.fs as pafs
+
+    root = store.resolve(storage)
+    found: list[tuple[float, Run]] = []
+    for entry in store.listdir(root):
+        if entry.type != pafs.FileType.Directory:
+            continue
+        d = root / entry.base_name
+        files = {e.base_name: e for e in store.listdir(d)}
+        log = files.get(runlog.METRICS)
+        if log is None and not any(n.startswith("checkpoint_") for n in files):
             continue
         cks = []
         for c in ckpt.list_checkpoints(d):
             m = ckpt.read_manifest(c)
-            cks.append({"checkpoint": c.name, "step": m.get("step"), "epoch": m.get("epoch"),
-                        "written": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.stat().st_mtime)),
+            written = store.mtime(store.resolve(c) / ckpt.MANIFEST)
+            cks.append({"checkpoint": store.resolve(c).name, "step": m.get("step"),
+                        "epoch": m.get("epoch"),
+                        "written": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written or 0)),
                         "path": str(c)})
-        runs.append(Run(d.name, d, runlog.read_metrics(d), runlog.list_samples(d), cks))
-    def logged(run: Run) -> float:
-        log = run.path / runlog.METRICS
-        return log.stat().st_mtime if log.exists() else 0.0
+        logged = log.mtime.timestamp() if log is not None and log.mtime is not None else 0.0
+        found.append((logged, Run(entry.base_name, d.native, runlog.read_metrics(d),
+                                  runlog.list_samples(d), cks)))
+    found.sort(key=lambda t: t[0], reverse=True)
+    return [run for _, run in found]
 
-    runs.sort(key=logged, reverse=True)
-    return runs
+
+def read_sample(path: Path | str) -> bytes:
+    """The PNG bytes of a sample grid listed in ``Run.samples`` (local path or URI)."""
+    return store.read_bytes(store.resolve(path))
 
 
 LOSS_KEYS = ("g_total", "g_gan_ab", "g_gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "d_a", "d_b")
@@ -409,12 +423,20 @@ def with_rates(current: dict[str, Any], previous: dict[str, Any] | None) -> dict
 
 
 def app_path() -> Path:
-    """dashboard/app.py of the source tree raystyle is installed from."""
-    path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    """The Streamlit page, shipped inside the package (dashboard/app.py in a clone points here)."""
+    path = Path(__file__).resolve().parent / "dashboard" / "app.py"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: install raystyle from its source tree "
-                                "(`pip install -e .` in a clone) to get the monitor page")
+        raise FileNotFoundError(f"{path} not found: this raystyle installation is incomplete "
+                                "(reinstall it: pip install raystyle / pip install -e .)")
     return path
+
+
+def _storage_text(storage: str | Path | None) -> str:
+    """A folder with ~ expanded, or a URI as given (a Path would fold s3:// into s3:/)."""
+    if not storage:
+        return str(home() / "runs")
+    text = str(storage)
+    return text if store.is_uri(text) else str(Path(text).expanduser())
 
 
 def launch(*, host: str = "127.0.0.1", port: int = 8501, dashboard: str | None = None,
@@ -426,7 +448,7 @@ def launch(*, host: str = "127.0.0.1", port: int = 8501, dashboard: str | None =
 
     env = {**os.environ, "RAYSTYLE_RAY_DASHBOARD": dashboard_url(dashboard),
            "RAYSTYLE_SERVE_URL": serve_url or DEFAULT_SERVE,
-           "RAYSTYLE_STORAGE": str(Path(storage).expanduser() if storage else home() / "runs"),
+           "RAYSTYLE_STORAGE": _storage_text(storage),
            "RAYSTYLE_MONITOR_REFRESH": str(refresh),
            "RAYSTYLE_MONITOR_MAX_UPLOAD_MB": f"{max_upload_mb:g}"}
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path()),

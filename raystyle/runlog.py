@@ -7,36 +7,48 @@
   STORAGE/NAME/checkpoint_N/        Ray Train checkpoints (see checkpoint.py)
 
 Ray Train keeps only metrics reported with a checkpoint, so this log is the history.
+
+STORAGE is a local folder or a URI (s3://bucket/runs, see storage.py). Locally each record
+is appended and flushed as it is logged. Object stores have no append: rank 0 keeps the
+whole log in a local spool file and uploads it as one object before every checkpoint, at
+the end, and at most every ``UPLOAD_EVERY_S`` seconds in between (for the monitor). A crash
+loses only records after the last checkpoint, which the resumed run logs again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pyarrow.fs as pafs
+
+from . import storage
+from .storage import Location
 
 if TYPE_CHECKING:
     import torch
 
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
+UPLOAD_EVERY_S = 30.0
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one record to a local run's log (remote runs log through MetricsLog)."""
     path = Path(run_dir) / METRICS
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+def parse_metrics(text: str) -> list[dict[str, Any]]:
     """Records in step order; a torn last line (crash mid-write) is ignored."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
     by_step: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -45,32 +57,90 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def truncate_metrics(run_dir: str | Path, step: int) -> None:
+def read_metrics(run_dir: str | Path | Location) -> list[dict[str, Any]]:
+    """Records in step order of a local or remote run; [] when it has no log yet."""
+    try:
+        data = storage.read_bytes(storage.resolve(run_dir) / METRICS)
+    except (FileNotFoundError, IsADirectoryError):
+        return []
+    return parse_metrics(data.decode("utf-8", errors="replace"))
+
+
+def _dump(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def truncate_metrics(run_dir: str | Path | Location, step: int) -> None:
     """Drop records after ``step`` (a resumed run logs those steps again)."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
+    run = storage.resolve(run_dir)
+    if not storage.is_file(run / METRICS):
         return
-    keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    os.replace(tmp, path)
+    keep = [r for r in read_metrics(run) if r.get("step", 0) <= step]
+    storage.write_bytes(run / METRICS, _dump(keep).encode())
 
 
-def save_sample_grid(run_dir: str | Path, step: int, rows: list[list[torch.Tensor]]) -> Path:
+class MetricsLog:
+    """Rank 0's metrics log for one run, from ``step`` on (later records are dropped).
+
+    ``append`` a record per logged step; ``sync()`` before each checkpoint and at the end;
+    ``close()`` when done. Locally ``append`` writes through and ``sync`` does nothing.
+    """
+
+    def __init__(self, run_dir: str | Path | Location, step: int):
+        self.run = storage.resolve(run_dir)
+        self.remote = self.run.is_remote
+        if not self.remote:
+            truncate_metrics(self.run, step)
+            return
+        keep = [r for r in read_metrics(self.run) if r.get("step", 0) <= step]
+        fd, self.spool = tempfile.mkstemp(prefix="raystyle_metrics_", suffix=".jsonl")
+        with os.fdopen(fd, "w") as f:
+            f.write(_dump(keep))
+        self.uploaded: float | None = None  # the first record is uploaded at once
+        if storage.exists(self.run / METRICS):
+            self.sync()  # the truncated log, so readers never mix two attempts
+
+    def append(self, record: dict[str, Any]) -> None:
+        if not self.remote:
+            append_metrics(self.run.local, record)
+            return
+        with open(self.spool, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.uploaded is None or time.monotonic() - self.uploaded >= UPLOAD_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """Upload the whole spool as one object (remote runs)."""
+        if self.remote:
+            storage.upload_file(self.spool, self.run / METRICS)
+            self.uploaded = time.monotonic()
+
+    def close(self) -> None:
+        if self.remote:
+            self.sync()
+            Path(self.spool).unlink(missing_ok=True)
+
+
+def save_sample_grid(run_dir: str | Path | Location, step: int, rows: list[list[torch.Tensor]]
+                     ) -> Path | str:
     """Save rows of (B, 3, H, W) tensors in [-1, 1]: the first image of each, side by side."""
     import torch
     from torchvision.utils import save_image
 
-    folder = Path(run_dir) / SAMPLES
-    folder.mkdir(parents=True, exist_ok=True)
+    target = storage.resolve(run_dir) / SAMPLES / f"step_{step:08d}.png"
     tiles = [t[:1].detach().float().cpu() for row in rows for t in row]
     grid = torch.cat(tiles)  # (rows * cols, 3, H, W)
-    path = folder / f"step_{step:08d}.png"
-    tmp = folder / f".step_{step:08d}.tmp.png"
-    save_image(grid * 0.5 + 0.5, tmp, nrow=len(rows[0]), padding=2)
-    os.replace(tmp, path)
-    return path
+    with tempfile.TemporaryDirectory(prefix="raystyle_sample_") as tmp:
+        png = Path(tmp) / "grid.png"
+        save_image(grid * 0.5 + 0.5, png, nrow=len(rows[0]), padding=2)
+        storage.upload_file(png, target)
+    return target.native
 
 
-def list_samples(run_dir: str | Path) -> list[Path]:
-    return sorted((Path(run_dir) / SAMPLES).glob("step_*.png"))
+def list_samples(run_dir: str | Path | Location) -> list[Path | str]:
+    """Sample grids (local paths or URIs), oldest first."""
+    folder = storage.resolve(run_dir) / SAMPLES
+    names = sorted(e.base_name for e in storage.listdir(folder)
+                   if e.type == pafs.FileType.File and e.base_name.startswith("step_")
+                   and e.base_name.endswith(".png"))
+    return [(folder / n).native for n in names]

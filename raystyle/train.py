@@ -5,16 +5,21 @@ TorchTrainer + ScalingConfig for the workers, DDP via ``prepare_model``, checkpo
 ``ray.train.report`` (one directory, merged from every rank), resume via
 ``ray.train.get_checkpoint()`` -- which returns the latest checkpoint both after a worker
 failure (FailureConfig) and when the same command runs again with the same storage and name.
+
+Storage is a local folder or a URI (s3://bucket/runs, gs://...): the driver resolves it once
+(storage.py) and hands the same pyarrow filesystem to Ray Train (``storage_filesystem``) and
+to rank 0, which writes the metrics log and sample grids through it (runlog.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import psutil
@@ -26,13 +31,15 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from . import runlog
+from . import runlog, storage
 from .config import Config, ConfigError, default_storage
 from .cyclegan import CycleGAN
 from .data import EpochBatches, UnpairedDataset, check_dataset, steps_per_epoch
 from .ports import port_or_free
+from .storage import Location
 
 CRASH_MARKER = ".crash_hook_fired"
+NETS = ("g_ab", "g_ba", "d_a", "d_b")
 
 
 class ClusterError(ValueError):
@@ -41,8 +48,8 @@ class ClusterError(ValueError):
 
 @dataclass(frozen=True)
 class TrainResult:
-    run_dir: Path
-    checkpoint: Path | None
+    run_dir: Path | str  # a local Path, or the run's URI (s3://bucket/runs/NAME)
+    checkpoint: Path | str | None
     step: int
 
 
@@ -71,7 +78,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
     device = ray.train.torch.get_device()
-    run_dir = Path(loop["run_dir"]) if loop.get("run_dir") else None
+    run: Location | None = loop.get("run")  # resolved on the driver (filesystem included)
 
     model = CycleGAN(cfg.model, cfg.loss, cfg.train, device, rank)
     restored = ray.train.get_checkpoint()
@@ -84,8 +91,20 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             model.epoch_step = 0  # shards changed: replay the epoch from its start
         if rank == 0:
             print(f"[raystyle] resumed from step {model.step} (epoch {model.epoch})", flush=True)
-    if rank == 0 and run_dir is not None:
-        runlog.truncate_metrics(run_dir, model.step)
+    log = runlog.MetricsLog(run, model.step) if rank == 0 and run is not None else None
+    try:
+        _train(model, cfg, loop, rank, world, device, run, log)
+    except BaseException:
+        if log is not None:  # upload what was logged, without hiding the error
+            with contextlib.suppress(Exception):
+                log.close()
+        raise
+    if log is not None:
+        log.close()
+
+
+def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world: int,
+           device: torch.device, run: Location | None, log: runlog.MetricsLog | None) -> None:
     model.wrap(lambda m: ray.train.torch.prepare_model(m, move_to_device=False))
 
     dataset = UnpairedDataset(tuple(loop["files_a"]), tuple(loop["files_b"]), cfg.data, cfg.train.seed)
@@ -93,9 +112,12 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     total = total_steps(cfg, len(dataset), world)
     batches = EpochBatches(len(dataset), world, rank, cfg.train.batch_size, cfg.train.seed,
                            model.epoch, model.epoch_step)
+    # A private generator for the loader's worker seed: drawn from the global one, it would
+    # shift the restored RNG state (and every dropout mask after it) on each resume.
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.loader_workers,
                         pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.data.loader_workers > 0)
+                        persistent_workers=cfg.data.loader_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
     tc = cfg.train
     window_start, window_steps = time.perf_counter(), 0
     for real_a, real_b in loader:
@@ -106,24 +128,26 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         if model.epoch_step == spe:
             model.end_epoch()  # linear-decay schedulers step once per epoch
         step, window_steps = model.step, window_steps + 1
-        if loop.get("crash_at_step") == step and rank == world - 1 and run_dir is not None:
-            marker = run_dir / CRASH_MARKER
-            if not marker.exists():  # test hook: die for real, once
-                marker.touch()
+        if loop.get("crash_at_step") == step and rank == world - 1 and run is not None:
+            marker = run / CRASH_MARKER
+            if not storage.exists(marker):  # test hook: die for real, once
+                storage.write_bytes(marker, b"")
                 os._exit(1)
         last = step >= total
         metrics: dict[str, Any] = {}
         if step % tc.log_every == 0 or last or step % tc.checkpoint_every == 0:
             metrics = _log(model, losses, world, window_start, window_steps, total, device)
             window_start, window_steps = time.perf_counter(), 0
-            if rank == 0 and run_dir is not None:
-                runlog.append_metrics(run_dir, metrics)
+            if log is not None:
+                log.append(metrics)
             if rank == 0:
                 print(_progress_line(metrics, total), flush=True)
-        if rank == 0 and run_dir is not None and (step % tc.sample_every == 0 or last):
+        if rank == 0 and run is not None and (step % tc.sample_every == 0 or last):
             o = model.last
-            runlog.save_sample_grid(run_dir, step, [[real_a, o.fake_b, o.rec_a], [real_b, o.fake_a, o.rec_b]])
+            runlog.save_sample_grid(run, step, [[real_a, o.fake_b, o.rec_a], [real_b, o.fake_a, o.rec_b]])
         if step % tc.checkpoint_every == 0 or last:
+            if log is not None:
+                log.sync()  # the log reaches storage before the checkpoint it leads up to
             _report_checkpoint(model, cfg, rank, world, metrics, loop["data_dir"])
         if last:
             break
@@ -166,7 +190,8 @@ def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
         if rank == 0:
             state = {**model.train_state(), "world_size": world}
             ckpt.save_shared(tmp, cfg, model.nets_state(), state, {"data_dir": data_dir})
-        ckpt.save_rank(tmp, rank, {**model.rank_state(), "g_ab_fingerprint": _fingerprint(model.g_ab)})
+        fingerprints = {name: _fingerprint(getattr(model, name)) for name in NETS}
+        ckpt.save_rank(tmp, rank, {**model.rank_state(), "fingerprints": fingerprints})
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -233,19 +258,23 @@ def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
         )
 
 
-def run_dir_for(cfg: Config, name: str) -> Path:
-    return Path(cfg.cluster.storage or default_storage()).expanduser().resolve() / name
+def run_location(cfg: Config, name: str) -> Location:
+    """STORAGE/NAME: an absolute local folder, or a URI kept as a URI (never a local 's3:')."""
+    text = cfg.cluster.storage or default_storage()
+    root = text if storage.is_uri(text) else Path(text).expanduser().resolve()
+    return storage.resolve(root) / name
 
 
-def _check_compatible(run_dir: Path, cfg: Config) -> None:
-    latest = ckpt.latest_checkpoint(run_dir)
+def _check_compatible(run: Location, cfg: Config) -> None:
+    latest = ckpt.latest_checkpoint(run)
     if latest is None:
         return
+    ckpt.check_safe(latest)  # the resume would load it: refuse code-running pickles here
     old = ckpt.load_config(latest)
     for section in ("model", "loss", "data"):
         if getattr(old, section) != getattr(cfg, section):
             raise ConfigError(
-                f"run {run_dir} exists with a different {section} config; resume it with the "
+                f"run {run} exists with a different {section} config; resume it with the "
                 f"same config or pick a new --style name"
             )
 
@@ -259,24 +288,26 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
             print(f"[raystyle] domain {domain}: skipped {len(scan.skipped)} non-image files")
         if verbose and scan.small:
             print(f"[raystyle] domain {domain}: {scan.small} images smaller than the crop are upscaled")
-    run_dir = run_dir_for(cfg, name)
-    _check_compatible(run_dir, cfg)
+    run = run_location(cfg, name)
+    storage.check_reachable(run)
+    _check_compatible(run, cfg)
     cl = cfg.cluster
     connect(cl.address)
     check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run.local is not None:
+        run.local.mkdir(parents=True, exist_ok=True)
     n = max(len(scan_a.files), len(scan_b.files))
     if verbose:
         print(
             f"[raystyle] training {name!r}: |A|={len(scan_a.files)} |B|={len(scan_b.files)}, "
             f"{cl.workers} worker(s){' on GPU' if cl.use_gpu else ''}, "
-            f"{total_steps(cfg, n, cl.workers)} steps -> {run_dir}",
+            f"{total_steps(cfg, n, cl.workers)} steps -> {run}",
             flush=True,
         )
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config": cfg.to_dict(), "run_dir": str(run_dir), "crash_at_step": crash_at_step,
+            "config": cfg.to_dict(), "run": run, "crash_at_step": crash_at_step,
             "data_dir": str(Path(data_dir).expanduser().resolve()),
             "files_a": list(scan_a.files), "files_b": list(scan_b.files),
         },
@@ -285,15 +316,18 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
             resources_per_worker={"CPU": cl.cpus_per_worker, **({"GPU": 1} if cl.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(run_dir.parent),
+            # The filesystem resolved here (endpoint, scheme, credentials from the driver's
+            # environment) travels to Ray's controller and workers with the run config.
+            name=name, storage_path=run.parent.path, storage_filesystem=run.fs,
             failure_config=ray.train.FailureConfig(max_failures=cl.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
     result = trainer.fit()
-    final = Path(result.checkpoint.path) if result.checkpoint is not None else None
-    step = ckpt.read_manifest(final)["step"] if final is not None else 0
-    return TrainResult(run_dir, final, step)
+    if result.checkpoint is None:
+        return TrainResult(run.native, None, 0)
+    final = run / PurePosixPath(result.checkpoint.path).name
+    return TrainResult(run.native, final.native, ckpt.read_manifest(final)["step"])
 
 
 
@@ -302,9 +336,15 @@ def export_on_cluster(checkpoint: str | Path, style: str, *, address: str | None
     """Run ``export_style`` as a Ray task, so a cluster pipeline is train -> export unattended.
 
     The checkpoint and the models directory must be on storage the task's node can reach.
+    Both are resolved here, on the driver, to absolute paths: the default registry
+    ($RAYSTYLE_MODELS or $RAYSTYLE_HOME/models) and relative paths mean the driver's, not
+    those of whichever node runs the task.
     """
     from .export import export_style
+    from .registry import models_dir
 
+    kwargs["models_dir"] = str(models_dir(kwargs.get("models_dir")).resolve())
+    source = checkpoint if storage.is_uri(str(checkpoint)) else Path(checkpoint).expanduser().resolve()
     connect(address)
     task = ray.remote(num_cpus=1, max_retries=1)(export_style)
-    return ray.get(task.remote(str(checkpoint), style, **kwargs))
+    return ray.get(task.remote(str(source), style, **kwargs))

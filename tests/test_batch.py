@@ -212,8 +212,7 @@ def test_cluster_problems_are_one_line_errors(capsys, ray_session, photos, model
 def test_wired_into_raystyle_main(capsys, tmp_path):
     from raystyle import cli as cli_module
 
-    if "batch" not in getattr(cli_module, "COMMANDS", {}):
-        pytest.skip("raystyle.cli does not wire `batch` yet")
+    assert "batch" in cli_module.COMMANDS, "raystyle.cli does not wire `batch`"
     capsys.readouterr()
     assert cli_module.main(["batch", str(tmp_path / "nope"), str(tmp_path / "o"), "--style", "x",
                             "--models-dir", str(tmp_path)]) == 2

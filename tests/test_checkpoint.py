@@ -49,12 +49,28 @@ def test_resolve_errors(tmp_path):
         ckpt.resolve(tmp_path)
 
 
-def test_evaluate_untrained_checkpoint_matches_fresh_nets(tmp_path, sample_data):
-    # A checkpoint of freshly initialised nets (same seed) must score exactly like fresh nets:
-    # the "trained" column is computed from the checkpoint's weights, not from anything else.
-    _save(tmp_path / "c")
-    ev = evaluate(tmp_path / "c", sample_data, limit=3, grid=tmp_path / "g.png")
-    assert ev.images == 3 and ev.step == 3
-    assert ev.colour_distance_trained == pytest.approx(ev.colour_distance_init)
-    assert ev.cycle_psnr_trained == pytest.approx(ev.cycle_psnr_init)
-    assert ev.colour_distance_real_a > 0 and (tmp_path / "g.png").stat().st_size > 0
+def test_evaluate_scores_the_checkpoints_own_weights(trained_checkpoint, sample_data, tmp_path):
+    """The "trained" figures come from the checkpoint's weights (computed here independently
+    from nets.pt), the "untrained" ones from fresh nets, and the two differ: an evaluate that
+    scored fresh nets twice, or ignored the checkpoint, fails."""
+    import torch
+
+    from raystyle.evaluate import colour_distance, colour_stats, load_images, psnr
+    from raystyle.nets import build_generator
+
+    ev = evaluate(trained_checkpoint, sample_data, limit=3, grid=tmp_path / "g.png")
+    config, nets, _ = ckpt.load_shared(trained_checkpoint)
+    g_ab, g_ba = build_generator(config.model).eval(), build_generator(config.model).eval()
+    g_ab.load_state_dict(nets["g_ab"])
+    g_ba.load_state_dict(nets["g_ba"])
+    real_a = load_images(sample_data / "testA", 3, 256)
+    ref_b = colour_stats(load_images(sample_data / "testB", 3, 256))
+    with torch.no_grad():
+        fakes = [g_ab(a) for a in real_a]
+        cycle = sum(psnr(g_ba(f), a) for f, a in zip(fakes, real_a, strict=True)) / 3
+    assert ev.images == 3 and ev.step == ckpt.read_manifest(trained_checkpoint)["step"] == 150
+    assert ev.colour_distance_trained == pytest.approx(colour_distance(fakes, ref_b), rel=1e-5)
+    assert ev.cycle_psnr_trained == pytest.approx(cycle, rel=1e-5)
+    assert ev.colour_distance_real_a == pytest.approx(colour_distance(real_a, ref_b), rel=1e-5)
+    assert abs(ev.cycle_psnr_trained - ev.cycle_psnr_init) > 1.0, "trained and fresh nets differ"
+    assert (tmp_path / "g.png").stat().st_size > 0

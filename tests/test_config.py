@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from raystyle.config import Config, ConfigError, load_config
@@ -55,3 +57,36 @@ def test_yaml_unknown_key_in_file(tmp_path):
     path.write_text("model:\n  width: 3\n")
     with pytest.raises(ConfigError, match="unknown config key 'model.width'"):
         load_config(path)
+
+
+def test_raystyle_home_moves_every_default_path(tmp_path):
+    """One resolution of the defaults: train's storage, the registry, the monitor's runs and
+    the demo's folder all follow RAYSTYLE_HOME (read when the process starts, as users set it),
+    and RAYSTYLE_MODELS still wins for the registry."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json\n"
+        "from raystyle.cli import build_parser\n"
+        "from raystyle.config import load_config\n"
+        "from raystyle.registry import models_dir\n"
+        "from raystyle.train import run_location\n"
+        "p = build_parser()\n"
+        "print(json.dumps({'run': str(run_location(load_config('tiny'), 'x')),\n"
+        "  'models': str(models_dir(None)),\n"
+        "  'monitor': str(p.parse_args(['monitor']).storage),\n"
+        "  'demo': str(p.parse_args(['demo']).home)}))\n"
+    )
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAYSTYLE_MODELS", "RAYSTYLE_HOME")}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "RAYSTYLE_HOME": str(home)},
+                         capture_output=True, text=True, check=True, timeout=120)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"run": str(home / "runs" / "x"), "models": str(home / "models"),
+                   "monitor": str(home / "runs"), "demo": str(home)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "RAYSTYLE_HOME": str(home), "RAYSTYLE_MODELS": str(tmp_path / "m")},
+                         timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["models"] == str(tmp_path / "m")

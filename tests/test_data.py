@@ -104,6 +104,22 @@ def test_epoch_batches_shard_without_overlap_and_resume():
     assert next(resumed) == first_epoch[0][1]
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("n", "world"), [(1, 4), (3, 4), (2, 2), (5, 3)])
+def test_fewer_samples_than_workers_still_gives_every_rank_work(n, world):
+    # A rank without samples would wait in DDP's all-reduce forever: padding cycles the
+    # permutation, so every rank gets ceil(n / world) samples and every sample is used.
+    shards = [EpochBatches(n, world, r, 2, seed=3).indices(e) for e in (0, 1) for r in range(world)]
+    per_rank = -(-n // world)
+    assert all(len(s) == per_rank for s in shards)
+    for e in (0, 1):
+        assert {i for s in shards[e * world : (e + 1) * world] for i in s} == set(range(n))
+    if n == 1:
+        assert shards == [[0]] * (2 * world)
+    last = iter(EpochBatches(n, world, world - 1, 2, seed=3))  # the rank that used to get nothing
+    assert next(last) == [(0, i) for i in shards[world - 1]]
+
+
 def test_sample_dataset(tmp_path):
     counts = write_sample_dataset(tmp_path, size=32, per_photo=1)
     assert counts == {"trainA": 7, "trainB": 7, "testA": 7, "testB": 7}

@@ -215,7 +215,15 @@ def test_page_cluster_section(page):
     assert m["Ray nodes alive"] == "1 / 1"
     used, total = (float(v) for v in m["CPUs in use"].split(" / "))
     assert total == os.cpu_count() and 1.5 <= used <= total  # Serve's replicas hold 1.5 CPU
-    assert m["GPUs in use"] == "no GPU" or "/" in m["GPUs in use"]
+    import ray
+
+    ray_gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else None
+    if ray_gpus is None:  # not attached here: the page's figure must still match GPUtil's
+        ray_gpus = len(mon.gpu_snapshot()["gpus"])
+    if ray_gpus:
+        assert m["GPUs in use"].endswith(f" / {ray_gpus:g}"), m["GPUs in use"]
+    else:
+        assert m["GPUs in use"] == "no GPU", m["GPUs in use"]
     store_used, store_total = (float(v) for v in m["Object store, GiB"].split(" / "))
     assert 0 <= store_used < store_total
     nodes = page.dataframe[0].value

@@ -19,10 +19,15 @@ def test_registry_entry_describes_itself(exported, trained_checkpoint):
     assert meta["training"]["step"] == 150 and meta["training"]["checkpoint"] == str(trained_checkpoint)
     assert meta["input"]["multiple_of"] == 4 and meta["input"]["range"] == [-1.0, 1.0]
     assert sorted(meta["precisions"]) == ["fp16", "fp32", "int8"]
-    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "tile.onnx", "stats.onnx", "model.ts"):
+    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "tile.onnx", "stats.onnx", "sums.onnx",
+                 "tile.int8.onnx", "tile.fp16.onnx", "model.ts"):
         assert (exported.path / name).is_file(), name
     assert [s.name for s in registry.list_styles(exported.path.parent)] == ["tiny"]
-    assert not [p for p in exported.path.parent.iterdir() if p.name.startswith(".")]
+    # MODELS/tiny -> .versions/tiny/VERSION; nothing else (no half-written folders left behind)
+    assert sorted(p.name for p in exported.path.parent.iterdir()) == [".versions", "tiny"]
+    assert exported.path.is_symlink() and exported.version_dir == exported.path.resolve()
+    assert registry.versions("tiny", exported.path.parent) == [meta["version"]] == [exported.version_dir.name]
+    assert not [p for p in (exported.path.parent / ".versions").iterdir() if p.name.startswith(".")]
 
 
 def test_onnx_is_valid_with_dynamic_batch_height_width(exported):
@@ -115,3 +120,125 @@ def test_bad_arguments(trained_checkpoint, tmp_path):
         export_style(trained_checkpoint, "x", models_dir=tmp_path, direction="aa")
     with pytest.raises(registry.RegistryError, match=r"unknown style 'nope' .*available: none"):
         registry.get_style("nope", tmp_path)
+
+
+# -- export is a gate: every figure recorded, every failure refused, nothing half-registered ------
+
+
+def _registry_state(models, name):
+    """What a reader could see of style ``name``: the entry's target, the kept versions, leftovers."""
+    entry = models / name
+    target = entry.resolve().name if entry.exists() else None
+    versions = models / ".versions"
+    leftovers = sorted(p.name for p in versions.rglob(".*")) if versions.is_dir() else []
+    return target, registry.versions(name, models), leftovers
+
+
+def test_model_json_records_calibration_and_every_validation_figure(exported, sample_data):
+    meta = exported.meta
+    p32, p8, p16 = (meta["precisions"][p] for p in ("fp32", "int8", "fp16"))
+    train_a = sorted(str(p) for p in (sample_data / "trainA").iterdir())
+    calib = p8["calibration"]
+    assert calib["images"] == train_a[:16] and calib["count"] == len(calib["images"]) > 0
+    held_out = meta["validation"]["held_out_images"]
+    assert held_out and all("/testA/" in f for f in held_out) and not set(held_out) & set(calib["images"])
+    gates = meta["validation"]["thresholds"]
+    assert gates == {"max_abs_error": 1e-3, "stats_max_rel_error": 1e-3, "tile_min_psnr_db": 60.0,
+                     "int8_min_psnr_db": 28.0, "fp16_min_psnr_db": 45.0}
+    assert p32["tile_max_abs_error_vs_torch"] <= gates["max_abs_error"]
+    assert p32["stats_max_rel_error"] <= gates["stats_max_rel_error"]
+    assert p32["tiled_psnr_db"] >= gates["tile_min_psnr_db"]
+    for entry, key in ((p8, "int8_min_psnr_db"), (p16, "fp16_min_psnr_db")):
+        assert entry["validated"] is True and entry["sums"] == "sums.onnx"
+        assert min(entry["psnr_vs_fp32_db"], entry["tile_psnr_vs_fp32_db"]) >= gates[key]
+    assert meta["tiling"]["halo"] == 32 and len(meta["tiling"]["norms"]) == 9
+
+
+def _nan_tile(monkeypatch):
+    from raystyle import export
+
+    class NaNTile(export.TileModel):  # e.g. a variance read from the wrong slot: sqrt(negative)
+        def forward(self, x, stats):
+            return super().forward(x, stats) + torch.sqrt(stats[:, :1, None, None] * 0 - 1)
+
+    monkeypatch.setattr(export, "TileModel", NaNTile)
+
+
+def _shifted_tile(monkeypatch):
+    from raystyle import export
+
+    class ShiftedTile(export.TileModel):  # finite, agrees with its own torch source, wrong
+        def forward(self, x, stats):
+            return super().forward(x, stats * 1.05)
+
+    monkeypatch.setattr(export, "TileModel", ShiftedTile)
+
+
+@pytest.mark.parametrize(("corrupt", "message"), [
+    (_nan_tile, r"tile\.onnx outputs NaN/inf on held-out image"),
+    (_shifted_tile, r"tile\.onnx: max \|tile\(x, stats\(x\)\) - generator\(x\)\| .* > export\.max_abs_error 0\.001"),
+])
+def test_a_broken_tile_graph_is_refused_and_nothing_registered(trained_checkpoint, tmp_path, monkeypatch,
+                                                                corrupt, message):
+    corrupt(monkeypatch)
+    with pytest.raises(ExportError, match=message) as err:
+        export_style(trained_checkpoint, "broken", models_dir=tmp_path)
+    assert "\n" not in str(err.value) and "nothing was registered" in str(err.value)
+    assert _registry_state(tmp_path, "broken") == (None, [], [])
+    assert not (tmp_path / "broken").exists() and registry.list_styles(tmp_path) == []
+
+
+def test_int8_below_its_threshold_refuses_and_the_previous_version_stays(trained_checkpoint, tmp_path, capsys):
+    first = export_style(trained_checkpoint, "gate", models_dir=tmp_path)
+    before = _registry_state(tmp_path, "gate")
+    with pytest.raises(ExportError, match=r"model\.int8\.onnx: PSNR vs fp32 \d+\.\d+ dB < export\.int8_min_psnr_db 99 dB"):
+        export_style(trained_checkpoint, "gate", models_dir=tmp_path, precisions=("fp32", "int8"),
+                     overrides=["export.int8_min_psnr_db=99"])
+    assert _registry_state(tmp_path, "gate") == before == (first.version, [first.version], [])
+    assert registry.get_style("gate", tmp_path).meta == first.meta  # fp32 only, as before
+    # The same through the CLI, on a style that does not exist yet: exit 2, one line, nothing at all.
+    from raystyle.cli import main
+
+    assert main(["export", str(trained_checkpoint), "--style", "fresh", "--models-dir", str(tmp_path),
+                 "--precision", "int8", "--set", "export.int8_min_psnr_db=99"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "export.int8_min_psnr_db 99 dB" in err[0]
+    assert _registry_state(tmp_path, "fresh") == (None, [], [])
+
+
+def test_fp16_that_this_machine_cannot_run_is_refused_unless_allowed(trained_checkpoint, tmp_path, monkeypatch):
+    from raystyle import export
+
+    real_session = export.session
+
+    def no_fp16(path, threads=None):
+        if ".fp16." in str(path):
+            raise RuntimeError("NOT_IMPLEMENTED: Could not find an implementation for Conv(11) float16")
+        return real_session(path, threads)
+
+    monkeypatch.setattr(export, "session", no_fp16)
+    with pytest.raises(ExportError, match=r"model\.fp16\.onnx cannot run on this machine's CPU provider .*"
+                                          r"--allow-unvalidated-fp16"):
+        export_style(trained_checkpoint, "half", models_dir=tmp_path, precisions=("fp32", "fp16"))
+    assert _registry_state(tmp_path, "half") == (None, [], [])
+    style = export_style(trained_checkpoint, "half", models_dir=tmp_path, precisions=("fp32", "fp16"),
+                         allow_unvalidated_fp16=True)
+    entry = style.meta["precisions"]["fp16"]
+    assert entry["validated"] is False and entry["psnr_vs_fp32_db"] is None and "NOT validated" in entry["note"]
+    assert style.meta["precisions"]["fp32"]["validated"] is True
+
+
+def test_export_settings_come_from_the_checkpoint_with_overrides():
+    from raystyle.config import Config, ConfigError, ExportConfig
+    from raystyle.export import export_settings
+
+    old = Config().to_dict()
+    del old["export"]  # a checkpoint written before the export section existed
+    assert Config.from_dict(old).export == ExportConfig()
+    cfg = Config().replace(export={"tile_min_psnr_db": 50.0})
+    got = export_settings(cfg, ["export.int8_min_psnr_db=33", "export.max_abs_error=1e-4"])
+    assert (got.tile_min_psnr_db, got.int8_min_psnr_db, got.max_abs_error) == (50.0, 33.0, 1e-4)
+    with pytest.raises(ExportError, match="export takes export.KEY=VALUE"):
+        export_settings(cfg, ["train.lr=1"])
+    with pytest.raises(ConfigError, match="unknown config key 'export.nope'"):
+        export_settings(cfg, ["export.nope=1"])

@@ -12,6 +12,7 @@ from raystyle.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+QUICK_START = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && raystyle demo"
 
 
 def _fenced(text: str = README) -> list[tuple[str, str]]:
@@ -95,8 +96,13 @@ def test_readme_test_command_is_ci_run():
           if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
     quick = README[README.index("## Quick start"):README.index("## What the demo shows")]
     commands = [body for kind, body in _fenced(quick) if kind == "bash"]
-    assert commands[0] == "pip install -e . && raystyle demo"
-    assert ci == [commands[1]], "`.ci/run` must run exactly the README's test command"
+    assert commands[0] == QUICK_START
+    assert ci[0] == commands[1], "`.ci/run` must run exactly the README's test command"
+    assert ci[1:] == ["bash .ci/smoke", "bash .ci/floors"]
+    # A fresh virtual environment on every run: nothing installed by hand can make it pass.
+    assert commands[1].startswith("python3 -m venv --clear .venv && . .venv/bin/activate && ")
+    assert commands[1].endswith("pip install -e '.[dev]' && pip check && python -m pytest")
+    assert "--system-site-packages" not in commands[1]
 
 
 def test_pictures_exist():

@@ -9,7 +9,7 @@ RAYSTYLE_MONITOR_MAX_UPLOAD_MB.
 import functools
 import io
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import streamlit as st
@@ -150,7 +150,8 @@ def training_section() -> None:
         st.markdown(f"**Latest sample grids** ({len(run.samples)} in all; rows: real A | fake B | "
                     "rec A and real B | fake A | rec B)")
         for col, path in zip(st.columns(3), shown, strict=False):
-            col.image(str(path), caption=f"{run.name}, {path.stem.replace('_', ' ')}", width="stretch")
+            stem = PurePosixPath(str(path)).stem  # a local path or a URI (s3://...)
+            col.image(mon.read_sample(path), caption=f"{run.name}, {stem.replace('_', ' ')}", width="stretch")
     if run.checkpoints:
         st.markdown("**Checkpoints**")
         st.dataframe(pd.DataFrame(run.checkpoints), hide_index=True, width="stretch")
