@@ -41,6 +41,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSIONS = ".versions"  # MODELS/.versions/NAME/VERSION/
 KEEP = 3  # versions kept per style (the current one always)
+# A version replaced less than GRACE_S seconds ago is kept too, whatever KEEP says: a reader
+# (a Serve replica starting, a batch actor) that resolved it just before the swap must still
+# find every file of it, however fast exports follow each other.
+GRACE_S = 600.0
 
 
 class RegistryError(ValueError):
@@ -149,7 +153,7 @@ def versions(name: str, directory: str | Path | None = None) -> list[str]:
 
 
 def install(work: Path, name: str, version: str, directory: str | Path | None = None,
-            keep: int = KEEP) -> Style:
+            keep: int = KEEP, grace: float | None = None) -> Style:
     """Make the finished folder ``work`` version ``version`` of ``name`` and swap it in atomically."""
     root = models_dir(directory)
     check_name(name)
@@ -157,6 +161,7 @@ def install(work: Path, name: str, version: str, directory: str | Path | None = 
     target = root / VERSIONS / name / version
     target.parent.mkdir(parents=True, exist_ok=True)
     work.rename(target)
+    os.utime(target)  # its mtime says when it was installed (= when its predecessor was replaced)
     link = root / f".{name}.{uuid.uuid4().hex[:8]}.link"
     os.symlink(os.path.relpath(target, root), link)
     try:
@@ -167,16 +172,28 @@ def install(work: Path, name: str, version: str, directory: str | Path | None = 
     finally:
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
-    prune(name, root, keep)
+    prune(name, root, keep, grace)
     return get_style(name, root)
 
 
-def prune(name: str, directory: str | Path | None = None, keep: int = KEEP) -> list[str]:
-    """Delete all but the newest ``keep`` versions (never the current one); returns the deleted."""
+def prune(name: str, directory: str | Path | None = None, keep: int = KEEP,
+          grace: float | None = None) -> list[str]:
+    """Delete all but the newest ``keep`` versions, except the current one and any replaced less
+    than ``grace`` seconds ago (default GRACE_S); returns the deleted."""
     root = models_dir(directory)
     folder = root / VERSIONS / name
     current = Path(os.path.realpath(root / name)).name
-    old = [v for v in versions(name, root)[: -max(1, keep)] if v != current]
+    grace = GRACE_S if grace is None else grace
+    kept = versions(name, root)
+    now = time.time()
+
+    def replaced_long_ago(i: int) -> bool:  # its successor was installed over ``grace`` s ago
+        try:
+            return now - (folder / kept[i + 1]).stat().st_mtime >= grace
+        except (IndexError, FileNotFoundError):
+            return False
+
+    old = [v for i, v in enumerate(kept[: -max(1, keep)]) if v != current and replaced_long_ago(i)]
     for v in old:
         trash = folder / f".{v}.{uuid.uuid4().hex[:6]}.trash"
         with contextlib.suppress(FileNotFoundError):

@@ -11,7 +11,7 @@ from raystyle import registry
 from raystyle.stylize import Stylizer
 
 
-def _version(models, name, tag, files=None):
+def _version(models, name, tag, files=None, grace=0.0):
     """Install a version of ``name`` whose model.json and ONNX files all carry ``tag``."""
     version, work = registry.new_version(name, models)
     meta = {"style": name, "version": version, "tag": tag, "precisions": {"fp32": {"file": "model.onnx"}}}
@@ -22,7 +22,7 @@ def _version(models, name, tag, files=None):
     if files:
         meta = {**json.loads((files[0].parent / registry.METADATA).read_text()), "version": version, "tag": tag}
     (work / registry.METADATA).write_text(json.dumps(meta))
-    return registry.install(work, name, version, models)
+    return registry.install(work, name, version, models, grace=grace)
 
 
 def test_install_swaps_a_symlink_and_keeps_the_newest_versions(tmp_path):
@@ -51,6 +51,9 @@ def test_a_plain_folder_from_an_older_raystyle_is_read_then_migrated(tmp_path):
     assert json.loads((tmp_path / ".versions" / "old" / kept[0] / registry.METADATA).read_text())["style"] == "old"
 
 
+GRACE = 4.0  # seconds a replaced version stays in the concurrency test (GRACE_S is 600)
+
+
 def _opened_versions(stylizer):
     sessions = [stylizer.session, *(stylizer._tiling or ())]
     return {s.get_modelmeta().custom_metadata_map.get("raystyle_version") for s in sessions}
@@ -65,7 +68,7 @@ def test_readers_never_see_a_missing_style_or_two_versions_mixed(exported, tmp_p
     src = exported.version_dir
     files = [src / n for n in ("model.onnx", "stats.onnx", "tile.onnx", "sums.onnx")]
     models = tmp_path / "models"
-    _version(models, "tiny", -1, files)
+    _version(models, "tiny", -1, files, grace=GRACE)
     errors, reads = [], {"stylizers": 0, "styles": 0}
     done = threading.Event()
 
@@ -96,9 +99,11 @@ def test_readers_never_see_a_missing_style_or_two_versions_mixed(exported, tmp_p
     for t in readers:
         t.start()
     i = 0
+    start = time.monotonic()  # long enough for versions to outlive the grace and be pruned
     try:  # at least 40 swaps, and on until the readers have done enough reads to mean something
-        while i < 40 or (min(reads["stylizers"], reads["styles"] // 4) < 30 and i < 1000 and not errors):
-            _version(models, "tiny", i, files)
+        while i < 40 or time.monotonic() - start < 3 * GRACE or (
+                min(reads["stylizers"], reads["styles"] // 4) < 30 and i < 1000 and not errors):
+            _version(models, "tiny", i, files, grace=GRACE)
             i += 1
     finally:
         done.set()
@@ -108,7 +113,20 @@ def test_readers_never_see_a_missing_style_or_two_versions_mixed(exported, tmp_p
     assert reads["stylizers"] >= 30 and reads["styles"] >= 120, reads
     last = registry.get_style("tiny", models)
     assert last.meta["tag"] == i - 1 and _opened_versions(Stylizer("tiny", models_dir=models)) == {last.version}
+    pruned_during_the_run = i + 1 - len(registry.versions("tiny", models))
+    assert pruned_during_the_run > 0, "versions were deleted while readers were opening them"
+    registry.prune("tiny", models, grace=0)
     assert len(registry.versions("tiny", models)) == registry.KEEP
+
+
+def test_a_version_replaced_within_the_grace_period_is_kept(tmp_path):
+    """However fast exports follow each other, a version stays GRACE_S after it was replaced,
+    so a reader that resolved it just before the swap still finds all of its files."""
+    first = [_version(tmp_path, "s", i, grace=3600) for i in range(5)]
+    assert registry.versions("s", tmp_path) == [s.version for s in first]  # all within grace
+    time.sleep(0.05)
+    registry.prune("s", tmp_path, grace=0.01)
+    assert registry.versions("s", tmp_path) == [s.version for s in first[-registry.KEEP:]]
 
 
 def test_re_export_while_serving(trained_checkpoint, tmp_path):
