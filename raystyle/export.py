@@ -210,10 +210,32 @@ def quantize_int8(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]]) -> 
     root_logger.setLevel(level)
 
 
+def _constants_as_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant nodes with ``value_float(s)`` attributes rewritten to a ``value`` tensor.
+
+    ONNX Runtime's fp16 converter converts only tensor attributes: a float list constant
+    (as older torch/onnxscript emit for instance norm) stays float32 while the graph is
+    typed float16, and the model does not load ("Type (tensor(float16)) of output arg ...
+    of node Expand does not match expected type (tensor(float))").
+    """
+    from onnx import helper, numpy_helper
+
+    for node in model.graph.node:
+        if node.op_type != "Constant":
+            continue
+        for attr in list(node.attribute):
+            if attr.name in ("value_float", "value_floats"):
+                values = [attr.f] if attr.name == "value_float" else list(attr.floats)
+                array = np.asarray(values if attr.name == "value_floats" else values[0], np.float32)
+                node.attribute.remove(attr)
+                node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(array)))
+    return model
+
+
 def convert_fp16(fp32: Path, out: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    model = convert_float_to_float16(_constants_as_tensors(onnx.load(str(fp32))), keep_io_types=True)
     onnx.save(model, str(out))
 
 

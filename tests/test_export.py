@@ -242,3 +242,26 @@ def test_export_settings_come_from_the_checkpoint_with_overrides():
         export_settings(cfg, ["train.lr=1"])
     with pytest.raises(ConfigError, match="unknown config key 'export.nope'"):
         export_settings(cfg, ["export.nope=1"])
+
+
+def test_fp16_conversion_handles_float_list_constants(tmp_path):
+    """Older torch/onnxscript emit Constant(value_floats=...) (seen at the dependency floors in
+    instance norm): the fp16 model must still load and match fp32."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from raystyle.export import convert_fp16
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value_floats=[0.5, -1.0, 2.0]),
+         helper.make_node("Mul", ["image", "c"], ["stylized"])],
+        "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    convert_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m16.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"image": np.array([2.0, 3.0, 4.0], np.float32)})[0]
+    assert np.allclose(out, [1.0, -3.0, 8.0])
