@@ -150,9 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "on), the training runs under --storage, and the raystyle API.")
     p.add_argument("--port", type=int, default=8501, metavar="PORT", help="port (default 8501)")
     p.add_argument("--host", default="127.0.0.1",
-                   help="bind address (default 127.0.0.1; the page has no login: keep it local)")
+                   help="bind address (default 127.0.0.1; the page has no login: another address "
+                        "is refused unless --behind-auth-proxy)")
+    p.add_argument("--behind-auth-proxy", action="store_true",
+                   help="allow a --host other than loopback: an authenticating proxy is in front")
     p.add_argument("--ray-dashboard", metavar="URL",
-                   help="Ray dashboard (default: RAY_ADDRESS if a URL, else http://127.0.0.1:8265)")
+                   help="Ray dashboard, the only place the Ray token is sent (default: RAY_ADDRESS "
+                        "if a URL, else the dashboard of the Ray this machine is attached to "
+                        "(RAY_ADDRESS host:port or the latest `ray start`), else http://127.0.0.1:8265)")
     p.add_argument("--serve-url", metavar="URL", default="http://127.0.0.1:8000",
                    help="the raystyle API (default http://127.0.0.1:8000)")
     p.add_argument("--storage", default=str(HOME / "runs"), metavar="DIR_OR_URI",
@@ -504,16 +509,18 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
+    mon.check_host(args.host, args.behind_auth_proxy)
     if not port_free(args.port, args.host):
         raise ValueError(f"port {args.port} on {args.host} is in use; pass --port")
-    proc = mon.launch(host=args.host, port=args.port, dashboard=args.ray_dashboard,
+    dashboard = mon.dashboard_url(args.ray_dashboard, discover=True)
+    proc = mon.launch(host=args.host, port=args.port, dashboard=dashboard,
                       serve_url=args.serve_url, storage=args.storage, refresh=args.refresh,
-                      max_upload_mb=args.max_upload_mb, log=None)
+                      max_upload_mb=args.max_upload_mb, log=None, behind_auth_proxy=args.behind_auth_proxy)
     url = f"http://{args.host}:{args.port}"
     _stop_on_signals()
     try:
         mon.wait_ready(url, proc)
-        print(f"raystyle monitor at {url}  (Ray dashboard {mon.dashboard_url(args.ray_dashboard)}, "
+        print(f"raystyle monitor at {url}  (Ray dashboard {dashboard}, "
               f"API {args.serve_url}, runs in {args.storage}; Ctrl-C stops it)", flush=True)
         return proc.wait()
     except KeyboardInterrupt:

@@ -15,13 +15,22 @@ Sources:
 
 Every function degrades to a dict that says what is missing; none raises for a cluster
 that is down, a run that is half-written or a machine without GPUs.
+
+The token goes to one origin only: the dashboard the operator configured (``raystyle
+monitor --ray-dashboard`` / RAYSTYLE_RAY_DASHBOARD, or the dashboard of the Ray this
+machine is attached to). The page has no box that changes where it connects or what it
+reads: the dashboard, the Serve URL and the storage come from the command line only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before 3.11
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +49,60 @@ START_HINT = ("Start one with `raystyle demo` (local Ray, training, Serve) or `r
               "or point the monitor at a cluster's dashboard (`raystyle monitor --ray-dashboard URL`)")
 
 
-def dashboard_url(explicit: str | None = None) -> str:
-    """--ray-dashboard / RAYSTYLE_RAY_DASHBOARD, else RAY_ADDRESS if a URL, else 127.0.0.1:8265."""
+def dashboard_url(explicit: str | None = None, *, discover: bool = False) -> str:
+    """--ray-dashboard / RAYSTYLE_RAY_DASHBOARD, else RAY_ADDRESS if a URL, else (``discover``)
+    the dashboard of the Ray this machine is attached to, else http://127.0.0.1:8265."""
     url = explicit or os.environ.get("RAYSTYLE_RAY_DASHBOARD")
     if not url:
         address = os.environ.get("RAY_ADDRESS", "")
-        url = address if address.startswith(("http://", "https://")) else DEFAULT_DASHBOARD
+        if address.startswith(("http://", "https://")):
+            url = address
+        else:
+            url = (attached_dashboard() if discover else None) or DEFAULT_DASHBOARD
     return url.rstrip("/")
+
+
+def attached_dashboard(timeout: float = 10.0) -> str | None:
+    """The dashboard URL that the attached Ray's GCS records (RAY_ADDRESS as host:port, else
+    the latest `ray start` on this machine): the lookup `ray job submit` does. When 8265 was
+    taken, Ray put its dashboard on another port and this finds it. None when no Ray runs
+    here or the GCS does not answer within ``timeout``."""
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address == "local":  # "start a new local Ray": nothing to attach to
+        return None
+    address = None if address == "auto" else address
+    found: list[str] = []
+
+    def look() -> None:
+        try:
+            from ray.dashboard.utils import ray_address_to_api_server_url
+
+            found.append(ray_address_to_api_server_url(address))
+        except Exception:  # noqa: BLE001 - no Ray here, or its GCS is down: fall back
+            pass
+
+    worker = threading.Thread(target=look, daemon=True)  # the GCS client retries for long
+    worker.start()
+    worker.join(timeout)
+    return found[0] if found else None
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of a URL (the port made explicit), for comparing where requests go."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -57,22 +113,28 @@ def dashboard_url(explicit: str | None = None) -> str:
 class Token:
     value: str | None
     source: str  # where it came from, or why there is none
+    origin: str | None = None  # the only origin it is sent to (None: nowhere)
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.value}"} if self.value else {}
+    def headers(self, url: str) -> dict[str, str]:
+        """The Authorization header for a request to ``url``: only to the token's origin."""
+        if self.value and self.origin is not None and origin(url) == self.origin:
+            return {"Authorization": f"Bearer {self.value}"}
+        return {}
 
 
-def read_token() -> Token:
-    """Ray's own lookup order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+def read_token(dashboard: str) -> Token:
+    """Ray's own lookup order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token; the
+    token is bound to the configured ``dashboard`` and never sent anywhere else."""
+    bound = origin(dashboard)
     if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return Token(os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN")
+        return Token(os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN", bound)
     path_env = os.environ.get("RAY_AUTH_TOKEN_PATH")
     path = Path(path_env).expanduser() if path_env else Path.home() / ".ray" / "auth_token"
     try:
         value = path.read_text().strip()
     except OSError:
         return Token(None, f"no token ({path} not found)")
-    return Token(value or None, str(path) if value else f"no token ({path} is empty)")
+    return Token(value or None, str(path) if value else f"no token ({path} is empty)", bound)
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,7 +147,7 @@ class RayUnavailable(Exception):
 
 def _get_json(url: str, token: Token, timeout: float) -> Any:
     try:
-        r = requests.get(url, headers=token.headers(), timeout=timeout)
+        r = requests.get(url, headers=token.headers(url), timeout=timeout, allow_redirects=False)
     except requests.RequestException as exc:
         raise RayUnavailable(f"no Ray dashboard at {url.split('/', 3)[:3][-1]}: "
                              f"{type(exc).__name__}") from None
@@ -106,7 +168,7 @@ def _gib(x: float | None) -> float | None:
 def cluster_snapshot(url: str, token: Token | None = None, timeout: float = DEFAULT_TIMEOUT_S
                      ) -> dict[str, Any]:
     """Nodes, cluster-wide resource use, per-node load. ``ok`` False says why, with a hint."""
-    token = token if token is not None else read_token()
+    token = token if token is not None else read_token(url)
     out: dict[str, Any] = {"ok": False, "url": url, "auth": token.source, "nodes": [],
                            "usage": {}, "error": None, "hint": START_HINT}
     try:
@@ -122,7 +184,7 @@ def cluster_snapshot(url: str, token: Token | None = None, timeout: float = DEFA
 
     try:
         client = StateApiClient(address=url, headers={"Content-Type": "application/json",
-                                                      **token.headers()})
+                                                      **token.headers(url)})
         nodes = client.list(StateResource.NODES, options=ListApiOptions(detail=True, timeout=int(timeout) + 1),
                             raise_on_missing_output=False)
     except Exception as exc:  # the state API's errors are many types; all mean "no data"
@@ -186,12 +248,43 @@ def host_snapshot(storage: str | Path | None = None) -> dict[str, Any]:
     }
 
 
-def gpu_snapshot() -> dict[str, Any]:
+_gpu_probe: dict[str, Any] = {"thread": None, "result": None}
+_gpu_lock = threading.Lock()
+
+
+def _read_gpus(timeout: float) -> Any:
+    """GPUtil.getGPUs() in a daemon thread, given up after ``timeout`` (GPUtil runs nvidia-smi
+    without a timeout; a wedged driver would hang the page). While a probe is still stuck,
+    no second one starts: later calls wait on that one (again at most ``timeout``)."""
+    import GPUtil
+
+    with _gpu_lock:
+        thread = _gpu_probe["thread"]
+        if thread is None or not thread.is_alive():
+            box: dict[str, Any] = {}
+
+            def probe() -> None:
+                try:
+                    box["gpus"] = GPUtil.getGPUs()
+                except Exception as exc:  # noqa: BLE001 - nvidia-smi missing or failing
+                    box["error"] = exc
+
+            thread = threading.Thread(target=probe, daemon=True, name="raystyle-gpu-probe")
+            _gpu_probe.update(thread=thread, result=box)
+            thread.start()
+        box = _gpu_probe["result"]
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"nvidia-smi did not answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["gpus"]
+
+
+def gpu_snapshot(timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """GPUtil's view of this machine's NVIDIA GPUs; ``gpus == []`` with a note when none."""
     try:
-        import GPUtil
-
-        gpus = GPUtil.getGPUs()
+        gpus = _read_gpus(timeout)
     except Exception as exc:  # GPUtil raises when nvidia-smi is missing or fails
         return {"gpus": [], "note": f"no GPU (GPUtil: {type(exc).__name__}: {exc})"[:200]}
     if not gpus:
@@ -338,25 +431,38 @@ def parse_http_metrics(text: str) -> dict[str, float]:
     return by_code
 
 
-def _scrape(nodes: list[dict[str, Any]], timeout: float) -> tuple[str, list[str]]:
+def _fetch_metrics(url: str, timeout: float) -> str:
+    r = requests.get(url, timeout=timeout, allow_redirects=False)  # no token: not the dashboard
+    r.raise_for_status()
+    return r.text
+
+
+def _scrape(nodes: list[dict[str, Any]], budget: float) -> tuple[str, list[str]]:
+    """Every alive node's /metrics at once, all within ``budget`` seconds: a silent node costs
+    the budget once, not once per node. Nodes that do not answer in time are named."""
+    urls = [f"http://{n['ip']}:{n['metrics_port']}/metrics" for n in nodes
+            if n.get("state") == "ALIVE" and n.get("metrics_port")]
+    if not urls:
+        return "", []
     texts, errors = [], []
-    for n in nodes:
-        if n.get("state") != "ALIVE" or not n.get("metrics_port"):
-            continue
-        url = f"http://{n['ip']}:{n['metrics_port']}/metrics"
+    pool = ThreadPoolExecutor(max_workers=min(16, len(urls)), thread_name_prefix="raystyle-scrape")
+    futures = {pool.submit(_fetch_metrics, url, budget): url for url in urls}
+    deadline = time.monotonic() + budget
+    for future, url in futures.items():
         try:
-            r = requests.get(url, timeout=timeout)
-            r.raise_for_status()
-            texts.append(r.text)
+            texts.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except (FutureTimeout, TimeoutError):
+            errors.append(f"{url}: no answer within {budget:g} s")
         except requests.RequestException as exc:
             errors.append(f"{url}: {type(exc).__name__}")
+    pool.shutdown(wait=False, cancel_futures=True)
     return "\n".join(texts), errors
 
 
 def serve_snapshot(url: str, token: Token | None = None, nodes: list[dict[str, Any]] | None = None,
                    timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Serve applications, per-deployment replicas/bounds/status, and request metrics."""
-    token = token if token is not None else read_token()
+    token = token if token is not None else read_token(url)
     out: dict[str, Any] = {"ok": False, "running": False, "applications": [], "deployments": [],
                            "http": {}, "error": None, "time": time.time(), "metrics_errors": []}
     try:
@@ -384,8 +490,6 @@ def serve_snapshot(url: str, token: Token | None = None, nodes: list[dict[str, A
             auto = cfg.get("autoscaling_config") or {}
             running = sum(1 for r in d.get("replicas") or [] if r.get("state") == "RUNNING")
             m = metrics.get(f"{name}/{dname}", {})
-            buckets = sorted(m.get("buckets", {}).items())
-            count = m.get("latency_count", 0.0)
             out["deployments"].append({
                 "application": name, "deployment": dname, "status": d.get("status"),
                 "replicas": running, "target_replicas": d.get("target_num_replicas"),
@@ -394,9 +498,7 @@ def serve_snapshot(url: str, token: Token | None = None, nodes: list[dict[str, A
                 "max_ongoing_requests": cfg.get("max_ongoing_requests"),
                 "max_queued_requests": cfg.get("max_queued_requests"),
                 "requests": m.get("requests", 0.0), "errors": m.get("errors", 0.0),
-                "latency_mean_ms": round(m["latency_sum_ms"] / count, 1) if count else None,
-                "latency_p50_ms": _round(_histogram_quantile(buckets, 0.5)),
-                "latency_p95_ms": _round(_histogram_quantile(buckets, 0.95)),
+                "buckets": sorted(m.get("buckets", {}).items()),  # cumulative since replica start
             })
     return out
 
@@ -405,17 +507,61 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-def with_rates(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-    """Add requests/s per deployment from two snapshots (counters are cumulative)."""
-    prev = {(d["application"], d["deployment"]): d for d in (previous or {}).get("deployments", [])}
-    dt = current.get("time", 0.0) - (previous or {}).get("time", 0.0)
+WINDOW_S = 60.0  # latency percentiles and request rates are over this recent window
+
+
+def _bucket_delta(now: list[tuple[float, float]], then: list[tuple[float, float]]
+                  ) -> list[tuple[float, float]] | None:
+    """Per-bound counts added between two cumulative histograms; None after a counter reset."""
+    before = dict(then)
+    delta = []
+    for le, count in now:
+        d = count - before.get(le, 0.0)
+        if d < 0:
+            return None
+        delta.append((le, d))
+    return delta
+
+
+def windowed(current: dict[str, Any], history: list[dict[str, Any]],
+             window_s: float = WINDOW_S) -> dict[str, Any]:
+    """Requests/s and latency p50/p95/p99 per deployment over the recent window, from the
+    cumulative counters of ``current`` and the snapshot in ``history`` (oldest first) that is
+    the newest at least ``window_s`` old (else the oldest there). Without an earlier
+    snapshot, or after a counter reset (a replica restarted), rates are None and percentiles
+    are since the replicas started (``window_s`` None)."""
+    now = current.get("time", 0.0)
+    older = [h for h in history if h.get("time", 0.0) <= now - window_s]
+    base = older[-1] if older else (history[0] if history else None)
+    prev = {(d["application"], d["deployment"]): d for d in (base or {}).get("deployments", [])}
+    dt = now - base["time"] if base else 0.0
     for d in current.get("deployments", []):
         p = prev.get((d["application"], d["deployment"]))
-        rate = None
-        if p is not None and previous and dt > 0 and d["requests"] >= p["requests"]:
-            rate = round((d["requests"] - p["requests"]) / dt, 2)
-        d["requests_per_s"] = rate
+        delta = None
+        if p is not None and dt > 0 and d["requests"] >= p["requests"]:
+            delta = _bucket_delta(d.get("buckets", []), p.get("buckets", []))
+        if delta is not None:
+            d["requests_per_s"] = round((d["requests"] - p["requests"]) / dt, 2)
+            d["window_s"] = round(dt, 1)
+        else:
+            d["requests_per_s"], d["window_s"] = None, None
+            delta = d.get("buckets", [])
+        for q, key in ((0.5, "latency_p50_ms"), (0.95, "latency_p95_ms"), (0.99, "latency_p99_ms")):
+            d[key] = _round(_histogram_quantile(delta, q))
     return current
+
+
+def remember(history: list[dict[str, Any]], current: dict[str, Any],
+             window_s: float = WINDOW_S) -> list[dict[str, Any]]:
+    """``history`` plus the counters of ``current``, trimmed to what ``windowed`` needs (the
+    newest snapshot at least ``window_s`` old and everything after it)."""
+    slim = {"time": current.get("time", 0.0), "deployments": [
+        {k: d.get(k) for k in ("application", "deployment", "requests", "buckets")}
+        for d in current.get("deployments", [])]}
+    kept = [*history, slim]
+    cutoff = slim["time"] - window_s
+    older = [i for i, h in enumerate(kept) if h["time"] <= cutoff]
+    return kept[older[-1]:] if older else kept
 
 
 # ---------------------------------------------------------------------------------------
@@ -439,14 +585,28 @@ def _storage_text(storage: str | Path | None) -> str:
     return text if store.is_uri(text) else str(Path(text).expanduser())
 
 
+class UnsafeHost(ValueError):
+    """--host is not loopback and the operator did not say a login sits in front."""
+
+
+def check_host(host: str, behind_auth_proxy: bool) -> None:
+    if not is_loopback(host) and not behind_auth_proxy:
+        raise UnsafeHost(
+            f"--host {host} would let anyone who reaches it use the page, which acts with the Ray "
+            "token; keep 127.0.0.1 (use an SSH tunnel), or put an authenticating proxy in front "
+            "and pass --behind-auth-proxy")
+
+
 def launch(*, host: str = "127.0.0.1", port: int = 8501, dashboard: str | None = None,
            serve_url: str | None = None, storage: str | Path | None = None, refresh: int = 5,
-           max_upload_mb: float = 20.0, log: Path | None = None):
-    """Start ``streamlit run dashboard/app.py`` bound to host:port; returns the Popen."""
+           max_upload_mb: float = 20.0, log: Path | None = None, behind_auth_proxy: bool = False):
+    """Start ``streamlit run dashboard/app.py`` bound to host:port; returns the Popen.
+    A host other than loopback needs ``behind_auth_proxy`` (UnsafeHost otherwise)."""
     import subprocess
     import sys
 
-    env = {**os.environ, "RAYSTYLE_RAY_DASHBOARD": dashboard_url(dashboard),
+    check_host(host, behind_auth_proxy)
+    env = {**os.environ, "RAYSTYLE_RAY_DASHBOARD": dashboard_url(dashboard, discover=True),
            "RAYSTYLE_SERVE_URL": serve_url or DEFAULT_SERVE,
            "RAYSTYLE_STORAGE": _storage_text(storage),
            "RAYSTYLE_MONITOR_REFRESH": str(refresh),

@@ -6,21 +6,33 @@
                                query: strength, preserve_color, format, max_side
                                -> image bytes; headers X-Raystyle-Style, X-Raystyle-Inference-Ms
 
-Errors are JSON ``{"error": ..., "detail": ...}``: 400 bad image, 404 unknown style,
-413 too large (the body limit is enforced while reading, before the whole body is in),
-415 unsupported format, 422 bad parameter, 503 overloaded (a style deployment's queue is
-full: load is shed, never queued without bound).
+Every failure is JSON ``{"error": ..., "detail": ..., "request_id": ...}`` (the id is also
+the ``X-Request-ID`` response header and is in the replica's log line): 400 bad image,
+404 unknown style, 413 too large (body or pixels; the body limit is checked while the
+replica reads it), 415 unsupported format, 422 bad parameter, 500 inference failed (not
+retryable), 503 with ``Retry-After`` (retryable): "overloaded" when the ingress already
+holds ``max_pending`` requests or a style deployment's queue is full, "style unavailable"
+when its replica died or the deployment is being replaced.
 
-The ingress decodes and encodes; the style deployments only run the network, with
-``@serve.batch`` dynamic batching (size and wait set through ``user_config``) and one
-ONNX Runtime session per replica whose threads match the replica's CPUs. Requests of
-different image sizes may share a batch window; equal shapes share one ORT call.
-The application is built by ``app_builder(args)`` from YAML (serve_configs/*.yaml).
+Load is shed at every hop, never queued without bound: the ingress answers 503 JSON above
+``max_pending`` requests per replica (its ``max_ongoing_requests`` is kept above that so the
+refusal itself always gets in, and ``max_queued_requests`` bounds the proxy's queue in front
+of it); each style deployment has ``max_ongoing_requests`` and ``max_queued_requests``.
+
+The ingress decodes and encodes in worker threads (never on its event loop, so /healthz
+answers while big uploads are decoded) and decodes JPEGs at a reduced DCT scale when
+``max_side`` asks for less than the full size. The style deployments only run the network,
+with ``@serve.batch`` dynamic batching (size and wait set through ``user_config``) and one
+ONNX Runtime session per replica whose threads match the replica's CPUs and do not spin
+(spinning threads steal the shared cores from the ingress and the other replicas).
+Requests of different image sizes may share a batch window; equal shapes share one ORT
+call. The application is built by ``app_builder(args)`` from YAML (serve_configs/*.yaml).
 """
 
 
 import asyncio
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -32,7 +44,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from ray import exceptions as ray_errors
 from ray import serve
+from ray.serve import exceptions as serve_errors
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -48,9 +62,22 @@ from .images import (
     encode,
     fit_within,
 )
-from .stylize import Stylizer, blend_strength, keep_colour
+from .stylize import MULTIPLE, Stylizer, blend_strength, keep_colour
 
+log = logging.getLogger("ray.serve")
 MAX_SIDE_LIMIT = 8192  # the largest max_side a client may ask for
+RETRY_AFTER_S = 1
+# Failures of a style replica that a retry can fix: it died, is being replaced, or the
+# request was cancelled under it (ReplicaUnavailableError exists from Ray 2.5x on).
+UNAVAILABLE = tuple(getattr(serve_errors, n) for n in (
+    "DeploymentUnavailableError", "ReplicaUnavailableError", "RequestCancelledError")
+    if hasattr(serve_errors, n)) + (ray_errors.RayActorError,)
+DEFAULT_INGRESS: dict[str, Any] = {
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16,
+                           "upscale_delay_s": 5, "downscale_delay_s": 30},
+    "max_ongoing_requests": 64,  # above max_pending: the 503 of a full ingress always gets in
+    "max_queued_requests": 64,  # the proxy's queue in front of the ingress is bounded too
+}
 DEFAULT_DEPLOYMENT: dict[str, Any] = {
     "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
                            "upscale_delay_s": 5, "downscale_delay_s": 30},
@@ -70,9 +97,11 @@ class AppArgs(BaseModel):
     styles: list[str] | None = None  # default: every style in the registry
     max_body_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)  # per request; ImageTooLarge -> 413
+    max_pending: int = Field(32, gt=0)  # stylize requests one ingress replica holds; more -> 503
+    ort_spinning: bool = False  # ORT's idle threads spin (ORT's default); off for shared cores
     deployment: dict[str, Any] = Field(default_factory=dict)  # merged over DEFAULT_DEPLOYMENT
     per_style: dict[str, dict[str, Any]] = Field(default_factory=dict)  # style -> overrides
-    ingress: dict[str, Any] = Field(default_factory=dict)  # options of the ingress deployment
+    ingress: dict[str, Any] = Field(default_factory=dict)  # merged over DEFAULT_INGRESS
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -86,14 +115,15 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class StyleModel:
     """One style: a Stylizer (one ORT session) and a batched inference method."""
 
-    def __init__(self, style: str, models_dir: str | None, precision: str, provider: str):
+    def __init__(self, style: str, models_dir: str | None, precision: str, provider: str,
+                 spin: bool = False):
         import ray
 
         # One ORT session per replica, its threads matched to the replica's CPUs.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         threads = max(1, math.floor(cpus))
         self.stylizer = Stylizer(style, models_dir=models_dir, precision=precision,
-                                 provider=provider, threads=threads)
+                                 provider=provider, threads=threads, spin=spin)
         self.style = style
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -113,8 +143,58 @@ class StyleModel:
         return await self.infer(array)
 
 
-def _error(status: int, error: str, detail: Any) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+def request_id(request: Request) -> str | None:
+    """Serve's proxy gives every request an ``x-request-id`` (and returns it as X-Request-ID)."""
+    return request.headers.get("x-request-id")
+
+
+def _error(status: int, error: str, detail: Any, request: Request | None = None) -> JSONResponse:
+    rid = request_id(request) if request is not None else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": error, "detail": detail, "request_id": rid},
+                        status_code=status, headers=headers)
+
+
+def _figure(v: Any) -> bool:
+    """A quality figure (a number, a flag, or a dict of numbers), never a name or a path."""
+    if isinstance(v, dict):
+        return bool(v) and all(isinstance(x, bool | int | float) for x in v.values())
+    return isinstance(v, bool | int | float)
+
+
+def public_meta(meta: dict[str, Any], args: AppArgs) -> dict[str, Any]:
+    """What a client needs of a style's model.json: no server paths (checkpoint, run, data)."""
+    precisions = {}
+    for name, entry in (meta.get("precisions") or {}).items():
+        precisions[name] = {k: v for k, v in entry.items() if _figure(v)}
+    quality = meta.get("quality")
+    return {
+        "style": meta.get("style"), "version": meta.get("version"),
+        "direction": meta.get("direction"), "source_domain": meta.get("source_domain"),
+        "target_domain": meta.get("target_domain"), "exported_at": meta.get("exported_at"),
+        "precisions": precisions, "served_precision": args.precision,
+        "tiled": meta.get("tiling") is not None,
+        "sizes": {"multiple_of": (meta.get("input") or {}).get("multiple_of", MULTIPLE),
+                  "max_pixels": args.max_pixels, "max_body_bytes": int(args.max_body_mb * 2**20),
+                  "max_side_limit": MAX_SIDE_LIMIT},
+        **({"quality": quality} if isinstance(quality, dict) else {}),
+    }
+
+
+def _prepare(data: bytes, max_pixels: int, max_side: int | None) -> np.ndarray:
+    """Decode (at a reduced JPEG scale when max_side allows) and fit: runs in a worker thread."""
+    img = decode(data, max_pixels=max_pixels, name="upload", max_side=max_side)
+    return np.asarray(fit_within(img, max_side))  # same resampling as the Stylizer
+
+
+def _finish(out: np.ndarray, original: np.ndarray, strength: float, preserve_color: bool,
+            fmt: str) -> bytes:
+    """Colour, strength and encoding: runs in a worker thread."""
+    if strength > 0.0:
+        if preserve_color:
+            out = keep_colour(out, original)
+        out = blend_strength(out, original, strength)
+    return encode(out, fmt)
 
 
 class BodyTooLarge(Exception):
@@ -158,23 +238,42 @@ api = FastAPI(title="raystyle", version="1", description=(
 @api.exception_handler(RequestValidationError)
 async def _bad_parameter(request: Request, exc: RequestValidationError):
     detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg")} for e in exc.errors()]
-    return _error(422, "invalid parameter", detail)
+    return _error(422, "invalid parameter", detail, request)
 
 
-@serve.deployment(max_ongoing_requests=256)
+@api.exception_handler(404)
+async def _not_found(request: Request, exc: Exception):
+    return _error(404, "not found", f"{request.method} {request.url.path}", request)
+
+
+@api.exception_handler(405)
+async def _not_allowed(request: Request, exc: Exception):
+    return _error(405, "method not allowed", f"{request.method} {request.url.path}", request)
+
+
+@api.exception_handler(Exception)
+async def _internal(request: Request, exc: Exception):
+    log.error("request %s failed: %s: %s", request_id(request), type(exc).__name__, exc, exc_info=exc)
+    return _error(500, "internal error", type(exc).__name__, request)
+
+
+@serve.deployment(**DEFAULT_INGRESS)
 @serve.ingress(api)
 class Gateway:
-    """The HTTP ingress: validation, body limits, decode/encode, routing to style deployments."""
+    """The HTTP ingress: admission, validation, body limits, decode/encode (in threads),
+    routing to the style deployments."""
 
     def __init__(self, handles: dict[str, DeploymentHandle], meta: dict[str, dict], args: dict):
-        self.handles, self.meta, self.args = handles, meta, AppArgs(**args)
+        self.handles, self.args = handles, AppArgs(**args)
+        self.meta = {name: public_meta(m, self.args) for name, m in meta.items()}
         self.limit = int(self.args.max_body_mb * 2**20)
+        self.pending = 0  # stylize requests in this replica (one event loop: no lock needed)
 
     @api.get("/healthz", summary="liveness: the ingress answers and lists its styles")
     async def healthz(self) -> dict:
         return {"status": "ok", "styles": sorted(self.handles)}
 
-    @api.get("/styles", summary="metadata of every served style (registry model.json)")
+    @api.get("/styles", summary="every served style: direction, precisions, sizes, quality figures")
     async def styles(self) -> dict:
         return self.meta
 
@@ -188,7 +287,9 @@ class Gateway:
                    400: {"description": "not a readable image"}, 404: {"description": "unknown style"},
                    413: {"description": "body or pixel count too large"},
                    415: {"description": "unsupported image format"},
-                   422: {"description": "invalid parameter"}, 503: {"description": "overloaded"}},
+                   422: {"description": "invalid parameter"},
+                   500: {"description": "inference failed (JSON with request_id)"},
+                   503: {"description": "overloaded or style unavailable: retry after Retry-After s"}},
     )
     async def stylize(
         self, name: str, request: Request,
@@ -200,33 +301,50 @@ class Gateway:
     ) -> Response:
         handle = self.handles.get(name)
         if handle is None:
-            return _error(404, "unknown style", f"{name!r}; available: {sorted(self.handles)}")
+            return _error(404, "unknown style", f"{name!r}; available: {sorted(self.handles)}", request)
+        if self.pending >= self.args.max_pending:
+            return _error(503, "overloaded", f"the ingress holds {self.pending} requests "
+                          f"(max_pending {self.args.max_pending}); retry later", request)
+        self.pending += 1
+        try:
+            return await self._stylize(name, handle, request, strength, preserve_color, format, max_side)
+        except UNAVAILABLE as exc:
+            log.warning("request %s: style %s unavailable: %s", request_id(request), name,
+                        str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            return _error(503, "style unavailable", f"{name!r} has no live replica right now "
+                          f"({type(exc).__name__}); retry later", request)
+        except Exception as exc:  # ORT errors and anything else: 500 JSON, logged with the id
+            log.error("request %s: stylize %s failed: %s", request_id(request), name, exc, exc_info=exc)
+            return _error(500, "inference failed", f"{type(exc).__name__}; see the server log for "
+                          f"request {request_id(request)}", request)
+        finally:
+            self.pending -= 1
+
+    async def _stylize(self, name: str, handle: DeploymentHandle, request: Request, strength: float,
+                       preserve_color: bool, fmt: str, max_side: int | None) -> Response:
         try:
             body = await _read_limited(request, self.limit)
         except BodyTooLarge as exc:
-            return _error(413, "request too large", f"{exc.args[0]} bytes > {self.limit} bytes")
+            return _error(413, "request too large", f"{exc.args[0]} bytes > {self.limit} bytes", request)
         try:
             data = await _image_bytes(request, body)
-            img = decode(data, max_pixels=self.args.max_pixels, name="upload")
-            original = np.asarray(fit_within(img, max_side))  # same resampling as the Stylizer
+            original = await asyncio.to_thread(_prepare, data, self.args.max_pixels, max_side)
         except ImageTooLarge as exc:
-            return _error(413, "image too large", str(exc))
+            return _error(413, "image too large", str(exc), request)
         except UnsupportedFormat as exc:
-            return _error(415, "unsupported image format", str(exc))
+            return _error(415, "unsupported image format", str(exc), request)
         except ImageError as exc:
-            return _error(400, "bad image", str(exc))
+            return _error(400, "bad image", str(exc), request)
+        del body, data
         if strength == 0.0:
             out, ms = original, 0.0
         else:
             try:
                 out, ms = await handle.remote(original)
             except BackPressureError as exc:
-                return _error(503, "overloaded", str(exc))
-            if preserve_color:
-                out = keep_colour(out, original)
-            out = blend_strength(out, original, strength)
-        payload = await asyncio.to_thread(encode, out, format)
-        return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[format]], headers={
+                return _error(503, "overloaded", str(exc), request)
+        payload = await asyncio.to_thread(_finish, out, original, strength, preserve_color, fmt)
+        return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[fmt]], headers={
             "X-Raystyle-Style": name, "X-Raystyle-Inference-Ms": f"{ms:.1f}"})
 
 
@@ -250,10 +368,14 @@ def app_builder(args: dict[str, Any] | AppArgs):
     for name in names:
         opts = _merge(_merge(DEFAULT_DEPLOYMENT, args.deployment), args.per_style.get(name, {}))
         handles[name] = StyleModel.options(name=deployment_name(name), **opts).bind(
-            name, args.models_dir, args.precision, args.provider)
+            name, args.models_dir, args.precision, args.provider, args.ort_spinning)
     meta = {n: found[n].meta for n in names}
-    return Gateway.options(**args.ingress).bind(handles, json.loads(json.dumps(meta)),
-                                                args.model_dump())
+    ingress = _merge(DEFAULT_INGRESS, args.ingress)
+    if int(ingress.get("max_ongoing_requests", 0)) <= args.max_pending:
+        raise ValueError(f"ingress.max_ongoing_requests ({ingress.get('max_ongoing_requests')}) must be "
+                         f"above max_pending ({args.max_pending}) so that overload is answered with "
+                         "503 JSON by the ingress rather than queued at the proxy")
+    return Gateway.options(**ingress).bind(handles, json.loads(json.dumps(meta)), args.model_dump())
 
 
 def load_serve_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -55,8 +55,9 @@ def default_threads() -> int:
 
 
 def make_session(path: str | Path, provider: str = "auto", threads: int | None = None,
-                 low_memory: bool = False) -> ort.InferenceSession:
-    """An ORT session; ``low_memory``: no pre-planned memory pattern, and a run given
+                 low_memory: bool = False, spin: bool = True) -> ort.InferenceSession:
+    """An ORT session; ``spin=False``: idle intra-op threads sleep instead of spinning (for
+    serving, where spinning threads steal shared cores from the other replicas); ``low_memory``: no pre-planned memory pattern, and a run given
     ``release_options(session)`` hands the arena's memory back when it ends, so a big tile's
     working set is not kept for the process's lifetime. (Without the arena at all, tiles ran
     1.5-3x slower: measured on 1104 px windows of the tiny preset's generator, 2 cores.)"""
@@ -79,6 +80,9 @@ def make_session(path: str | Path, provider: str = "auto", threads: int | None =
     opts.inter_op_num_threads = 1
     if low_memory:
         opts.enable_mem_pattern = False
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), opts, providers=chain)
     if provider in ("cuda", "tensorrt") and chain[0] not in sess.get_providers():
         raise ProviderError(f"{chain[0]} failed to load (CUDA/cuDNN/TensorRT libraries?); "
@@ -238,7 +242,7 @@ class Stylizer:
                  model_path: str | Path | None = None, precision: str = "fp32",
                  provider: str = "auto", threads: int | None = None, tile: int = 1024,
                  stats_side: int = 1024, stats_passes: int | None = None,
-                 stats_tolerance: float = 1e-4, halo: int | None = None):
+                 stats_tolerance: float = 1e-4, halo: int | None = None, spin: bool = True):
         if (style is None) == (model_path is None):
             raise StylizeError("give a style name or a model_path, not both")
         if tile < 64 or tile % MULTIPLE:
@@ -247,7 +251,7 @@ class Stylizer:
             raise StylizeError(f"stats_passes must be >= 0 (got {stats_passes})")
         if halo is not None and (halo < 0 or halo % MULTIPLE):
             raise StylizeError(f"halo must be a multiple of {MULTIPLE} and >= 0 (got {halo})")
-        self.provider, self.threads, self.precision = provider, threads, precision
+        self.provider, self.threads, self.precision, self.spin = provider, threads, precision, spin
         self.tile, self.stats_side = tile, stats_side
         self.stats_passes, self.stats_tolerance = stats_passes, stats_tolerance
         self.halo = halo
@@ -258,7 +262,7 @@ class Stylizer:
         if model_path is not None:
             path = Path(model_path)
             self.name = path.stem
-            self.session = make_session(path, provider, threads)
+            self.session = make_session(path, provider, threads, spin=spin)
         else:
             self._open_style(style, models_dir, precision)
         self._input = self.session.get_inputs()[0].name
@@ -281,13 +285,13 @@ class Stylizer:
         path = st.file(precision)
         entry = st.meta["precisions"][precision]
         tiling = st.meta.get("tiling")
-        self.session = make_session(path, self.provider, self.threads)
+        self.session = make_session(path, self.provider, self.threads, spin=self.spin)
         if tiling is not None:
             self.halo = int(tiling["halo"])
             self._layout = [(int(c), int(s)) for c, s in tiling.get("norms", [])]
         if "tile" in entry and "sums" in entry and tiling is not None:
             self._tiling = tuple(make_session(st.version_dir / entry[k], self.provider, self.threads,
-                                              low_memory=True) for k in ("tile", "stats", "sums"))
+                                              low_memory=True, spin=self.spin) for k in ("tile", "stats", "sums"))
         elif "tile" in entry:
             self._legacy_tiling = True  # exported before exact tiling: no sums graph / halo
         self.style, self.name = st, st.name
@@ -338,7 +342,7 @@ class Stylizer:
     # -- internals ------------------------------------------------------------------------
     @staticmethod
     def _prepare(image: ImageInput, max_side: int | None) -> np.ndarray:
-        return np.asarray(fit_within(decode(image), max_side))
+        return np.asarray(fit_within(decode(image, max_side=max_side), max_side))
 
     def _tiled(self, a: np.ndarray, tile: int) -> np.ndarray:
         """Cores of ``tile`` px with a halo; InstanceNorm statistics exact for the whole image."""

@@ -144,10 +144,10 @@ def test_demo_urls_answer(demo, photos):
     png, _ = client.stylize(serve, "demo", photos[0].read_bytes(), fmt="jpeg")
     assert png[:3] == b"\xff\xd8\xff"
     dash = demo.url("Ray dashboard")
-    token = mon.read_token()
+    token = mon.read_token(dash)
     assert token.value, "a local Ray starts with token auth: the token file exists"
     assert requests.get(f"{dash}/api/version", timeout=10).status_code == 401
-    assert requests.get(f"{dash}/api/version", headers=token.headers(), timeout=10).status_code == 200
+    assert requests.get(f"{dash}/api/version", headers=token.headers(dash), timeout=10).status_code == 200
     assert requests.get(f"{demo.url('monitor')}/_stcore/health", timeout=10).text == "ok"
 
 

@@ -132,3 +132,29 @@ def test_arrays_and_encoding_round_trip():
     assert format_for_path("x.JPG") == "jpg"
     with pytest.raises(ValueError, match="must end in"):
         format_for_path("x.gif")
+
+
+def test_jpeg_is_decoded_at_a_reduced_scale_when_max_side_allows():
+    """README: a JPEG is decoded at 1/2, 1/4 or 1/8 scale when max_side asks for less; never
+    below what fit_within then makes, and other formats decode in full."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from raystyle.images import decode, fit_within
+
+    y, x = np.mgrid[0:1600, 0:2400]
+    arr = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(arr).save(jpeg, format="JPEG", quality=90)
+    Image.fromarray(arr).save(png, format="PNG")
+    assert decode(jpeg.getvalue(), max_side=500).size == (600, 400)  # 1/4: still >= 500 x 333
+    assert decode(jpeg.getvalue(), max_side=300).size == (300, 200)  # 1/8
+    assert decode(jpeg.getvalue(), max_side=2400).size == (2400, 1600)
+    assert decode(jpeg.getvalue()).size == (2400, 1600)
+    assert decode(png.getvalue(), max_side=300).size == (2400, 1600)
+    small = fit_within(decode(jpeg.getvalue(), max_side=500), 500)
+    full = fit_within(decode(jpeg.getvalue()), 500)
+    assert small.size == full.size == (500, 333)
+    assert np.abs(np.asarray(small).astype(int) - np.asarray(full)).mean() < 12

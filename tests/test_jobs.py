@@ -52,6 +52,7 @@ class Head:
     env: dict[str, str]
     token: str
     temp_dir: str
+    gcs: str  # host:port, what RAY_ADDRESS holds for a cluster
 
 
 def _free_ports(n: int) -> list[int]:
@@ -160,7 +161,7 @@ def ray_head():
                 pytest.fail(f"dashboard not ready after {HEAD_START_TIMEOUT}s:\n"
                             f"{log_path.read_text()[-3000:]}")
             time.sleep(1)
-        yield Head(url, env, token, temp_dir)
+        yield Head(url, env, token, temp_dir, f"127.0.0.1:{gcs}")
     finally:
         killed = _stop_head(proc, temp_dir)
         left = [p.pid for p in _processes_using(temp_dir)]
@@ -233,3 +234,93 @@ def test_job_submit_batch_stylizes_a_folder(ray_head, sample_data, exported, tmp
         with Image.open(out / name) as res, Image.open(photos / name) as src:
             assert res.size == src.size and res.tobytes() != src.convert("RGB").tobytes(), name
     assert (out / "_errors.jsonl").read_text() == ""
+
+
+# -- the monitor against this token-auth `ray start` head -------------------------------------
+
+
+def test_monitor_finds_the_dashboard_of_the_attached_ray(ray_head):
+    """RAY_ADDRESS=host:port (a GCS, as after `ray start`): `raystyle monitor` finds that Ray's
+    dashboard on its real port (not 8265) through the GCS, as `ray job submit` does."""
+    assert not ray_head.url.endswith(":8265")
+    env = {**ray_head.env, "RAY_ADDRESS": ray_head.gcs}
+    env.pop("RAYSTYLE_RAY_DASHBOARD", None)
+    r = subprocess.run([sys.executable, "-c", "from raystyle import monitor as m; "
+                        "print(m.dashboard_url(discover=True))"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == ray_head.url
+
+
+class _CaptureProxy:
+    """An HTTP forward proxy on 127.0.0.1 that records every request (URL, Authorization)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                seen.append((self.path, self.headers.get("Authorization")))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "host")}
+                try:
+                    r = requests.get(self.path, headers=headers, timeout=10, allow_redirects=False,
+                                     proxies={"http": None, "https": None})
+                    body, status, ctype = r.content, r.status_code, r.headers.get("content-type", "text/plain")
+                except requests.RequestException:
+                    body, status, ctype = b"upstream unreachable", 502, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_the_monitor_sends_the_token_to_the_configured_dashboard_only(ray_head, monkeypatch, tmp_path):
+    """The page's every outgoing HTTP request goes through a capture proxy: the Ray token is
+    on requests to the configured dashboard and on nothing else (node metrics, the Serve URL),
+    and with it the page draws the token-auth cluster."""
+    from streamlit.testing.v1 import AppTest
+
+    from raystyle import monitor as mon
+
+    proxy = _CaptureProxy()
+    elsewhere = _CaptureProxy()  # stands for the Serve URL: another origin on 127.0.0.1
+    try:
+        for k, v in {"RAYSTYLE_RAY_DASHBOARD": ray_head.url, "RAYSTYLE_SERVE_URL": elsewhere.url,
+                     "RAYSTYLE_STORAGE": str(tmp_path), "RAYSTYLE_MONITOR_REFRESH": "0",
+                     "RAY_AUTH_TOKEN": ray_head.token, "HTTP_PROXY": proxy.url, "http_proxy": proxy.url,
+                     "NO_PROXY": "", "no_proxy": ""}.items():
+            monkeypatch.setenv(k, v)
+        at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=90).run()
+        deadline = time.monotonic() + 30
+        while True:  # a head just started may list no node for a moment
+            assert not at.exception and not at.error, [e.value for e in at.error]
+            alive = {m.label: m.value for m in at.metric}.get("Ray nodes alive")
+            if alive == "1 / 1" or time.monotonic() > deadline:
+                break
+            time.sleep(1.5)  # past the page's 1 s cache
+            at.run()
+        assert alive == "1 / 1", [w.value for w in at.warning]
+    finally:
+        proxy.close()
+        elsewhere.close()
+    dash = mon.origin(ray_head.url)
+    with_token = [url for url, auth in proxy.seen if auth]
+    assert with_token and all(mon.origin(url) == dash for url in with_token), with_token
+    assert all(auth == f"Bearer {ray_head.token}" for _, auth in proxy.seen if auth)
+    others = {mon.origin(url) for url, _ in proxy.seen} - {dash}
+    assert mon.origin(elsewhere.url) in others  # the page did reach other origins, without the token
+    assert any(url.endswith("/metrics") for url, _ in proxy.seen)  # node metrics were scraped, no token

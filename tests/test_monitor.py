@@ -76,33 +76,93 @@ def test_serve_metrics_are_summed_over_replicas():
     assert mon.parse_http_metrics(PROM) == {"200": 9.0, "415": 2.0}
 
 
-def test_request_rates_come_from_two_snapshots():
-    prev = {"time": 100.0, "deployments": [{"application": "x", "deployment": "d", "requests": 10.0}]}
-    cur = {"time": 104.0, "deployments": [{"application": "x", "deployment": "d", "requests": 30.0},
-                                          {"application": "x", "deployment": "new", "requests": 3.0}]}
-    out = mon.with_rates(cur, prev)
-    assert out["deployments"][0]["requests_per_s"] == 5.0
-    assert out["deployments"][1]["requests_per_s"] is None  # no earlier sample
-    restarted = {"time": 108.0, "deployments": [{"application": "x", "deployment": "d", "requests": 2.0}]}
-    assert mon.with_rates(restarted, cur)["deployments"][0]["requests_per_s"] is None
+def _snap(t: float, requests: float, buckets: list[tuple[float, float]], name: str = "d") -> dict:
+    return {"time": t, "deployments": [{"application": "x", "deployment": name, "requests": requests,
+                                        "buckets": buckets}]}
 
 
-def test_token_lookup_order(tmp_path, monkeypatch):
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    t = mon.read_token()
-    assert t.value is None and "not found" in t.source and t.headers() == {}
-    (tmp_path / ".ray").mkdir()
-    (tmp_path / ".ray" / "auth_token").write_text("from-file\n")
-    assert mon.read_token().value == "from-file"
-    other = tmp_path / "tok"
-    other.write_text("from-path")
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(other))
-    assert mon.read_token().value == "from-path"
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
-    t = mon.read_token()
-    assert t.value == "from-env" and t.headers() == {"Authorization": "Bearer from-env"}
+def test_rates_and_percentiles_are_over_the_recent_window():
+    """A slow start (1000 requests at ~100 ms) then a fast minute (100 at ~5 ms): the page shows
+    the fast minute, not the whole history."""
+    inf = math.inf
+    history: list[dict] = []
+    start = _snap(0.0, 1000.0, [(10.0, 0.0), (200.0, 1000.0), (inf, 1000.0)])
+    assert mon.windowed(start, history)["deployments"][0]["requests_per_s"] is None  # no earlier sample
+    assert start["deployments"][0]["window_s"] is None
+    assert start["deployments"][0]["latency_p50_ms"] > 10  # since start: the slow requests
+    history = mon.remember(history, start)
+    mid = _snap(30.0, 1050.0, [(10.0, 50.0), (200.0, 1050.0), (inf, 1050.0)])
+    history = mon.remember(history, mon.windowed(mid, history))
+    now = _snap(60.0, 1100.0, [(10.0, 100.0), (200.0, 1100.0), (inf, 1100.0)])
+    d = mon.windowed(now, history)["deployments"][0]
+    assert d["window_s"] == 60.0 and d["requests_per_s"] == pytest.approx(100 / 60, abs=0.01)
+    assert d["latency_p50_ms"] <= 10 and d["latency_p99_ms"] <= 10  # only the fast minute
+    history = mon.remember(history, now)
+    later = _snap(95.0, 1100.0, [(10.0, 100.0), (200.0, 1100.0), (inf, 1100.0)])
+    assert mon.windowed(later, history)["deployments"][0]["window_s"] == 65.0  # base: t=30
+    assert [h["time"] for h in mon.remember(history, later)] == [30.0, 60.0, 95.0]  # t=0 dropped
+    restarted = _snap(100.0, 3.0, [(10.0, 3.0), (200.0, 3.0), (inf, 3.0)])
+    d = mon.windowed(restarted, history)["deployments"][0]
+    assert d["requests_per_s"] is None and d["latency_p50_ms"] <= 10  # counters reset
+
+
+def test_scrape_asks_every_node_at_once_within_one_budget():
+    """4 nodes whose metrics port accepts connections but never answers: one budget, not four."""
+    silent = []
+    for _ in range(4):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)  # connections queue in the backlog; nothing ever answers
+        silent.append(s)
+    nodes = [{"state": "ALIVE", "ip": "127.0.0.1", "metrics_port": s.getsockname()[1]} for s in silent]
+    try:
+        start = time.monotonic()
+        text, errors = mon._scrape(nodes, 1.0)
+        took = time.monotonic() - start
+    finally:
+        for s in silent:
+            s.close()
+    assert text == "" and len(errors) == 4 and all("no answer within 1 s" in e or "Timeout" in e for e in errors)
+    assert took < 2.5, f"{took:.1f} s for 4 silent nodes with a 1 s budget"
+
+
+def test_a_wedged_nvidia_smi_does_not_hang_the_page(tmp_path, monkeypatch):
+    """GPUtil runs nvidia-smi without a timeout; here a nvidia-smi that never answers."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(mon, "_gpu_probe", {"thread": None, "result": None})
+    start = time.monotonic()
+    snap = mon.gpu_snapshot(timeout=1.0)
+    assert time.monotonic() - start < 3
+    assert snap["gpus"] == [] and "did not answer within 1 s" in snap["note"]
+    start = time.monotonic()  # the stuck probe is not started again; a second call waits once more
+    assert "did not answer" in mon.gpu_snapshot(timeout=0.5)["note"]
+    assert time.monotonic() - start < 2
+
+
+def test_token_goes_to_the_configured_origin_only(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret")
+    t = mon.read_token("http://127.0.0.1:8265/")
+    assert t.headers("http://127.0.0.1:8265/api/version") == {"Authorization": "Bearer secret"}
+    assert t.headers("http://localhost:8265/api/version") == {}  # another name is another origin
+    for other in ("http://127.0.0.1:8266/x", "https://127.0.0.1:8265/x", "http://evil.example:8265/",
+                  "http://127.0.0.1:8265@evil.example/"):
+        assert t.headers(other) == {}, other
+    assert mon.read_token("http://head").headers("http://head:80/api") == {"Authorization": "Bearer secret"}
+
+
+def test_a_non_loopback_host_needs_an_explicit_flag():
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        mon.check_host(host, behind_auth_proxy=False)
+    for host in ("0.0.0.0", "192.168.1.5", "::", "example.com"):
+        with pytest.raises(mon.UnsafeHost, match="--behind-auth-proxy"):
+            mon.check_host(host, behind_auth_proxy=False)
+        mon.check_host(host, behind_auth_proxy=True)
+    r = subprocess.run([sys.executable, "-m", "raystyle", "monitor", "--host", "0.0.0.0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--behind-auth-proxy" in r.stderr
 
 
 def test_dashboard_url_resolution(monkeypatch):
@@ -192,6 +252,9 @@ def test_page_without_ray_says_how_to_start_it(runs, monkeypatch):
                "RAYSTYLE_STORAGE": str(runs), "RAYSTYLE_MONITOR_REFRESH": "0"})
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert [h.value for h in at.header][:4] == ["Cluster", "Training", "Serving", "Try it"]
+    # nothing on the page changes where it connects or what it lists (only the refresh period)
+    assert len(at.text_input) == 0 and [n.label for n in at.number_input] == ["Refresh every N seconds (0 = off)"]
+    assert str(runs) in " ".join(m.value for m in at.sidebar.markdown)
     warning = " ".join(w.value for w in at.warning)
     assert "Ray is not running" in warning and "ray start --head" in warning
     infos = " ".join(i.value for i in at.info)

@@ -2,6 +2,7 @@
 
 import http.client
 import io
+import json
 import re
 import socket
 import threading
@@ -143,6 +144,33 @@ def test_413_comes_before_the_body_is_read(server):
     assert resp.status == 413 and time.perf_counter() - start < 5
 
 
+def test_chunked_upload_over_the_cap_gets_413(server):
+    """No Content-Length (Transfer-Encoding: chunked): the cap is counted as the bytes arrive."""
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (b"x" * 65536 for _ in range(16))  # 1 MiB > the 0.5 MiB cap
+    conn.request("POST", "/styles/tiny", body=chunks, encode_chunked=True,
+                 headers={"Content-Type": "image/png"})
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 413, body[:200]
+    assert json.loads(body)["error"] == "request too large"
+    assert requests.post(f"{url}/styles/tiny", data=b"x" * 1000).status_code == 400  # still serving
+
+
+def test_styles_lists_what_a_client_needs_and_no_server_paths(server, models):
+    url, args = server
+    meta = requests.get(f"{url}/styles").json()["tiny"]
+    text = json.dumps(meta)
+    assert str(models) not in text and "/tmp" not in text and "checkpoint" not in text
+    assert {"training", "validation", "architecture"}.isdisjoint(meta)
+    assert meta["direction"] == "ab" and meta["sizes"]["max_pixels"] == args["max_pixels"]
+    assert meta["sizes"]["max_body_bytes"] == int(args["max_body_mb"] * 2**20)
+    assert meta["precisions"]["fp32"]["validated"] is True
+    assert meta["precisions"]["int8"]["psnr_vs_fp32_db"] > 20  # quality figures are kept
+
+
 def test_16_concurrent_clients_get_the_offline_result(server, images, exported):
     url, _ = server
     stylizer = Stylizer("tiny", models_dir=exported.path.parent)
@@ -270,6 +298,19 @@ def test_redeploy_with_a_new_style_drops_no_request(server, trained_checkpoint, 
     assert requests.post(f"{url}/styles/second", data=body).status_code == 200
 
 
+def test_the_ingress_is_bounded_and_a_config_that_would_queue_at_the_proxy_is_refused(models):
+    """README: the ingress holds max_pending, its max_ongoing_requests stays above that, its
+    queue is bounded and it autoscales 1..2."""
+    from raystyle.serve import Gateway
+
+    assert Gateway.max_queued_requests == 64 and Gateway.max_ongoing_requests == 64
+    auto = Gateway._deployment_config.autoscaling_config
+    assert (auto.min_replicas, auto.max_replicas) == (1, 2)
+    with pytest.raises(ValueError, match=r"must be above max_pending \(32\)"):
+        app_builder({"models_dir": str(models), "ingress": {"max_ongoing_requests": 32}})
+    app_builder({"models_dir": str(models), "max_pending": 8, "ingress": {"max_ongoing_requests": 9}})
+
+
 @pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
 def test_serve_configs_are_valid_and_bind_localhost(name):
     from pathlib import Path
@@ -310,3 +351,8 @@ def test_kuberay_rayservice_carries_the_same_application():
     mounts = [m["mountPath"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
               for c in g["template"]["spec"]["containers"] for m in c["volumeMounts"]]
     assert mounts == ["/models", "/models"]
+    # token auth on every node, the token from a Secret (README: KubeRay)
+    for c in [c for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]]:
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "raystyle-ray-token", "key": "token"}

@@ -1,9 +1,10 @@
 """The raystyle monitor: `raystyle monitor` starts it (or `streamlit run dashboard/app.py`).
 
-Draws what raystyle.monitor gathers; no business logic here. Settings come from the
-sidebar, whose defaults come from the environment that `raystyle monitor` sets:
-RAYSTYLE_RAY_DASHBOARD, RAYSTYLE_SERVE_URL, RAYSTYLE_STORAGE, RAYSTYLE_MONITOR_REFRESH,
-RAYSTYLE_MONITOR_MAX_UPLOAD_MB.
+Draws what raystyle.monitor gathers; no business logic here. Where it connects and what it
+reads come from the environment that `raystyle monitor` sets (RAYSTYLE_RAY_DASHBOARD,
+RAYSTYLE_SERVE_URL, RAYSTYLE_STORAGE, RAYSTYLE_MONITOR_REFRESH,
+RAYSTYLE_MONITOR_MAX_UPLOAD_MB), never from the page: a visitor cannot point it (and the
+Ray token it sends to the dashboard) at another server, or make it list another folder.
 """
 
 import functools
@@ -24,19 +25,22 @@ st.set_page_config(page_title="raystyle monitor", page_icon=":art:", layout="wid
 MAX_UPLOAD_MB = float(os.environ.get("RAYSTYLE_MONITOR_MAX_UPLOAD_MB", "20"))
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 
+DASHBOARD = mon.dashboard_url()  # RAYSTYLE_RAY_DASHBOARD as `raystyle monitor` resolved it
+SERVE_URL = os.environ.get("RAYSTYLE_SERVE_URL", mon.DEFAULT_SERVE).rstrip("/")
+STORAGE = os.environ.get("RAYSTYLE_STORAGE") or str(home() / "runs")
+dashboard, serve_url, storage = DASHBOARD, SERVE_URL, STORAGE
+
 with st.sidebar:
     st.header("Settings")
-    dashboard = st.text_input("Ray dashboard", mon.dashboard_url()).rstrip("/")
-    serve_url = st.text_input("raystyle API (Serve)",
-                              os.environ.get("RAYSTYLE_SERVE_URL", mon.DEFAULT_SERVE)).rstrip("/")
-    storage = st.text_input("Training storage", os.environ.get("RAYSTYLE_STORAGE",
-                                                                str(home() / "runs")))
+    st.caption("Set by whoever started the monitor (`raystyle monitor --ray-dashboard URL "
+               "--serve-url URL --storage DIR`); the page cannot change them.")
+    st.markdown(f"**Ray dashboard**  \n`{DASHBOARD}`")
+    st.markdown(f"**raystyle API (Serve)**  \n`{SERVE_URL}`")
+    st.markdown(f"**Training storage**  \n`{STORAGE}`")
     refresh = st.number_input("Refresh every N seconds (0 = off)", min_value=0, max_value=600,
                               value=int(os.environ.get("RAYSTYLE_MONITOR_REFRESH", "5")))
-    token = mon.read_token()
-    st.caption(f"Ray auth token: {'sent, from ' + token.source if token.value else token.source}")
-    st.markdown(f"[Ray dashboard]({dashboard}) · [Serve in the Ray dashboard]({dashboard}/#/serve) "
-                f"· [API docs]({serve_url}/docs)")
+    token = mon.read_token(DASHBOARD)
+    st.caption(f"Ray auth token: {'sent to the dashboard only, from ' + token.source if token.value else token.source}")
 
 RUN_EVERY = refresh if refresh > 0 else None
 
@@ -73,29 +77,36 @@ def _fmt(used, total, unit="") -> str:
 st.header("Cluster")
 
 
-@st.fragment(run_every=RUN_EVERY)
-@guarded("Cluster")
-def cluster_section() -> None:
+def ray_cluster() -> None:
     snap = cluster(dashboard)
     if not snap["ok"]:
         st.warning(f"Ray is not running or not reachable ({snap['error']}).  \n{snap['hint']}.")
-    else:
-        u = snap["usage"]
-        alive = sum(1 for n in snap["nodes"] if n["state"] == "ALIVE")
-        c = st.columns(5)
-        c[0].metric("Ray nodes alive", f"{alive} / {len(snap['nodes'])}", help=f"Ray {snap.get('ray_version')}")
-        c[1].metric("CPUs in use", _fmt(u.get("CPU", {}).get("used"), u.get("CPU", {}).get("total")))
-        gpu = u.get("GPU")
-        c[2].metric("GPUs in use", _fmt(gpu["used"], gpu["total"]) if gpu else "no GPU")
-        c[3].metric("Memory (Ray), GiB", _fmt(u.get("memory", {}).get("used"), u.get("memory", {}).get("total")))
-        c[4].metric("Object store, GiB", _fmt(u.get("object_store_memory", {}).get("used"),
-                                              u.get("object_store_memory", {}).get("total")))
-        rows = [{"node": n["node_id"][:12], "ip": n["ip"], "head": n["head"], "state": n["state"],
-                 "CPUs": n["cpus"], "GPUs": n["gpus"], "CPU %": n["cpu_percent"],
-                 "memory GiB": _fmt(n["mem_used_gib"], n["mem_total_gib"]),
-                 "object store GiB": _fmt(n["object_store_used_gib"], n["object_store_total_gib"])}
-                for n in snap["nodes"]]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        return
+    u = snap["usage"]
+    alive = sum(1 for n in snap["nodes"] if n["state"] == "ALIVE")
+    c = st.columns(5)
+    c[0].metric("Ray nodes alive", f"{alive} / {len(snap['nodes'])}", help=f"Ray {snap.get('ray_version')}")
+    c[1].metric("CPUs in use", _fmt(u.get("CPU", {}).get("used"), u.get("CPU", {}).get("total")))
+    gpu = u.get("GPU")
+    c[2].metric("GPUs in use", _fmt(gpu["used"], gpu["total"]) if gpu else "no GPU")
+    c[3].metric("Memory (Ray), GiB", _fmt(u.get("memory", {}).get("used"), u.get("memory", {}).get("total")))
+    c[4].metric("Object store, GiB", _fmt(u.get("object_store_memory", {}).get("used"),
+                                          u.get("object_store_memory", {}).get("total")))
+    rows = [{"node": n["node_id"][:12], "ip": n["ip"], "head": n["head"], "state": n["state"],
+             "CPUs": n["cpus"], "GPUs": n["gpus"], "CPU %": n["cpu_percent"],
+             "memory GiB": _fmt(n["mem_used_gib"], n["mem_total_gib"]),
+             "object store GiB": _fmt(n["object_store_used_gib"], n["object_store_total_gib"])}
+            for n in snap["nodes"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    node_gpus = [{"node": n["node_id"][:12], "ip": n["ip"], "GPU": g["name"], "load %": g["load"],
+                  "memory MB": _fmt(g["mem_used_mb"], g["mem_total_mb"])}
+                 for n in snap["nodes"] for g in n["gpu_devices"]]
+    if node_gpus:
+        st.markdown("**GPUs of the cluster's nodes** (from Ray)")
+        st.dataframe(pd.DataFrame(node_gpus), hide_index=True, width="stretch", key="node_gpus")
+
+
+def this_machine() -> None:
     host = mon.host_snapshot(storage)
     st.subheader("This machine")
     c = st.columns(4)
@@ -104,11 +115,22 @@ def cluster_section() -> None:
     c[1].metric("Memory, GiB", _fmt(host["mem_used_gib"], host["mem_total_gib"]))
     c[2].metric("Disk free, GiB", f"{host['disk_free_gib']:.3g}", help=f"where runs are: {host['disk_path']}")
     c[3].metric("Load (1 min)", f"{host['load'][0]:.2f}" if host["load"] else "n/a")
+
+
+def local_gpus() -> None:
     gpus = mon.gpu_snapshot()
     if not gpus["gpus"]:
         st.info(f"No GPU: {gpus['note']}")
     else:
         st.dataframe(pd.DataFrame(gpus["gpus"]), hide_index=True, width="stretch")
+
+
+@st.fragment(run_every=RUN_EVERY)
+def cluster_section() -> None:
+    # each source on its own: a failing one leaves the others drawn
+    guarded("Ray cluster")(ray_cluster)()
+    guarded("This machine")(this_machine)()
+    guarded("GPUs")(local_gpus)()
 
 
 cluster_section()
@@ -171,9 +193,9 @@ def serving_section() -> None:
         st.info("Serve needs Ray; start both with `raystyle demo` or `raystyle serve`.")
         return
     serve = mon.serve_snapshot(dashboard, nodes=snap["nodes"])
-    serve = mon.with_rates(serve, st.session_state.get("serve_prev"))
-    st.session_state["serve_prev"] = {"time": serve["time"], "deployments": [
-        {k: d[k] for k in ("application", "deployment", "requests")} for d in serve["deployments"]]}
+    history = st.session_state.get("serve_history", [])
+    serve = mon.windowed(serve, history)
+    st.session_state["serve_history"] = mon.remember(history, serve)
     if not serve["ok"]:
         st.warning(f"Serve status unavailable: {serve['error']}")
         return
@@ -188,9 +210,11 @@ def serving_section() -> None:
              "replicas": d["replicas"], "target": d["target_replicas"],
              "min..max": f"{d['min_replicas']}..{d['max_replicas']}",
              "requests": int(d["requests"]), "req/s": d["requests_per_s"],
-             "p50 ms": d["latency_p50_ms"], "p95 ms": d["latency_p95_ms"],
-             "errors": int(d["errors"])} for d in serve["deployments"]]
+             "p50 ms": d["latency_p50_ms"], "p95 ms": d["latency_p95_ms"], "p99 ms": d["latency_p99_ms"],
+             "window s": d["window_s"], "errors": int(d["errors"])} for d in serve["deployments"]]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.caption(f"req/s and latency percentiles over the last {mon.WINDOW_S:.0f} s (window s); "
+               "blank window: since the replicas started (no earlier sample yet).")
     codes = serve["http"]
     if codes:
         errors = sum(v for k, v in codes.items() if not k.startswith("2"))
