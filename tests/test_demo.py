@@ -175,7 +175,8 @@ def test_readme_http_examples_against_the_demo(demo, photos, tmp_path, monkeypat
 
 
 def test_wrong_token_is_named_not_hidden(demo):
-    snap = mon.cluster_snapshot(demo.url("Ray dashboard"), mon.Token("not-the-token", "test"))
+    dash = demo.url("Ray dashboard")
+    snap = mon.cluster_snapshot(dash, mon.Token("not-the-token", "test", mon.origin(dash)))
     assert snap["ok"] is False and "403" in snap["error"] and "token is wrong" in snap["error"]
 
 
@@ -185,7 +186,7 @@ def test_request_metrics_reach_the_monitor(demo, photos):
         client.stylize(demo.url("Serve \\(HTTP API\\)"), "demo", p.read_bytes())
     deadline, dep = time.monotonic() + 60, None
     while time.monotonic() < deadline:  # Ray exports metrics every few seconds
-        snap = mon.serve_snapshot(dash, nodes=mon.cluster_snapshot(dash)["nodes"])
+        snap = mon.windowed(mon.serve_snapshot(dash, nodes=mon.cluster_snapshot(dash)["nodes"]), [])
         dep = next(d for d in snap["deployments"] if d["deployment"] == "style-demo")
         if dep["requests"] >= len(photos) + 4:
             break
