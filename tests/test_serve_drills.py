@@ -5,7 +5,6 @@ Bounded in count and time (each drill a few seconds of traffic)."""
 
 import io
 import shutil
-import socket
 import statistics
 import threading
 import time
@@ -17,15 +16,9 @@ import requests
 from PIL import Image
 
 from raystyle.serve import app_builder
+from tests.test_serve import SMALL, _free_port
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-SMALL = {"ray_actor_options": {"num_cpus": 0.25}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
