@@ -146,3 +146,41 @@ def test_ci_floors_pin_every_declared_floor():
 
     assert set(pins) == set(floors)
     assert {k: Version(v) for k, v in pins.items()} == {k: Version(v) for k, v in floors.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# .ci/lib.sh: net_retry runs an install again after a network error, never a failing test
+
+def _net_retry(tmp_path: Path, script: str) -> tuple[int, str, int]:
+    """Run ``net_retry bash step.sh`` (waits of 0 s); return (exit code, output, tries)."""
+    step = tmp_path / "step.sh"
+    step.write_text(f'echo x >> "{tmp_path}/tries"\n' + script)
+    out = subprocess.run(
+        ["bash", "-c", f'set -euo pipefail; . .ci/lib.sh; net_retry bash "{step}"'],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={"NET_RETRY_WAIT_S": "0",
+                                                                  "PATH": "/usr/bin:/bin"})
+    tries = (tmp_path / "tries").read_text().count("x")
+    return out.returncode, out.stdout + out.stderr, tries
+
+
+def test_net_retry_runs_a_cut_download_again(tmp_path):
+    # The CI failure this guards against, cut off on the first try only
+    rc, out, tries = _net_retry(tmp_path, f'''
+if [ ! -e "{tmp_path}/once" ]; then touch "{tmp_path}/once"
+  echo "error: incomplete-download"; echo "Download failed after 6 attempts"; exit 1; fi
+echo installed''')
+    assert (rc, tries) == (0, 2) and "installed" in out and "trying again" in out
+
+
+def test_net_retry_gives_up_after_three_tries(tmp_path):
+    rc, out, tries = _net_retry(tmp_path, 'echo "ReadTimeoutError: Read timed out."; exit 7')
+    assert (rc, tries) == (7, 3)
+
+
+@pytest.mark.parametrize("script", [
+    'echo "ERROR: No matching distribution found for torch==0.0.1"; exit 1',  # not the network
+    'echo "== test session starts =="; echo "Connection refused"; exit 1',   # a failing test
+])
+def test_net_retry_does_not_retry_other_failures(tmp_path, script):
+    rc, out, tries = _net_retry(tmp_path, script)
+    assert (rc, tries) == (1, 1)
