@@ -30,7 +30,7 @@ def _add_train_args(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--style", required=data_required, metavar="NAME",
                    help="run name: the run lives in STORAGE/NAME; the same name resumes it")
     p.add_argument("--config", metavar="YAML",
-                   help="YAML file or preset name (paper, tiny); default: the paper's recipe")
+                   help="YAML file or preset name (paper, cpu, tiny); default: the paper's recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--workers", type=int, metavar="N", help="training workers (cluster.workers)")
@@ -60,12 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
 
     p = sub.add_parser("demo", help="the whole flow on the bundled sample data, from nothing",
-                       description="Start a local Ray, write the sample dataset, train the tiny "
+                       description="Start a local Ray, write the sample dataset, train a "
                        f"preset into {HOME}/runs/{DEMO_STYLE}, export it as style '{DEMO_STYLE}' "
                        f"into {HOME}/models, serve it with Ray Serve, stylize the held-out sample "
                        f"photos through the HTTP API into {HOME}/outputs/stylized, start the "
                        "monitor, print the URLs and keep serving until Ctrl-C. A second run "
                        "reuses what exists.")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "cpu"],
+                   help="training preset: tiny (the default: ~2 minutes of training, quick to see "
+                        "the flow) or cpu (~10 minutes, the recipe that learns the filter); a run "
+                        "per preset")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop training after N steps")
     p.add_argument("--workers", type=int, metavar="N", help="training workers (default 2)")
     p.add_argument("--home", type=Path, default=HOME, metavar="DIR", help=f"demo folder (default {HOME}; env RAYSTYLE_HOME)")
@@ -78,14 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop Serve, the monitor and Ray once the photos are stylized, instead of "
                         "keeping them up until Ctrl-C")
 
-    p = sub.add_parser("evaluate", help="figures that show whether training moved A toward B",
-                       description="Colour-statistics distance of G_ab(testA) to testB (trained "
-                       "vs freshly initialised nets) and cycle-reconstruction PSNR.")
+    p = sub.add_parser("evaluate", help="held-out quality figures of a checkpoint (no downloads)",
+                       description="Held-out figures of G_ab for the photo itself, freshly "
+                       "initialised nets and the checkpoint: ground-truth PSNR where the test split "
+                       "is paired (the sample data), the domain score of a classifier trained on "
+                       "trainA vs trainB (cached per dataset; reported only at >= 85% held-out "
+                       "accuracy), content SSIM, cycle PSNR, colour distance to B.")
     p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT", help="checkpoint dir, or a run dir (its latest checkpoint)")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder with testA/ and testB/")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder: trainA/ trainB/ (the domain classifier) and testA/ testB/ "
+                        "(without them: the share of train that training held back)")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=int, default=16, metavar="N", help="images per domain (default 16)")
-    p.add_argument("--grid", type=Path, metavar="PNG", help="write a PNG of real A | fake B pairs here")
+    p.add_argument("--grid", type=Path, metavar="PNG",
+                   help="write a PNG here: rows of photos, G_ab(photos) and (paired data) ground truth")
+    p.add_argument("--no-classifier", action="store_true", help="skip the domain classifier and its score")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     p = sub.add_parser("export", help="checkpoint -> validated ONNX style in the registry",
@@ -100,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32,int8", metavar="LIST",
                    help="comma list of fp32, fp16, int8 (default fp32,int8; fp32 is always written)")
     p.add_argument("--best", metavar="METRIC",
-                   help="given a run dir, pick the checkpoint lowest in this metric (e.g. cycle_a)")
+                   help="given a run dir, pick its best checkpoint by this metric of the metrics "
+                        "log: auto (the one the run ranked checkpoints by), a validation figure "
+                        "such as val_gt_psnr (higher is better) or a loss such as cycle_a (lower)")
     p.add_argument("--torchscript", action="store_true", help="also write model.ts (TorchScript)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="export.KEY=VALUE",
                    help="override a validation threshold of the checkpoint's export config, e.g. "
@@ -212,15 +224,34 @@ def _run_training(cfg, data: Path, style: str):
     return result
 
 
+EVAL_ROWS = (  # (key, label, format)
+    ("val_gt_psnr", "ground-truth PSNR, dB (higher: closer to B)", "{:.2f}"),
+    ("val_domain_score", "domain score, % judged B", "{:.0%}"),
+    ("val_content_ssim", "content SSIM vs photo (1: same structure)", "{:.3f}"),
+    ("val_cycle_psnr", "cycle-reconstruction PSNR, dB", "{:.2f}"),
+    ("val_colour_distance", "colour distance to B (lower: closer)", "{:.2f}"),
+)
+
+
 def _print_evaluation(ev, as_json: bool = False) -> None:
     if as_json:
         print(json.dumps(ev.to_dict()))
         return
-    print(f"colour distance to domain B ({ev.images} test images, lower is closer):")
-    print(f"  real A {ev.colour_distance_real_a:7.2f} | G_ab(A) untrained "
-          f"{ev.colour_distance_init:7.2f} | G_ab(A) at step {ev.step} {ev.colour_distance_trained:7.2f}")
-    print(f"cycle-reconstruction PSNR: untrained {ev.cycle_psnr_init:.2f} dB | "
-          f"trained {ev.cycle_psnr_trained:.2f} dB")
+    paired = ", paired with ground truth" if ev.paired else ""
+    print(f"held-out figures ({ev.images} {ev.split} images{paired}):")
+    print(f"  {'':44} {'photo':>9} {'untrained':>10} {f'step {ev.step}':>10}")
+    for key, label, fmt in EVAL_ROWS:
+        if key not in ev.trained:
+            continue
+        cells = [fmt.format(d[key]) if key in d else "-" for d in (ev.identity, ev.untrained, ev.trained)]
+        print(f"  {label:44} {cells[0]:>9} {cells[1]:>10} {cells[2]:>10}")
+    if ev.paired:
+        print(f"ground-truth PSNR gain over the photo itself: {ev.trained['val_gt_gain_db']:+.2f} dB "
+              f"(untrained nets: {ev.untrained['val_gt_gain_db']:+.2f} dB)")
+    if ev.classifier:
+        print(ev.classifier)
+    for note in ev.notes:
+        print(note)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -236,10 +267,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"the checkpoint folder and run `raystyle export DIR`")
     result = _run_training(cfg, args.data, args.style)
     if args.export:
+        from .runlog import read_validation
         from .train import export_on_cluster
 
-        style = export_on_cluster(result.checkpoint, args.export, models_dir=args.models_dir,
-                                  precisions=("fp32", "int8"))
+        # the best checkpoint by held-out validation, when the run ranked them; else the last
+        best = "auto" if read_validation(result.run_dir).get("best_metric") else None
+        style = export_on_cluster(result.run_dir if best else result.checkpoint, args.export,
+                                  models_dir=args.models_dir, precisions=("fp32", "int8"), best=best)
         print(f"exported style:   {style.name} -> {style.path}")
     return 0
 
@@ -374,7 +408,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    ev = evaluate(args.checkpoint, args.data, split=args.split, limit=args.limit, grid=args.grid)
+    say = None if args.json else (lambda text: print(f"[raystyle] {text}", flush=True))
+    ev = evaluate(args.checkpoint, args.data, split=args.split, limit=args.limit, grid=args.grid,
+                  classifier=not args.no_classifier, progress=say)
     _print_evaluation(ev, args.json)
     if args.grid:
         print(f"grid: {args.grid}")
@@ -386,6 +422,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import write_sample_dataset
+    from .quality import is_paired
     from .train import connect
 
     home: Path = args.home.expanduser()
@@ -399,9 +436,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError(f"port {port} on 127.0.0.1 is in use (another demo, `raystyle serve` "
                              f"or monitor?); stop it or pass {flag}")
     data = home / "data" / "sample"
-    if (data / "trainA").is_dir() and (data / "trainB").is_dir():
+    if (data / "trainA").is_dir() and is_paired(data):
         print(f"[raystyle] sample dataset: {data} (exists)")
-    else:
+    else:  # none yet, or one from before the test split was paired (ground truth)
         counts = write_sample_dataset(data)
         print(f"[raystyle] sample dataset written to {data}: {counts}")
     overrides = []
@@ -409,16 +446,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.workers is not None:
         overrides.append(f"cluster.workers={args.workers}")
-    cfg = load_config("tiny", overrides).replace(cluster={"storage": str(home / "runs")})
+    cfg = load_config(args.preset, overrides).replace(cluster={"storage": str(home / "runs")})
     dashboard = connect(cfg.cluster.address, dashboard_port=args.dashboard_port)
-    result = _run_training(cfg, data, DEMO_STYLE)
+    result = _run_training(cfg, data, DEMO_STYLE if args.preset == "tiny" else f"{DEMO_STYLE}-{args.preset}")
     from .evaluate import evaluate
+    from .export import ExportError, pick_checkpoint
 
+    try:  # the best checkpoint by held-out validation (ground truth on the sample data)
+        chosen = pick_checkpoint(result.run_dir, "auto")
+    except ExportError:
+        chosen = result.checkpoint
+    if str(chosen) != str(result.checkpoint):
+        print(f"[raystyle] best checkpoint by validation: {chosen}")
     out = home / "outputs"
     out.mkdir(parents=True, exist_ok=True)
-    ev = evaluate(result.checkpoint, data, grid=out / "demo_grid.png")
+    ev = evaluate(chosen, data, grid=out / "demo_grid.png")
     _print_evaluation(ev)
-    print(f"sample translations (real A | fake B): {out / 'demo_grid.png'}")
+    print(f"sample translations (rows: photo | G_ab(photo) | the filter itself): {out / 'demo_grid.png'}")
 
     # Export the trained photo -> painting generator, serve it, stylize the held-out photos
     # through the HTTP API.
@@ -428,11 +472,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     models = home / "models"
     try:
         style = get_style(DEMO_STYLE, models)
-        fresh = style.meta["training"]["checkpoint"] != str(result.checkpoint)
+        fresh = style.meta["training"]["checkpoint"] != str(chosen)
     except ValueError:
         fresh = True
     if fresh:
-        style = export_style(result.checkpoint, DEMO_STYLE, models_dir=models,
+        style = export_style(chosen, DEMO_STYLE, models_dir=models,
                              precisions=("fp32", "int8"))
     print(f"style {DEMO_STYLE!r} in {models}{' (exported)' if fresh else ' (exists)'}")
 

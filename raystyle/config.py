@@ -69,8 +69,14 @@ class ModelConfig:
     ndf: int = 64  # discriminator width
     d_layers: int = 3  # PatchGAN depth; 3 gives the paper's 70x70 receptive field
     norm: Literal["instance", "batch", "none"] = "instance"
+    # the discriminators' normalisation when it differs from the generators' (None: ``norm``);
+    # "none" lets them see global colour casts that instance norm divides away
+    d_norm: Literal["instance", "batch", "none"] | None = None
     upsample: Literal["deconv", "resize"] = "deconv"  # resize = nearest x2 + conv (no checkerboard)
     dropout: float = 0.0  # dropout inside residual blocks
+    # output = clamp(input + net(input)): a global skip, so the generator starts near the
+    # identity and learns the change (the `cpu` recipe; the paper's generator has none)
+    residual: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "model", "ngf", "ndf", "d_layers")
@@ -102,11 +108,23 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics-log lines and progress reports
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     sample_every: int = 500  # steps between sample grids (real A | fake B | rec A)
-    keep_checkpoints: int = 3  # newest checkpoints kept by Ray Train
+    # Checkpoints kept by Ray Train: the best ones by best_metric, and always the newest (the
+    # newest ones when there is no best_metric).
+    keep_checkpoints: int = 3
+    validate: bool = True  # held-out figures (raystyle.quality) at every checkpoint
+    validate_every: int = 0  # ... and every N steps besides (0: at checkpoints only)
+    val_images: int = 16  # held-out images per domain
+    val_holdout: float = 0.1  # share of train held back for validation when there is no testA/testB
+    # The validation figure that ranks checkpoints (retention, `export --best auto`): auto =
+    # val_gt_psnr where the test split is paired, else val_domain_content where the domain
+    # classifier is good enough, else none (newest kept). Or a name such as val_cycle_psnr.
+    best_metric: str = "auto"
 
     def __post_init__(self) -> None:
         _positive(self, "train", "batch_size", "lr", "log_every", "checkpoint_every",
-                  "sample_every", "keep_checkpoints")
+                  "sample_every", "keep_checkpoints", "val_images")
+        if self.validate_every < 0 or not 0.0 <= self.val_holdout < 1.0:
+            raise ConfigError("train.validate_every must be >= 0 and train.val_holdout in [0, 1)")
         if self.epochs < 0 or self.epochs_decay < 0 or self.epochs + self.epochs_decay == 0:
             raise ConfigError("train.epochs + train.epochs_decay must be > 0 (both >= 0)")
         if self.max_steps is not None and self.max_steps < 1:

@@ -8,6 +8,7 @@ independently. Every random choice (B index, crop, flip) is derived from
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -199,22 +200,44 @@ def _crops(img: Image.Image, n: int, size: int, rng: random.Random) -> list[Imag
     return out
 
 
-def write_sample_dataset(out: str | Path, size: int = 128, per_photo: int = 4) -> dict[str, int]:
-    """Write trainA/trainB/testA/testB PNGs under ``out``; returns the count per folder."""
+SAMPLE_VERSION = 2  # 2: the test split is paired (ground truth for evaluation)
+
+
+def write_sample_dataset(out: str | Path, size: int = 128, per_photo: int = 4,
+                         test_per_photo: int = 2) -> dict[str, int]:
+    """Write trainA/trainB/testA/testB PNGs under ``out``; returns the count per folder.
+
+    The train split is unpaired (A and B are different crops). The test split is paired:
+    ``testB/X.png`` is the painterly filter applied to ``testA/X.png``, which gives evaluation
+    a ground truth; ``raystyle_dataset.json`` says so (``"paired": ["test"]``).
+    """
     if size < 32 or size % 4:
         raise DataError(f"--size must be a multiple of 4 and at least 32, got {size}")
     out = Path(out).expanduser()
     counts: dict[str, int] = {}
     rng = random.Random(1234)
     photos = [(Path(n).stem, load_rgb(sample_photo_dir() / n)) for n in SAMPLE_PHOTOS]
-    for split, n in (("train", per_photo), ("test", 1)):
-        for domain in ("A", "B"):
-            folder = out / f"{split}{domain}"
-            folder.mkdir(parents=True, exist_ok=True)
-            counts[folder.name] = 0
-            for name, photo in photos:
-                for k, crop in enumerate(_crops(photo, n, size, rng)):
-                    img = painterly(crop) if domain == "B" else crop
-                    img.save(folder / f"{name}_{k}.png")
-                    counts[folder.name] += 1
+    for domain in ("A", "B"):  # unpaired: each domain draws its own crops
+        folder = out / f"train{domain}"
+        folder.mkdir(parents=True, exist_ok=True)
+        counts[folder.name] = 0
+        for name, photo in photos:
+            for k, crop in enumerate(_crops(photo, per_photo, size, rng)):
+                (painterly(crop) if domain == "B" else crop).save(folder / f"{name}_{k}.png")
+                counts[folder.name] += 1
+    for folder in (out / "testA", out / "testB"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):  # a version-1 test split had other crops
+            old.unlink()
+    counts["testA"] = counts["testB"] = 0
+    for name, photo in photos:  # paired: the same crop, as a photo and through the filter
+        for k, crop in enumerate(_crops(photo, test_per_photo, size, rng)):
+            crop.save(out / "testA" / f"{name}_{k}.png")
+            painterly(crop).save(out / "testB" / f"{name}_{k}.png")
+            counts["testA"] += 1
+            counts["testB"] += 1
+    info = {"name": "raystyle-sample", "version": SAMPLE_VERSION, "paired": ["test"],
+            "domains": {"A": "photos (scikit-image's sample images)",
+                        "B": "the same kind of photos through raystyle.data.painterly"}}
+    (out / "raystyle_dataset.json").write_text(json.dumps(info, indent=2) + "\n")
     return counts

@@ -1,23 +1,30 @@
-"""Did training move domain A toward domain B? Figures from a checkpoint, pure torch.
+"""Did training move domain A toward domain B? Held-out figures of a checkpoint, pure torch.
 
-- colour distance: how far a set of images is from domain B in colour statistics,
-  ||mean_X - mean_B||_2 + ||std_X - std_B||_2 over RGB channels in [0, 255].
-  Reported for real A (the starting gap), G_ab(A) with freshly initialised nets, and
-  G_ab(A) with the trained nets; a falling number means the translation learned B's palette.
-- cycle PSNR: PSNR(G_ba(G_ab(a)), a) in dB; high means content survives the round trip.
+The figures are raystyle.quality's (the ones validation logs during training), for three
+"generators" side by side: the identity (the photo itself: the starting point), freshly
+initialised nets, and the checkpoint's nets. Held-out images are prepared as in training
+(shorter side -> data.load_size, centre crop data.crop_size):
+
+- colour distance to held-out B (lower is better), content SSIM of input vs output luminance,
+  cycle-reconstruction PSNR (trained nets only have a meaningful one);
+- the domain score: the share of G_ab(A) a classifier trained on trainA vs trainB judges to
+  be B, reported only when that classifier's held-out accuracy is at least 85%;
+- where the dataset pairs its test split (the bundled sample data does), the ground-truth
+  PSNR of G_ab(testA) against testB and its gain over the identity.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 from . import checkpoint as ckpt
+from . import quality
 from .data import DataError, scan_domain
 from .images import load_rgb
 from .nets import MULTIPLE, build_generator
@@ -25,15 +32,18 @@ from .nets import MULTIPLE, build_generator
 
 @dataclass(frozen=True)
 class Evaluation:
-    images: int
-    colour_distance_real_a: float
-    colour_distance_init: float
-    colour_distance_trained: float
-    cycle_psnr_init: float
-    cycle_psnr_trained: float
     step: int
+    images: int  # held-out A images translated
+    split: str  # "test", "held-back train" or "train"
+    paired: bool  # ground truth available
+    identity: dict[str, float]  # the figures of the photo itself
+    untrained: dict[str, float]  # freshly initialised nets (same seed as training)
+    trained: dict[str, float]  # the checkpoint's nets
+    classifier: str | None = None  # how good the domain classifier is, or why there is none
+    classifier_accuracy: float | None = None
+    notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -52,49 +62,51 @@ def load_images(folder: Path, limit: int, max_side: int) -> list[torch.Tensor]:
     return out
 
 
-def colour_stats(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    pixels = torch.cat([((x + 1) * 127.5).clamp(0, 255).flatten(2).squeeze(0) for x in images], dim=1)
-    return pixels.mean(dim=1), pixels.std(dim=1)  # (3,), (3,)
-
-
-def colour_distance(images: list[torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> float:
-    mean, std = colour_stats(images)
-    return float((mean - ref[0]).norm() + (std - ref[1]).norm())
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    mse = float(((x - y) / 2).pow(2).mean())  # images in [-1, 1] -> range 1
-    return 99.0 if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 @torch.no_grad()
 def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", limit: int = 16,
-             max_side: int = 256, grid: str | Path | None = None) -> Evaluation:
-    """Compare trained and freshly initialised generators on ``data/{split}A`` vs ``{split}B``."""
+             grid: str | Path | None = None, classifier: bool = True,
+             progress=None) -> Evaluation:
+    """Held-out figures of a checkpoint's G_ab (and G_ba for the cycle) on dataset ``data``.
+
+    ``split="test"`` uses testA/testB (or, without them, the share of train that training held
+    back); ``split="train"`` the train images themselves (no generalisation in that figure).
+    """
     path = ckpt.resolve(checkpoint)
     config, nets = ckpt.load_nets(path)
     step = ckpt.read_manifest(path)["step"]
-    data = Path(data).expanduser()
-    real_a = load_images(data / f"{split}A", limit, max_side)
-    ref_b = colour_stats(load_images(data / f"{split}B", limit, max_side))
-    torch.manual_seed(config.train.seed)
-    fresh = [build_generator(config.model).eval() for _ in range(2)]
-    trained = [build_generator(config.model).eval() for _ in range(2)]
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist")
+    sp = quality.split_dataset(root, config.data.crop_size, config.train.val_holdout)
+    if split == "test":
+        heldout = quality.HeldOut.from_files(sp.held_a, sp.held_b, config.data, limit, sp.paired)
+    else:
+        heldout = quality.HeldOut.from_files(sp.train_a, sp.train_b, config.data, limit)
+    clf, clf_text, notes = None, None, []
+    if classifier:
+        try:
+            clf = quality.get_classifier(sp.train_a, sp.train_b, sp.held_a, sp.held_b, config.data,
+                                         progress=progress)
+            clf_text = clf.describe()
+            if not clf.usable:
+                notes.append(f"domain score not reported: the classifier's held-out accuracy "
+                             f"{100 * clf.accuracy:.1f}% is below {100 * quality.MIN_ACCURACY:.0f}%")
+        except quality.QualityError as exc:
+            notes.append(f"domain score not reported: {exc}")
+    val = quality.Validator(heldout, clf)
+    torch.manual_seed(config.train.seed)  # the untrained nets training started from
+    fresh = [build_generator(config.model) for _ in range(2)]
+    trained = [build_generator(config.model) for _ in range(2)]
     trained[0].load_state_dict(nets["g_ab"])
     trained[1].load_state_dict(nets["g_ba"])
-
-    def run(g_ab, g_ba):
-        fakes = [g_ab(a) for a in real_a]
-        recs = [g_ba(f) for f in fakes]
-        cyc = sum(psnr(r, a) for r, a in zip(recs, real_a, strict=True)) / len(real_a)
-        return fakes, colour_distance(fakes, ref_b), cyc
-
-    _, d_init, p_init = run(*fresh)
-    fakes, d_trained, p_trained = run(*trained)
+    identity = val.measure(heldout.a)
+    fakes, rec = val.translate(*trained)
+    result = Evaluation(step, len(heldout.a), sp.source if split == "test" else "train", heldout.gt_b is not None, identity,
+                        val.measure(*val.translate(*fresh)), val.measure(fakes, rec), clf_text,
+                        clf.accuracy if clf is not None else None, notes)
     if grid is not None:
-        size = real_a[0].shape[-2:]
-        tiles = [t for a, f in zip(real_a, fakes, strict=True)
-                 for t in (TF.resize(a, list(size)), TF.resize(f, list(size)))]
-        save_image(torch.cat(tiles) * 0.5 + 0.5, grid, nrow=2 * min(4, len(real_a)), padding=2)
-    return Evaluation(len(real_a), colour_distance(real_a, ref_b), d_init, d_trained, p_init,
-                      p_trained, step)
+        rows = [heldout.a, fakes] + ([heldout.gt_b] if heldout.gt_b is not None else [])
+        n = min(8, len(heldout.a))
+        tiles = torch.cat([r[:n] for r in rows])  # one row per kind: photo | G_ab | ground truth
+        save_image(tiles * 0.5 + 0.5, grid, nrow=n, padding=2)
+    return result

@@ -56,7 +56,7 @@ from . import checkpoint as ckpt
 from .config import Config, ExportConfig
 from .data import sample_photo_dir, scan_domain
 from .nets import MULTIPLE, build_generator
-from .runlog import read_metrics
+from .runlog import read_metrics, read_validation
 from .stylize import Stylizer, _Plan, _to_input, _to_uint8, stats_change
 from .tiling import (
     StatsModel,
@@ -80,20 +80,33 @@ class ExportError(ValueError):
 
 
 def pick_checkpoint(source: str | Path, best: str | None = None) -> Path:
-    """A checkpoint dir as is; a run dir -> its latest, or the one lowest in metric ``best``."""
+    """A checkpoint dir as is; a run dir -> its latest, or its best one by metric ``best``.
+
+    ``best`` is a name from the run's metrics log (validation figures such as val_gt_psnr:
+    higher is better; training losses: lower is better), or ``auto``: the metric the run
+    ranked its checkpoints by (validation.json).
+    """
+    from .quality import order
+
     path = Path(source).expanduser()
     if best is None or (path / ckpt.MANIFEST).exists():
         return ckpt.resolve(path)
+    if best == "auto":
+        best = read_validation(path).get("best_metric")
+        if not best:
+            raise ExportError(f"{path} ranks its checkpoints by no metric (no validation.json "
+                              f"with a best_metric): name one with --best METRIC")
     records = {r["step"]: r for r in read_metrics(path)}
     scored = []
     for c in ckpt.list_checkpoints(path):
         rec = records.get(ckpt.read_manifest(c)["step"])
-        if rec is not None and best in rec:
+        if rec is not None and isinstance(rec.get(best), int | float) and math.isfinite(rec[best]):
             scored.append((rec[best], c))
     if not scored:
         known = sorted({k for r in records.values() for k, v in r.items() if isinstance(v, float)})
         raise ExportError(f"no checkpoint of {path} has metric {best!r} (metrics: {', '.join(known) or 'none'})")
-    return min(scored, key=lambda t: t[0])[1]
+    pick = max if order(best) == "max" else min
+    return pick(scored, key=lambda t: t[0])[1]
 
 
 def load_generator(checkpoint: Path, direction: str) -> tuple[nn.Module, Any, dict]:

@@ -306,6 +306,11 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     samples: list[Path | str] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)  # the run's validation.json
+
+    @property
+    def best_metric(self) -> str | None:
+        return self.validation.get("best_metric")
 
     @property
     def step(self) -> int:
@@ -342,17 +347,28 @@ def list_runs(storage: str | Path) -> list[Run]:
         log = files.get(runlog.METRICS)
         if log is None and not any(n.startswith("checkpoint_") for n in files):
             continue
+        metrics = runlog.read_metrics(d)
+        validation = runlog.read_validation(d) if runlog.VALIDATION in files else {}
+        best = validation.get("best_metric")
+        by_step = {r.get("step"): r for r in metrics}
         cks = []
         for c in ckpt.list_checkpoints(d):
             m = ckpt.read_manifest(c)
             written = store.mtime(store.resolve(c) / ckpt.MANIFEST)
-            cks.append({"checkpoint": store.resolve(c).name, "step": m.get("step"),
-                        "epoch": m.get("epoch"),
-                        "written": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written or 0)),
-                        "path": str(c)})
+            row = {"checkpoint": store.resolve(c).name, "step": m.get("step"), "epoch": m.get("epoch")}
+            if best:
+                row[best] = by_step.get(m.get("step"), {}).get(best)
+            row.update(written=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written or 0)),
+                       path=str(c))
+            cks.append(row)
+        if best and any(r[best] is not None for r in cks):
+            pick = max if runlog.metric_order(best) == "max" else min
+            top = pick((r for r in cks if r[best] is not None), key=lambda r: r[best])
+            for r in cks:
+                r["best"] = r is top
         logged = log.mtime.timestamp() if log is not None and log.mtime is not None else 0.0
-        found.append((logged, Run(entry.base_name, d.native, runlog.read_metrics(d),
-                                  runlog.list_samples(d), cks)))
+        found.append((logged, Run(entry.base_name, d.native, metrics, runlog.list_samples(d), cks,
+                                  validation)))
     found.sort(key=lambda t: t[0], reverse=True)
     return [run for _, run in found]
 
@@ -362,7 +378,12 @@ def read_sample(path: Path | str) -> bytes:
     return store.read_bytes(store.resolve(path))
 
 
-LOSS_KEYS = ("g_total", "g_gan_ab", "g_gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "d_a", "d_b")
+LOSS_KEYS = runlog.LOSS_KEYS
+# Held-out validation figures (raystyle.quality), drawn in groups of one scale each
+VAL_CHARTS = (("Validation: PSNR, dB (held-out)", ("val_gt_psnr", "val_cycle_psnr")),
+              ("Validation: scores 0..1 (held-out)", ("val_domain_score", "val_content_ssim",
+                                                      "val_domain_content")),
+              ("Validation: colour distance to B", ("val_colour_distance",)))
 
 
 # ---------------------------------------------------------------------------------------

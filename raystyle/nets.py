@@ -52,8 +52,9 @@ class ResnetGenerator(nn.Module):
     """Image-to-image generator; input and output in [-1, 1], shape (B, 3, H, W), H, W % 4 == 0."""
 
     def __init__(self, ngf: int = 64, n_blocks: int = 9, norm: str = "instance",
-                 upsample: str = "deconv", dropout: float = 0.0):
+                 upsample: str = "deconv", dropout: float = 0.0, residual: bool = False):
         super().__init__()
+        self.residual = residual
         bias = norm != "batch"  # BatchNorm has its own affine shift; the others need a bias
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -81,6 +82,9 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            # A global skip: the net learns the change, starting near the identity.
+            return (x + self.model(x)).clamp(-1.0, 1.0)  # (B, 3, H, W)
         return self.model(x)
 
 
@@ -121,8 +125,9 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 def build_generator(cfg: ModelConfig) -> ResnetGenerator:
-    return init_weights(ResnetGenerator(cfg.ngf, cfg.n_blocks, cfg.norm, cfg.upsample, cfg.dropout))
+    return init_weights(ResnetGenerator(cfg.ngf, cfg.n_blocks, cfg.norm, cfg.upsample, cfg.dropout,
+                                        cfg.residual))
 
 
 def build_discriminator(cfg: ModelConfig) -> PatchDiscriminator:
-    return init_weights(PatchDiscriminator(cfg.ndf, cfg.d_layers, cfg.norm))
+    return init_weights(PatchDiscriminator(cfg.ndf, cfg.d_layers, cfg.d_norm or cfg.norm))

@@ -4,6 +4,8 @@
                                     step time, device memory); the last line for a step wins
   STORAGE/NAME/samples/step_N.png   sample grids: rows of real A | fake B | rec A and
                                     real B | fake A | rec B
+  STORAGE/NAME/validation.json      the validation plan: held-out split, the metric that ranks
+                                    checkpoints, the domain classifier's accuracy
   STORAGE/NAME/checkpoint_N/        Ray Train checkpoints (see checkpoint.py)
 
 Ray Train keeps only metrics reported with a checkpoint, so this log is the history.
@@ -34,7 +36,32 @@ if TYPE_CHECKING:
 
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
+VALIDATION = "validation.json"
+
+LOSS_KEYS = ("g_total", "g_gan_ab", "g_gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "d_a", "d_b")
+# Which way is better, for ranking checkpoints (retention, `export --best`): the held-out
+# figures of raystyle.quality that grow with quality; anything else (losses) is better lower.
+HIGHER_IS_BETTER = frozenset({"val_cycle_psnr", "val_content_ssim", "val_domain_score",
+                              "val_gt_psnr", "val_gt_gain_db", "val_domain_content"})
+
+
+def metric_order(metric: str) -> str:
+    """'max' when a higher value of ``metric`` is better, else 'min'."""
+    return "max" if metric in HIGHER_IS_BETTER else "min"
 UPLOAD_EVERY_S = 30.0
+
+
+def write_validation(run_dir: str | Path | Location, info: dict[str, Any]) -> None:
+    storage.write_bytes(storage.resolve(run_dir) / VALIDATION, json.dumps(info, indent=2).encode())
+
+
+def read_validation(run_dir: str | Path | Location) -> dict[str, Any]:
+    """A run's validation plan (best metric, split, classifier figures); {} when it has none."""
+    try:
+        info = json.loads(storage.read_bytes(storage.resolve(run_dir) / VALIDATION))
+    except (FileNotFoundError, IsADirectoryError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,7 +32,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from . import runlog, storage
+from . import quality, runlog, storage
 from .config import Config, ConfigError, default_storage
 from .cyclegan import CycleGAN
 from .data import EpochBatches, UnpairedDataset, check_dataset, steps_per_epoch
@@ -119,6 +120,13 @@ def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world:
                         persistent_workers=cfg.data.loader_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
     tc = cfg.train
+    val = loop.get("val")
+    validator = None
+    if rank == 0 and val is not None:  # only rank 0 validates; the others wait at the next step
+        clf = quality.Classifier.from_state(val["classifier"]) if val.get("classifier") else None
+        heldout = quality.HeldOut.from_files(val["files_a"], val["files_b"], cfg.data,
+                                             tc.val_images, val["paired"])
+        validator = quality.Validator(heldout, clf)
     window_start, window_steps = time.perf_counter(), 0
     for real_a, real_b in loader:
         if model.step >= total:
@@ -135,8 +143,13 @@ def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world:
                 os._exit(1)
         last = step >= total
         metrics: dict[str, Any] = {}
-        if step % tc.log_every == 0 or last or step % tc.checkpoint_every == 0:
+        checkpointing = step % tc.checkpoint_every == 0 or last
+        validating = val is not None and (checkpointing or (tc.validate_every and step % tc.validate_every == 0))
+        if step % tc.log_every == 0 or checkpointing or validating:
             metrics = _log(model, losses, world, window_start, window_steps, total, device)
+            if validator is not None and validating:
+                # eval mode, no grad, no random draws: training continues exactly as without
+                metrics.update(validator(model.g_ab, model.g_ba))
             window_start, window_steps = time.perf_counter(), 0
             if log is not None:
                 log.append(metrics)
@@ -145,7 +158,7 @@ def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world:
         if rank == 0 and run is not None and (step % tc.sample_every == 0 or last):
             o = model.last
             runlog.save_sample_grid(run, step, [[real_a, o.fake_b, o.rec_a], [real_b, o.fake_a, o.rec_b]])
-        if step % tc.checkpoint_every == 0 or last:
+        if checkpointing:
             if log is not None:
                 log.sync()  # the log reaches storage before the checkpoint it leads up to
             _report_checkpoint(model, cfg, rank, world, metrics, loop["data_dir"])
@@ -174,12 +187,25 @@ def _log(model: CycleGAN, losses: dict[str, torch.Tensor], world: int, start: fl
 
 def _progress_line(m: dict[str, Any], total: int) -> str:
     eta = (total - m["step"]) * m["step_time_s"]
-    return (
+    line = (
         f"[raystyle] step {m['step']}/{total} ({100 * m['step'] / total:.0f}%) epoch {m['epoch']} | "
         f"G {m['g_total']:.3f} D_a {m['d_a']:.3f} D_b {m['d_b']:.3f} "
         f"cyc {m['cycle_a'] + m['cycle_b']:.3f} | lr {m['lr']:.2e} | "
         f"{m['images_per_s']:.1f} img/s | eta {eta / 60:.1f} min"
     )
+    return line + (f"\n[raystyle]   validation: {_val_text(m)}" if "val_time_s" in m else "")
+
+
+def _val_text(m: dict[str, Any]) -> str:
+    parts = []
+    if "val_gt_psnr" in m:
+        parts.append(f"ground truth {m['val_gt_psnr']:.2f} dB ({m['val_gt_gain_db']:+.2f} vs photo)")
+    if "val_domain_score" in m:
+        parts.append(f"domain {100 * m['val_domain_score']:.0f}%")
+    parts.append(f"content SSIM {m['val_content_ssim']:.3f}")
+    parts.append(f"cycle {m['val_cycle_psnr']:.2f} dB")
+    parts.append(f"colour dist {m['val_colour_distance']:.1f}")
+    return ", ".join(parts) + f" ({m['val_time_s']:.2f} s)"
 
 
 def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
@@ -279,6 +305,81 @@ def _check_compatible(run: Location, cfg: Config) -> None:
             )
 
 
+def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str], Sequence[str]],
+                    run: Location, verbose: bool = True
+                    ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any] | None, str | None]:
+    """(train A, train B, the workers' validation plan or None, the best metric) for a run.
+
+    Held-out images are testA/testB, or a share of train held back (then not trained on). A
+    resumed run keeps what it started with: the same images held back (so it trains on the
+    same set, validation on or off), the same best metric. Everything that could fail on the
+    workers (no images to hold back, a broken pairing, unreadable files) is checked here, and
+    validation is turned off with a message rather than failing the run. The domain classifier
+    is trained here, on the driver, or read from its cache; its weights travel to rank 0.
+    """
+    tc = cfg.train
+    say = (lambda text: print(f"[raystyle] {text}", flush=True)) if verbose else (lambda text: None)
+    before = runlog.read_validation(run)
+    resumed = ckpt.latest_checkpoint(run) is not None
+    held_back = before.get("held_back")  # [[A files], [B files]] of a run that held some back
+    if held_back:
+        drop = set(held_back[0]) | set(held_back[1])
+        train = (tuple(f for f in train[0] if f not in drop), tuple(f for f in train[1] if f not in drop))
+    if not tc.validate:
+        return tuple(train[0]), tuple(train[1]), None, None
+    try:
+        if held_back:
+            sp = quality.Split(tuple(train[0]), tuple(train[1]), tuple(held_back[0]),
+                               tuple(held_back[1]), False, "held-back train")
+        else:
+            sp = quality.split_dataset(data_dir, cfg.data.crop_size, tc.val_holdout, train)
+            if resumed and sp.source != "test":  # holding back now would change its images
+                raise quality.QualityError("the run started without holding train images back")
+        heldout = quality.HeldOut.from_files(sp.held_a, sp.held_b, cfg.data, tc.val_images, sp.paired)
+    except (quality.QualityError, ValueError) as exc:
+        say(f"validation off: {exc}")
+        return tuple(train[0]), tuple(train[1]), None, None
+    try:
+        clf = quality.get_classifier(sp.train_a, sp.train_b, sp.held_a, sp.held_b, cfg.data, progress=say)
+        clf_info = {"accuracy": round(clf.accuracy, 4), "held_out": clf.held_out, "usable": clf.usable}
+        say(clf.describe() + ("" if clf.usable else f": below {100 * quality.MIN_ACCURACY:.0f}%, "
+                              "so no domain score is reported"))
+    except quality.QualityError as exc:
+        clf, clf_info = None, {"error": str(exc)}
+    available = quality.metrics_available(sp.paired, clf)
+    losses = [k for k in runlog.LOSS_KEYS if cfg.loss.lambda_identity > 0 or not k.startswith("idt")]
+    if resumed and "best_metric" in before:  # Ray ranks the run's checkpoints by one metric
+        best = before["best_metric"]
+        if tc.best_metric not in ("auto", best or "none"):
+            raise ConfigError(f"run {run} ranks its checkpoints by {best or 'age'}; resume it with "
+                              f"train.best_metric auto or {best or 'none'}, or pick a new --style name")
+    elif resumed:  # its earlier checkpoints carry no validation figures to rank them by
+        best = None
+    elif tc.best_metric == "auto":
+        best = quality.auto_metric(sp.paired, clf)
+    elif tc.best_metric == "none":
+        best = None
+    elif tc.best_metric in available + losses:  # a loss ranks by its value at the checkpoint step
+        best = tc.best_metric
+    else:
+        raise ConfigError(f"train.best_metric {tc.best_metric!r} is not measured on this dataset; "
+                          f"choose auto, none, a loss or one of: {', '.join(available)}")
+    if best is not None and best not in available + losses:
+        say(f"validation off: {best}, which ranks this run's checkpoints, is no longer measured")
+        return tuple(sp.train_a), tuple(sp.train_b), None, None
+    say(f"validation on {len(heldout.a)} held-out images per domain ({sp.source}"
+        f"{', paired: ground truth' if sp.paired else ''}); checkpoints ranked by "
+        f"{best or 'age (no best_metric)'}")
+    info = {"best_metric": best, "order": quality.order(best) if best else None, "split": sp.source,
+            "paired": sp.paired, "held_out": [len(sp.held_a), len(sp.held_b)],
+            "metrics": available, "classifier": clf_info}
+    if sp.source == "held-back train":
+        info["held_back"] = [list(sp.held_a), list(sp.held_b)]
+    plan = {"files_a": list(sp.held_a), "files_b": list(sp.held_b), "paired": sp.paired,
+            "classifier": clf.state() if clf is not None and clf.usable else None, "info": info}
+    return sp.train_a, sp.train_b, plan, best
+
+
 def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | None = None,
         verbose: bool = True) -> TrainResult:
     """Train (or resume) run ``name`` under ``cfg.cluster.storage``; returns the final checkpoint."""
@@ -291,15 +392,18 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     run = run_location(cfg, name)
     storage.check_reachable(run)
     _check_compatible(run, cfg)
+    files_a, files_b, val, best = plan_validation(cfg, data_dir, (scan_a.files, scan_b.files), run, verbose)
     cl = cfg.cluster
     connect(cl.address)
     check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)
     if run.local is not None:
         run.local.mkdir(parents=True, exist_ok=True)
-    n = max(len(scan_a.files), len(scan_b.files))
+    if val is not None:
+        runlog.write_validation(run, val["info"])
+    n = max(len(files_a), len(files_b))
     if verbose:
         print(
-            f"[raystyle] training {name!r}: |A|={len(scan_a.files)} |B|={len(scan_b.files)}, "
+            f"[raystyle] training {name!r}: |A|={len(files_a)} |B|={len(files_b)}, "
             f"{cl.workers} worker(s){' on GPU' if cl.use_gpu else ''}, "
             f"{total_steps(cfg, n, cl.workers)} steps -> {run}",
             flush=True,
@@ -309,7 +413,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
         train_loop_config={
             "config": cfg.to_dict(), "run": run, "crash_at_step": crash_at_step,
             "data_dir": str(Path(data_dir).expanduser().resolve()),
-            "files_a": list(scan_a.files), "files_b": list(scan_b.files),
+            "files_a": list(files_a), "files_b": list(files_b), "val": val,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cl.workers, use_gpu=cl.use_gpu,
@@ -320,7 +424,11 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
             # environment) travels to Ray's controller and workers with the run config.
             name=name, storage_path=run.parent.path, storage_filesystem=run.fs,
             failure_config=ray.train.FailureConfig(max_failures=cl.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # Ray keeps the keep_checkpoints best by the validation metric and, always, the
+            # newest (resume needs it); without a metric, the newest ones.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute=best,
+                checkpoint_score_order=quality.order(best) if best else "max"),
         ),
     )
     result = trainer.fit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from raystyle.config import Config, load_config
 from raystyle.data import write_sample_dataset
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+# Domain classifiers (raystyle.quality) are cached here, not in ~/.cache, and shared by the session
+os.environ.setdefault("RAYSTYLE_CACHE", tempfile.mkdtemp(prefix="raystyle_test_cache_"))
 
 
 def tiny_config(tmp: Path, **train) -> Config:
@@ -26,7 +29,7 @@ def tiny_config(tmp: Path, **train) -> Config:
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(root, size=48, per_photo=1)
+    write_sample_dataset(root, size=48, per_photo=1, test_per_photo=1)
     return root
 
 

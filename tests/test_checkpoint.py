@@ -52,10 +52,11 @@ def test_resolve_errors(tmp_path):
 def test_evaluate_scores_the_checkpoints_own_weights(trained_checkpoint, sample_data, tmp_path):
     """The "trained" figures come from the checkpoint's weights (computed here independently
     from nets.pt), the "untrained" ones from fresh nets, and the two differ: an evaluate that
-    scored fresh nets twice, or ignored the checkpoint, fails."""
+    scored fresh nets twice, or ignored the checkpoint, fails. The sample data's test split is
+    paired, so the ground-truth PSNR and its gain over the photo are reported."""
     import torch
 
-    from raystyle.evaluate import colour_distance, colour_stats, load_images, psnr
+    from raystyle import quality
     from raystyle.nets import build_generator
 
     ev = evaluate(trained_checkpoint, sample_data, limit=3, grid=tmp_path / "g.png")
@@ -63,14 +64,38 @@ def test_evaluate_scores_the_checkpoints_own_weights(trained_checkpoint, sample_
     g_ab, g_ba = build_generator(config.model).eval(), build_generator(config.model).eval()
     g_ab.load_state_dict(nets["g_ab"])
     g_ba.load_state_dict(nets["g_ba"])
-    real_a = load_images(sample_data / "testA", 3, 256)
-    ref_b = colour_stats(load_images(sample_data / "testB", 3, 256))
+    a = sorted((sample_data / "testA").iterdir())[:3]
+    photos = torch.stack([quality.centre_tensor(p, config.data) for p in a])
+    truth = torch.stack([quality.centre_tensor(sample_data / "testB" / p.name, config.data) for p in a])
     with torch.no_grad():
-        fakes = [g_ab(a) for a in real_a]
-        cycle = sum(psnr(g_ba(f), a) for f, a in zip(fakes, real_a, strict=True)) / 3
+        fakes = g_ab(photos)
+        cycle = float(quality.psnr(g_ba(fakes), photos).mean())
+    gt = float(quality.psnr(fakes, truth).mean())
     assert ev.images == 3 and ev.step == ckpt.read_manifest(trained_checkpoint)["step"] == 150
-    assert ev.colour_distance_trained == pytest.approx(colour_distance(fakes, ref_b), rel=1e-5)
-    assert ev.cycle_psnr_trained == pytest.approx(cycle, rel=1e-5)
-    assert ev.colour_distance_real_a == pytest.approx(colour_distance(real_a, ref_b), rel=1e-5)
-    assert abs(ev.cycle_psnr_trained - ev.cycle_psnr_init) > 1.0, "trained and fresh nets differ"
+    assert ev.paired and ev.split == "test"
+    assert ev.trained["val_cycle_psnr"] == pytest.approx(cycle, abs=1e-3)
+    assert ev.trained["val_gt_psnr"] == pytest.approx(gt, abs=1e-3)
+    identity = float(quality.psnr(photos, truth).mean())
+    assert ev.identity["val_gt_psnr"] == pytest.approx(identity, abs=1e-3)
+    assert ev.trained["val_gt_gain_db"] == pytest.approx(gt - identity, abs=2e-3)
+    assert ev.identity["val_content_ssim"] == pytest.approx(1.0)
+    assert abs(ev.trained["val_cycle_psnr"] - ev.untrained["val_cycle_psnr"]) > 1.0, "trained and fresh nets differ"
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_evaluate_command_prints_the_figures_side_by_side(trained_checkpoint, sample_data, capsys):
+    import json
+
+    from raystyle.cli import main
+
+    assert main(["evaluate", str(trained_checkpoint), "--data", str(sample_data), "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out figures (3 test images, paired with ground truth)" in out
+    assert "ground-truth PSNR, dB" in out and "content SSIM vs photo" in out
+    assert "ground-truth PSNR gain over the photo itself: " in out
+    assert "domain classifier: held-out accuracy" in out
+    assert main(["evaluate", str(trained_checkpoint), "--data", str(sample_data), "--limit", "3",
+                 "--json", "--no-classifier"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["classifier"] is None and "val_domain_score" not in figures["trained"]
+    assert set(figures) >= {"identity", "untrained", "trained", "step", "paired"}

@@ -104,7 +104,7 @@ def test_pure_modules_do_not_import_ray():
 
     code = ("import sys; import raystyle.nets, raystyle.losses, raystyle.cyclegan, raystyle.data, "
             "raystyle.checkpoint, raystyle.config, raystyle.runlog, raystyle.images, "
-            "raystyle.export, raystyle.stylize, raystyle.registry, raystyle.evaluate, raystyle.download; "
+            "raystyle.export, raystyle.stylize, raystyle.registry, raystyle.evaluate, raystyle.quality, raystyle.download; "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -122,7 +122,7 @@ def test_fewer_samples_than_workers_still_gives_every_rank_work(n, world):
 
 def test_sample_dataset(tmp_path):
     counts = write_sample_dataset(tmp_path, size=32, per_photo=1)
-    assert counts == {"trainA": 7, "trainB": 7, "testA": 7, "testB": 7}
+    assert counts == {"trainA": 7, "trainB": 7, "testA": 14, "testB": 14}
     a = np.asarray(Image.open(next((tmp_path / "trainA").iterdir())))
     assert a.shape == (32, 32, 3)
     with pytest.raises(DataError, match="multiple of 4"):

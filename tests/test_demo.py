@@ -120,6 +120,10 @@ def test_demo_prints_its_outputs_and_urls(demo):
     out = demo.output
     assert "sample dataset written" in out and "(exported)" in out
     assert f"step {STEPS}/{STEPS}" in out
+    # the held-out figures of the exported checkpoint, and its ground-truth gain, whatever it is
+    assert "held-out figures (14 test images, paired with ground truth)" in out
+    assert re.search(r"^ground-truth PSNR gain over the photo itself: [+-]\d+\.\d\d dB", out, re.M)
+    assert "validation: ground truth" in out  # training's own progress lines
     assert demo.url("Serve \\(HTTP API\\)") == f"http://127.0.0.1:{demo.ports['serve']}"
     assert demo.url("Ray dashboard") == f"http://127.0.0.1:{demo.ports['dashboard']}"
     assert demo.url("monitor") == f"http://127.0.0.1:{demo.ports['monitor']}"
@@ -239,7 +243,7 @@ def test_page_training_section(page):
     m = {x.label: x.value for x in page.metric}
     assert m["Status"] == "finished" and m["Step"] == f"{STEPS} / {STEPS}"
     assert m["Checkpoints"] == "1" and float(m["Images/s"]) > 0
-    assert len(page.get("vega_lite_chart")) == 4
+    assert len(page.get("vega_lite_chart")) == 7  # losses, total, lr, images/s, and 3 held-out validation charts
     (grid,) = page.get("image")
     assert f"step {STEPS:08d}" in grid.proto.imgs[0].caption
     cks = next(d.value for d in page.dataframe if "checkpoint" in d.value.columns)
@@ -318,7 +322,7 @@ def test_monitor_in_headless_chromium(demo, photos, tmp_path):
             assert "20MB per file" in body  # the demo's upload cap reached Streamlit
             assert page.locator("[data-testid=stException]").count() == 0
             assert page.locator("[data-testid=stAlertContentError]").count() == 0
-            assert page.locator("[data-testid=stVegaLiteChart]").count() == 4
+            assert page.locator("[data-testid=stVegaLiteChart]").count() == 7
             shot = tmp_path / "monitor.png"
             page.screenshot(path=str(shot), full_page=True)
             from PIL import Image

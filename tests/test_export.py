@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from raystyle import registry
-from raystyle.evaluate import load_images, psnr
+from raystyle.evaluate import load_images
 from raystyle.export import ExportError, export_style, load_generator, pick_checkpoint
+from raystyle.quality import psnr
 
 
 def test_registry_entry_describes_itself(exported, trained_checkpoint):
@@ -57,7 +58,7 @@ def test_int8_is_close_to_fp32_on_held_out_images(exported, sample_data):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     for x in load_images(sample_data / "testA", 4, 48):
         a, b = (torch.from_numpy(s.run(None, {"image": x.numpy()})[0]) for s in (fp32, int8))
-        assert psnr(a, b) >= 30.0
+        assert float(psnr(a, b)) >= 30.0
     assert exported.meta["precisions"]["int8"]["psnr_vs_fp32_db"] >= 30.0
 
 
@@ -90,11 +91,17 @@ def test_best_checkpoint_by_metric(tmp_path, trained_checkpoint):
         manifest = json.loads((dst / "manifest.json").read_text())
         manifest["step"] = step
         (dst / "manifest.json").write_text(json.dumps(manifest))
-        runlog.append_metrics(tmp_path, {"step": step, "cycle_a": {10: 0.5, 20: 0.1, 30: 0.3}[step]})
+        runlog.append_metrics(tmp_path, {"step": step, "cycle_a": {10: 0.5, 20: 0.1, 30: 0.3}[step],
+                                         "val_gt_psnr": {10: 19.0, 20: 18.0, 30: 17.5}[step]})
     assert pick_checkpoint(tmp_path).name == "checkpoint_00000030"
-    assert pick_checkpoint(tmp_path, best="cycle_a").name == "checkpoint_00000020"
+    assert pick_checkpoint(tmp_path, best="cycle_a").name == "checkpoint_00000020"  # a loss: lowest
+    assert pick_checkpoint(tmp_path, best="val_gt_psnr").name == "checkpoint_00000010"  # PSNR: highest
     with pytest.raises(ExportError, match="no checkpoint of .* has metric 'nope'"):
         pick_checkpoint(tmp_path, best="nope")
+    with pytest.raises(ExportError, match="ranks its checkpoints by no metric"):
+        pick_checkpoint(tmp_path, best="auto")  # no validation.json
+    runlog.write_validation(tmp_path, {"best_metric": "val_gt_psnr"})
+    assert pick_checkpoint(tmp_path, best="auto").name == "checkpoint_00000010"
 
     # README: raystyle export RUN_DIR --style S --best cycle_a --precision fp32,fp16,int8
     # --torchscript, through the CLI (RUN_DIR with default precisions: test_cli_styles.py).
@@ -265,3 +272,27 @@ def test_fp16_conversion_handles_float_list_constants(tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "m16.onnx"), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"image": np.array([2.0, 3.0, 4.0], np.float32)})[0]
     assert np.allclose(out, [1.0, -3.0, 8.0])
+
+
+def test_a_residual_generator_exports_and_tiles_exactly(trained_checkpoint, tmp_path):
+    """The `cpu` recipe's generator (a global skip) passes every export gate, tiling included."""
+    import shutil
+
+    from raystyle import checkpoint as ckpt
+    from raystyle.nets import build_generator
+
+    config, nets = ckpt.load_nets(trained_checkpoint)
+    config = config.replace(model={"residual": True})
+    state = ckpt.load_shared(trained_checkpoint)[2]
+    out = tmp_path / "run" / "checkpoint_00000001"
+    ckpt.save_shared(out, config, nets, state)
+    style = export_style(out, "skip", models_dir=tmp_path / "models", precisions=("fp32", "int8"))
+    assert style.meta["architecture"]["residual"] is True
+    assert style.meta["precisions"]["fp32"]["tiled_psnr_db"] >= 60
+    g = build_generator(config.model).eval()
+    g.load_state_dict(nets["g_ab"])
+    sess = ort.InferenceSession(str(style.file("fp32")), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 40, 48) * 2 - 1
+    with torch.no_grad():
+        assert np.abs(sess.run(None, {"image": x.numpy()})[0] - g(x).numpy()).max() < 1e-3
+    shutil.rmtree(tmp_path / "run")

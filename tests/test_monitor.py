@@ -207,9 +207,15 @@ def runs(tmp_path, trained_checkpoint):
     shutil.copytree(trained_checkpoint, done / trained_checkpoint.name)
     now = time.time()
     for step in (50, 100, 150):
+        val = {} if step == 50 else {  # held-out validation at steps 100 and 150
+            "val_gt_psnr": 19 + step / 100, "val_cycle_psnr": 25.0, "val_content_ssim": 0.9,
+            "val_domain_score": 0.5, "val_domain_content": 0.67, "val_colour_distance": 20.0,
+            "val_time_s": 0.1}
         runlog.append_metrics(done, {"step": step, "total_steps": 150, "g_total": 10 - step / 50,
                                      "d_a": 0.3, "lr": 2e-4, "images_per_s": 6.0,
-                                     "step_time_s": 0.2, "time": now - 3600})
+                                     "step_time_s": 0.2, "time": now - 3600, **val})
+    runlog.write_validation(done, {"best_metric": "val_gt_psnr", "order": "max", "split": "test",
+                                   "paired": True})
     with (done / runlog.METRICS).open("a") as f:
         f.write('{"step": 160, "g_to')  # a torn line from a crash mid-write
     (done / runlog.SAMPLES).mkdir()
@@ -230,6 +236,8 @@ def test_list_runs(runs):
     done = found["done"]
     assert done.status == "finished" and done.step == 150 and len(done.metrics) == 3
     assert [c["step"] for c in done.checkpoints] == [150] and len(done.samples) == 1
+    assert done.best_metric == "val_gt_psnr"
+    assert done.checkpoints[0]["val_gt_psnr"] == 20.5 and done.checkpoints[0]["best"] is True
     assert found["busy"].status == "running"
     assert found["dead"].status == "stopped at step 7"
     assert mon.list_runs(runs / "missing") == []
@@ -275,9 +283,14 @@ def test_page_without_ray_says_how_to_start_it(runs, monkeypatch):
     assert metrics["Checkpoints"] == "1" and metrics["Learning rate"] == "2.00e-04"
     # Streamlit's test tool names these elements arrow_vega_lite_chart / imgs before 1.55 / 1.59
     charts = at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
-    assert len(charts) == 4 and len(at.get("image") or at.get("imgs")) == 1
+    # losses, total, lr, images/s and the three held-out validation charts
+    assert len(charts) == 7 and len(at.get("image") or at.get("imgs")) == 1
+    titles = " ".join(m.value for m in at.markdown)
+    assert "Validation: PSNR, dB (held-out)" in titles and "Validation: scores 0..1 (held-out)" in titles
+    assert "ranked by **val_gt_psnr**" in " ".join(c.value for c in at.caption)
     checkpoints = at.dataframe[-1].value
     assert list(checkpoints["checkpoint"]) == ["checkpoint_00000150"]
+    assert list(checkpoints["val_gt_psnr"]) == [20.5] and list(checkpoints["best"]) == [True]
 
 
 def test_page_with_no_runs(tmp_path, monkeypatch):

@@ -36,3 +36,16 @@ def test_resize_upsampling_has_no_transposed_conv():
     g = ResnetGenerator(4, 1, upsample="resize")
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
     assert any(isinstance(m, torch.nn.Upsample) for m in g.modules())
+
+
+def test_residual_generator_starts_near_the_identity():
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    plain = build_generator(ModelConfig(ngf=4, n_blocks=1)).eval()
+    torch.manual_seed(0)
+    skip = build_generator(ModelConfig(ngf=4, n_blocks=1, residual=True)).eval()
+    with torch.no_grad():
+        assert torch.equal(skip(x), (x + plain(x)).clamp(-1, 1))  # the same net plus the input
+        assert (skip(x) - x).abs().mean() < 0.2 < (plain(x) - x).abs().mean()
+    x_big = torch.ones(1, 3, 32, 32)
+    assert skip(x_big).max() <= 1  # clamped to the image range

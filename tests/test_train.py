@@ -104,6 +104,60 @@ def test_rerun_resumes_exactly(full_run, sample_data, tmp_path):
     assert third.checkpoint == second.checkpoint and third.step == 8
 
 
+VAL_KEYS = {"val_gt_psnr", "val_gt_gain_db", "val_domain_score", "val_domain_content",
+            "val_content_ssim", "val_cycle_psnr", "val_colour_distance", "val_time_s"}
+
+
+def test_validation_is_logged_at_every_checkpoint(full_run):
+    records = runlog.read_metrics(full_run.run_dir)
+    val = {r["step"]: r for r in records if "val_time_s" in r}
+    assert sorted(val) == [4, 8]  # the checkpoint steps
+    for r in val.values():
+        assert VAL_KEYS - {"val_domain_score", "val_domain_content"} <= set(r)
+    info = runlog.read_validation(full_run.run_dir)
+    # the sample data's test split is paired: ground truth ranks the checkpoints
+    assert (info["best_metric"], info["order"], info["split"], info["paired"]) == ("val_gt_psnr", "max", "test", True)
+    assert info["held_out"] == [7, 7] and "accuracy" in info["classifier"]
+    assert set(info["metrics"]) <= VAL_KEYS
+
+
+def test_validation_does_not_change_training(full_run, sample_data, tmp_path):
+    off = fit(_cfg(tmp_path, 8).replace(train={"validate": False}), sample_data, "noval", verbose=False)
+    assert not any("val_time_s" in r for r in runlog.read_metrics(off.run_dir))
+    assert runlog.read_validation(off.run_dir) == {}
+    # same weights, optimiser moments and RNG states with validation on (full_run) and off
+    _, nets, state = ckpt.load_shared(off.checkpoint)
+    _, nets_on, state_on = ckpt.load_shared(full_run.checkpoint)
+    _assert_same_state(nets, nets_on)
+    _assert_same_state(state, state_on)
+    for rank in (0, 1):
+        _assert_same_state(ckpt.load_rank(off.checkpoint, rank), ckpt.load_rank(full_run.checkpoint, rank))
+
+
+def test_the_best_checkpoint_survives_rotation(sample_data, tmp_path):
+    from raystyle.export import pick_checkpoint
+
+    # keep 1: Ray keeps the best by best_metric and, always, the newest. cycle_a (a loss: lower is
+    # better) is best early in this deterministic run, so the two differ.
+    cfg = _cfg(tmp_path, 12).replace(train={"checkpoint_every": 2, "keep_checkpoints": 1,
+                                            "best_metric": "cycle_a", "validate_every": 3})
+    result = fit(cfg, sample_data, "keep", verbose=False)
+    records = {r["step"]: r for r in runlog.read_metrics(result.run_dir)}
+    best = min((2, 4, 6, 8, 10, 12), key=lambda s: records[s]["cycle_a"])
+    assert best != 12, "precondition: the best checkpoint is not the newest"
+    kept = [ckpt.read_manifest(c)["step"] for c in ckpt.list_checkpoints(result.run_dir)]
+    assert kept == [best, 12]
+    assert ckpt.read_manifest(pick_checkpoint(result.run_dir, "auto"))["step"] == best
+    # validate_every 3 validates between checkpoints too
+    assert sorted(s for s, r in records.items() if "val_time_s" in r) == [2, 3, 4, 6, 8, 9, 10, 12]
+
+
+def test_an_unknown_best_metric_is_refused_before_training(sample_data, tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=2, best_metric="val_fid")
+    with pytest.raises(ConfigError, match="train.best_metric 'val_fid' is not measured"):
+        fit(cfg, sample_data, "nometric", verbose=False)
+
+
 def test_worker_killed_mid_run_recovers_from_checkpoint(sample_data, tmp_path):
     result = fit(tiny_config(tmp_path, max_steps=8), sample_data, "crash", crash_at_step=6,
                  verbose=False)
@@ -174,3 +228,45 @@ def test_export_on_cluster_uses_the_drivers_registry(trained_checkpoint, tmp_pat
     assert f"EXPORTED {driver_home / 'models' / 'driver-side'}" in proc.stdout
     assert (driver_home / "models" / "driver-side" / "model.onnx").is_file()
     assert not (worker_home / "models").exists()
+
+
+def _no_test_split(sample_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    for d in ("trainA", "trainB"):
+        shutil.copytree(sample_data / d, data / d)
+    return data
+
+
+def test_a_resumed_run_keeps_its_held_back_images_and_metric(sample_data, trained_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from raystyle.data import check_dataset
+    from raystyle.train import plan_validation, run_location
+
+    data = _no_test_split(sample_data, tmp_path)
+    cfg = tiny_config(tmp_path / "runs", max_steps=4)
+    scan = [s.files for s in check_dataset(data, cfg.data.crop_size)]
+    run = run_location(cfg, "held")
+    a, b, plan, best = plan_validation(cfg, data, scan, run, verbose=False)
+    held = plan["info"]["held_back"]
+    assert held[0] and held[1] and not set(held[0]) & set(a) and set(a) | set(held[0]) == set(scan[0])
+    assert best is None  # no ground truth here; the tiny classifier decides whether it ranks
+    runlog.write_validation(run, {**plan["info"], "best_metric": "val_cycle_psnr"})
+    shutil.copytree(trained_checkpoint, run.local / "checkpoint_00000004")  # the run has started
+    # resumed with validation off: the same images stay out of training
+    off = cfg.replace(train={"validate": False})
+    assert plan_validation(off, data, scan, run, verbose=False)[:2] == (a, b)
+    # resumed with validation on: the same held-out images, the same ranking metric
+    a2, b2, plan2, best2 = plan_validation(cfg, data, scan, run, verbose=False)
+    assert (a2, b2, best2) == (a, b, "val_cycle_psnr") and plan2["files_a"] == held[0]
+    with pytest.raises(ConfigError, match="ranks its checkpoints by val_cycle_psnr"):
+        plan_validation(cfg.replace(train={"best_metric": "cycle_a"}), data, scan, run, verbose=False)
+    # a run that started before validation existed: nothing is held back later
+    other = run_location(cfg, "old")
+    shutil.copytree(trained_checkpoint, other.local / "checkpoint_00000004")
+    capsys.readouterr()
+    a3, b3, plan3, _ = plan_validation(cfg, data, scan, other, verbose=True)
+    assert (a3, b3, plan3) == (tuple(scan[0]), tuple(scan[1]), None)
+    assert "validation off: the run started without holding train images back" in capsys.readouterr().out

@@ -163,10 +163,17 @@ def training_section() -> None:
                   ("Generator total", [k for k in ("g_total",) if k in df], 260),
                   ("Learning rate", [k for k in ("lr",) if k in df], 200),
                   ("Images/s (all workers)", [k for k in ("images_per_s",) if k in df], 200)]
+        # validation runs every few hundred steps: its own rows, not gaps in the loss rows
+        charts += [(title, [k for k in keys if k in df], 220) for title, keys in mon.VAL_CHARTS]
         cols = st.columns(2)
         for i, (title, keys, height) in enumerate(c for c in charts if c[1]):
             cols[i % 2].markdown(f"**{title}**")
-            cols[i % 2].line_chart(df[keys], height=height)
+            cols[i % 2].line_chart(df[keys].dropna(how="all"), height=height)
+        if run.best_metric:
+            v = run.validation
+            st.caption(f"Checkpoints are ranked by **{run.best_metric}** (held-out {v.get('split')}"
+                       f"{', paired with ground truth' if v.get('paired') else ''}); "
+                       "`raystyle export RUN --best auto` exports the best one.")
     if run.samples:
         shown = run.samples[-3:]
         st.markdown(f"**Latest sample grids** ({len(run.samples)} in all; rows: real A | fake B | "
