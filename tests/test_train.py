@@ -78,6 +78,15 @@ def _assert_same_state(resumed, straight):
         else:
             assert a[key] == b[key], key
 
+def _assert_same_checkpoint(one, other):
+    """Both checkpoints hold the same nets, train state and per-rank pools and RNG states."""
+    _, nets, state = ckpt.load_shared(one)
+    _, nets_other, state_other = ckpt.load_shared(other)
+    _assert_same_state(nets, nets_other)
+    _assert_same_state(state, state_other)
+    for rank in (0, 1):
+        _assert_same_state(ckpt.load_rank(one, rank), ckpt.load_rank(other, rank))
+
 
 def test_rerun_resumes_exactly(full_run, sample_data, tmp_path):
     first = fit(_cfg(tmp_path, 4), sample_data, "split", verbose=False)
@@ -86,12 +95,7 @@ def test_rerun_resumes_exactly(full_run, sample_data, tmp_path):
     assert second.step == 8 and second.run_dir == first.run_dir
     # Interrupted at step 4 and resumed == trained straight to 8, bit for bit: weights of all
     # four nets, both optimisers' moments, schedulers, image pools and RNG states of each rank.
-    _, nets, state = ckpt.load_shared(second.checkpoint)
-    _, nets_straight, state_straight = ckpt.load_shared(full_run.checkpoint)
-    _assert_same_state(nets, nets_straight)
-    _assert_same_state(state, state_straight)
-    for rank in (0, 1):
-        _assert_same_state(ckpt.load_rank(second.checkpoint, rank), ckpt.load_rank(full_run.checkpoint, rank))
+    _assert_same_checkpoint(second.checkpoint, full_run.checkpoint)
     resumed = runlog.read_metrics(second.run_dir)
     straight = runlog.read_metrics(full_run.run_dir)
     assert [r["step"] for r in resumed] == [2, 4, 6, 8]
@@ -126,12 +130,7 @@ def test_validation_does_not_change_training(full_run, sample_data, tmp_path):
     assert not any("val_time_s" in r for r in runlog.read_metrics(off.run_dir))
     assert runlog.read_validation(off.run_dir) == {}
     # same weights, optimiser moments and RNG states with validation on (full_run) and off
-    _, nets, state = ckpt.load_shared(off.checkpoint)
-    _, nets_on, state_on = ckpt.load_shared(full_run.checkpoint)
-    _assert_same_state(nets, nets_on)
-    _assert_same_state(state, state_on)
-    for rank in (0, 1):
-        _assert_same_state(ckpt.load_rank(off.checkpoint, rank), ckpt.load_rank(full_run.checkpoint, rank))
+    _assert_same_checkpoint(off.checkpoint, full_run.checkpoint)
 
 
 def test_the_best_checkpoint_survives_rotation(sample_data, tmp_path):
