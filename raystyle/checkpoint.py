@@ -2,7 +2,7 @@
 
 A checkpoint dir holds
   config.json      the Config that built the run (artefacts describe themselves)
-  nets.pt          state dicts of g_ab, g_ba, d_a, d_b
+  nets.pt          state dicts of g_ab, g_ba, d_a, d_b (and g_ab_ema, g_ba_ema: train.ema)
   train_state.pt   optimisers, schedulers, GradScaler, step, epoch, batch-in-epoch
   rank_{r}.pt      per-worker state: image pools and RNG states (one per training worker)
   manifest.json    written last; step, epoch, the dataset path, and every shared file's size
@@ -164,6 +164,12 @@ def load_nets(directory: str | Path | Location, map_location: str | torch.device
             if not loc.is_remote:
                 raise
             raise type(exc)(str(exc).replace(str(d), str(loc))) from None
+
+
+def generator_state(nets: dict[str, Any], direction: str) -> dict[str, Any]:
+    """The weights of generator ``g_<direction>`` to evaluate and export: the averaged ones
+    (``g_<direction>_ema``, written when train.ema is on) where the checkpoint has them."""
+    return nets.get(f"g_{direction}_ema", nets[f"g_{direction}"])
 
 
 def load_shared(directory: str | Path | Location, map_location: str | torch.device = "cpu"

@@ -77,9 +77,14 @@ class ModelConfig:
     # output = clamp(input + net(input)): a global skip, so the generator starts near the
     # identity and learns the change (the `cpu` recipe; the paper's generator has none)
     residual: bool = False
+    # with residual: the skip is a learned colour map (1x1 conv, the identity at start), so
+    # global colour changes (tint, saturation, contrast) are easy despite instance norm
+    colour_skip: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "model", "ngf", "ndf", "d_layers")
+        if self.colour_skip and not self.residual:
+            raise ConfigError("model.colour_skip needs model.residual: true (it is the residual's skip)")
         if self.n_blocks < 0 or not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.n_blocks must be >= 0 and model.dropout in [0, 1)")
 
@@ -102,6 +107,10 @@ class TrainConfig:
     epochs_decay: int = 100  # epochs of linear decay to zero after that
     max_steps: int | None = None  # stop after this many optimisation steps (None: all epochs)
     pool_size: int = 50  # image history for the discriminators (0 disables the pool)
+    # Exponential moving average of the generators' weights (0: off). With e.g. 0.999 the
+    # average is what validation, samples, evaluate and export use; it smooths the GAN's
+    # step-to-step oscillation. Checkpoints keep both the trained and the averaged weights.
+    ema: float = 0.0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, off on CPU
     channels_last: bool = False
     seed: int = 0
@@ -131,6 +140,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps}")
         if self.pool_size < 0:
             raise ConfigError("train.pool_size must be >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"train.ema must be in [0, 1) (0: off), got {self.ema}")
 
 
 @dataclass(frozen=True)
@@ -193,7 +204,8 @@ class Config:
         return Config.from_dict(merged)
 
 
-# Shipped inside the package (jobs/configs in a clone points here), so a wheel has them too.
+# Shipped inside the package, so a wheel has them too; jobs/configs in a clone holds the same
+# files (tests/test_config.py checks they match).
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 

@@ -15,6 +15,7 @@ unused-parameter errors, no hangs). In step 1 the discriminators run unwrapped w
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,10 @@ class CycleGAN:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.pool_a = ImagePool(train_cfg.pool_size, seed=train_cfg.seed + 17 * (rank + 1))
         self.pool_b = ImagePool(train_cfg.pool_size, seed=train_cfg.seed + 31 * (rank + 1))
+        # The averaged generators (train.ema > 0): copies that follow the trained weights.
+        self.ema = train_cfg.ema
+        self.g_ab_ema = copy.deepcopy(self.g_ab).requires_grad_(False) if self.ema else None
+        self.g_ba_ema = copy.deepcopy(self.g_ba).requires_grad_(False) if self.ema else None
         self.step = self.epoch = self.epoch_step = 0
         self.last: CycleOutputs | None = None
 
@@ -214,10 +219,26 @@ class CycleGAN:
         self.scaler.step(self.opt_d)
         self.scaler.update()
 
+        self._update_ema()
         self.step += 1
         self.last = out
         losses.update(g_total=loss_g, d_a=loss_d_a, d_b=loss_d_b)
         return {k: v.detach() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if not self.ema:
+            return
+        for avg, net in ((self.g_ab_ema, self.g_ab), (self.g_ba_ema, self.g_ba)):
+            torch._foreach_lerp_(list(avg.parameters()), list(net.parameters()), 1.0 - self.ema)
+            for b_avg, b in zip(avg.buffers(), net.buffers(), strict=True):
+                b_avg.copy_(b)
+
+    def generators(self) -> tuple[nn.Module, nn.Module]:
+        """The generators to judge and export: the averaged ones when train.ema is on."""
+        if self.ema:
+            return self.g_ab_ema, self.g_ba_ema
+        return self.g_ab, self.g_ba
 
     def end_epoch(self) -> None:
         self.sched_g.step()
@@ -227,7 +248,8 @@ class CycleGAN:
 
     # -- state --------------------------------------------------------------------------
     def nets_state(self) -> dict[str, Any]:
-        return {name: getattr(self, name).state_dict() for name in ("g_ab", "g_ba", "d_a", "d_b")}
+        names = ("g_ab", "g_ba", "d_a", "d_b") + (("g_ab_ema", "g_ba_ema") if self.ema else ())
+        return {name: getattr(self, name).state_dict() for name in names}
 
     def train_state(self) -> dict[str, Any]:
         return {
@@ -248,6 +270,9 @@ class CycleGAN:
              rank_state: dict[str, Any] | None) -> None:
         for name in ("g_ab", "g_ba", "d_a", "d_b"):
             getattr(self, name).load_state_dict(nets[name])
+        if self.ema:  # a checkpoint written without the average starts it from its weights
+            self.g_ab_ema.load_state_dict(nets.get("g_ab_ema", nets["g_ab"]))
+            self.g_ba_ema.load_state_dict(nets.get("g_ba_ema", nets["g_ba"]))
         if train_state is not None:
             self.opt_g.load_state_dict(train_state["opt_g"])
             self.opt_d.load_state_dict(train_state["opt_d"])

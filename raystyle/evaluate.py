@@ -97,8 +97,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", limi
     torch.manual_seed(config.train.seed)  # the untrained nets training started from
     fresh = [build_generator(config.model) for _ in range(2)]
     trained = [build_generator(config.model) for _ in range(2)]
-    trained[0].load_state_dict(nets["g_ab"])
-    trained[1].load_state_dict(nets["g_ba"])
+    trained[0].load_state_dict(ckpt.generator_state(nets, "ab"))
+    trained[1].load_state_dict(ckpt.generator_state(nets, "ba"))
     identity = val.measure(heldout.a)
     fakes, rec = val.translate(*trained)
     result = Evaluation(step, len(heldout.a), sp.source if split == "test" else "train", heldout.gt_b is not None, identity,

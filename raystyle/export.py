@@ -114,7 +114,7 @@ def load_generator(checkpoint: Path, direction: str) -> tuple[nn.Module, Any, di
         raise ExportError(f"--direction must be ab or ba, got {direction!r}")
     config, nets = ckpt.load_nets(checkpoint)  # export reads only the nets (and the manifest)
     gen = build_generator(config.model)
-    gen.load_state_dict(nets[f"g_{direction}"])
+    gen.load_state_dict(ckpt.generator_state(nets, direction))
     return gen.eval(), config, ckpt.read_manifest(checkpoint)
 
 

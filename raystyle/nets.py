@@ -52,7 +52,8 @@ class ResnetGenerator(nn.Module):
     """Image-to-image generator; input and output in [-1, 1], shape (B, 3, H, W), H, W % 4 == 0."""
 
     def __init__(self, ngf: int = 64, n_blocks: int = 9, norm: str = "instance",
-                 upsample: str = "deconv", dropout: float = 0.0, residual: bool = False):
+                 upsample: str = "deconv", dropout: float = 0.0, residual: bool = False,
+                 colour_skip: bool = False):
         super().__init__()
         self.residual = residual
         bias = norm != "batch"  # BatchNorm has its own affine shift; the others need a bias
@@ -80,12 +81,26 @@ class ResnetGenerator(nn.Module):
             layers += [*up, *_norm(norm, ngf * mult // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]  # (B, 3, H, W)
         self.model = nn.Sequential(*layers)
+        # colour_skip: the global skip is a learned colour map (a 1x1 conv, the identity at
+        # start; its default init draws from a forked RNG, so the main path's is unchanged) rather than the
+        # photo itself, so a global colour change (saturation, tint, contrast) needs no help
+        # from the normalised main path, which cannot see it.
+        with torch.random.fork_rng(devices=[]):
+            self.skip = nn.Conv2d(3, 3, 1) if colour_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.residual:
             # A global skip: the net learns the change, starting near the identity.
-            return (x + self.model(x)).clamp(-1.0, 1.0)  # (B, 3, H, W)
+            base = x if self.skip is None else self.skip(x)
+            return (base + self.model(x)).clamp(-1.0, 1.0)  # (B, 3, H, W)
         return self.model(x)
+
+    @torch.no_grad()
+    def reset_skip(self) -> None:
+        """The colour map starts as the identity (after ``init_weights``)."""
+        if self.skip is not None:
+            self.skip.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.skip.bias.zero_()
 
 
 class PatchDiscriminator(nn.Module):
@@ -125,8 +140,10 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 def build_generator(cfg: ModelConfig) -> ResnetGenerator:
-    return init_weights(ResnetGenerator(cfg.ngf, cfg.n_blocks, cfg.norm, cfg.upsample, cfg.dropout,
-                                        cfg.residual))
+    gen = init_weights(ResnetGenerator(cfg.ngf, cfg.n_blocks, cfg.norm, cfg.upsample, cfg.dropout,
+                                       cfg.residual, cfg.colour_skip))
+    gen.reset_skip()
+    return gen
 
 
 def build_discriminator(cfg: ModelConfig) -> PatchDiscriminator:

@@ -149,7 +149,7 @@ def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world:
             metrics = _log(model, losses, world, window_start, window_steps, total, device)
             if validator is not None and validating:
                 # eval mode, no grad, no random draws: training continues exactly as without
-                metrics.update(validator(model.g_ab, model.g_ba))
+                metrics.update(validator(*model.generators()))
             window_start, window_steps = time.perf_counter(), 0
             if log is not None:
                 log.append(metrics)
@@ -216,7 +216,7 @@ def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
         if rank == 0:
             state = {**model.train_state(), "world_size": world}
             ckpt.save_shared(tmp, cfg, model.nets_state(), state, {"data_dir": data_dir})
-        fingerprints = {name: _fingerprint(getattr(model, name)) for name in NETS}
+        fingerprints = {name: _fingerprint(getattr(model, name)) for name in model.nets_state()}
         ckpt.save_rank(tmp, rank, {**model.rank_state(), "fingerprints": fingerprints})
         ray.train.report(
             metrics,

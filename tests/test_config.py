@@ -90,3 +90,13 @@ def test_raystyle_home_moves_every_default_path(tmp_path):
                          env={**env, "RAYSTYLE_HOME": str(home), "RAYSTYLE_MODELS": str(tmp_path / "m")},
                          timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1])["models"] == str(tmp_path / "m")
+
+
+def test_jobs_configs_are_the_package_presets():
+    """README: the presets ship inside the package and jobs/configs/ carries the same files."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    jobs = {p.name: p.read_bytes() for p in (root / "jobs" / "configs").glob("*.yaml")}
+    package = {p.name: p.read_bytes() for p in (root / "raystyle" / "presets").glob("*.yaml")}
+    assert jobs == package and {"tiny.yaml", "cpu.yaml", "paper.yaml"} <= set(package)

@@ -156,3 +156,47 @@ def test_gradients_are_the_papers_weighted_losses(lambda_cycle, lambda_identity)
         assert len(expected) == len(got)
         for e, g in zip(expected, got, strict=True):
             assert g is not None and torch.allclose(e, g, rtol=1e-3, atol=1e-5), (e.norm(), g.norm())
+
+
+def test_ema_follows_the_trained_generators_as_an_average():
+    cfg = tiny(ema=0.9)
+    m = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    start = [p.clone() for p in m.g_ab.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(start, m.g_ab_ema.parameters(), strict=True))
+    m.train_step(*batch(0))
+    after_one = list(m.g_ab.parameters())
+    # one step: avg = 0.9 * start + 0.1 * trained
+    for s, t, avg in zip(start, after_one, m.g_ab_ema.parameters(), strict=True):
+        assert torch.allclose(avg, 0.9 * s + 0.1 * t, atol=1e-6)
+    assert not any(p.requires_grad for p in m.g_ab_ema.parameters())
+    assert m.generators() == (m.g_ab_ema, m.g_ba_ema)
+    assert set(m.nets_state()) == {"g_ab", "g_ba", "d_a", "d_b", "g_ab_ema", "g_ba_ema"}
+    off = CycleGAN(cfg.model, cfg.loss, tiny().train)
+    assert off.generators() == (off.g_ab, off.g_ba) and "g_ab_ema" not in off.nets_state()
+
+
+def test_ema_survives_a_round_trip_and_starts_from_older_checkpoints():
+    cfg = tiny(ema=0.9)
+    ref = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    for s in range(3):
+        ref.train_step(*batch(s))
+    nets, state, rank = copy.deepcopy((ref.nets_state(), ref.train_state(), ref.rank_state()))
+    ref.train_step(*batch(3))
+    other = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    other.load(nets, state, rank)
+    other.train_step(*batch(3))
+    for a, b in zip(ref.g_ab_ema.parameters(), other.g_ab_ema.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    # a checkpoint from a run without the average: the average starts at its weights
+    plain = {k: v for k, v in nets.items() if not k.endswith("_ema")}
+    third = CycleGAN(cfg.model, cfg.loss, cfg.train)
+    third.load(plain, None, None)
+    for a, b in zip(third.g_ab_ema.parameters(), third.g_ab.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ema_must_be_below_one():
+    from raystyle.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.ema"):
+        tiny(ema=1.0)

@@ -296,3 +296,28 @@ def test_a_residual_generator_exports_and_tiles_exactly(trained_checkpoint, tmp_
     with torch.no_grad():
         assert np.abs(sess.run(None, {"image": x.numpy()})[0] - g(x).numpy()).max() < 1e-3
     shutil.rmtree(tmp_path / "run")
+
+
+def test_the_averaged_generator_is_what_export_and_evaluate_use(trained_checkpoint, tmp_path, sample_data):
+    """train.ema: a checkpoint with g_ab_ema exports and evaluates that one, not g_ab."""
+    from raystyle import checkpoint as ckpt
+    from raystyle.evaluate import evaluate
+    from raystyle.nets import build_generator
+
+    config, nets = ckpt.load_nets(trained_checkpoint)
+    config = config.replace(train={"ema": 0.99})
+    fresh = build_generator(config.model)  # a very different net stands in for the average
+    nets = {**nets, "g_ab_ema": fresh.state_dict(), "g_ba_ema": nets["g_ba"]}
+    out = tmp_path / "run" / "checkpoint_00000001"
+    ckpt.save_shared(out, config, nets, ckpt.load_shared(trained_checkpoint)[2])
+    gen, _, _ = load_generator(out, "ab")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(gen(x), fresh.eval()(x), atol=1e-6)
+    style = export_style(out, "avg", models_dir=tmp_path / "models", precisions=("fp32",))
+    sess = ort.InferenceSession(str(style.file("fp32")), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.abs(sess.run(None, {"image": x.numpy()})[0] - fresh(x).numpy()).max() < 1e-3
+    ev = evaluate(out, sample_data, limit=4, classifier=False)
+    base = evaluate(trained_checkpoint, sample_data, limit=4, classifier=False)
+    assert ev.trained["val_gt_psnr"] != base.trained["val_gt_psnr"]
