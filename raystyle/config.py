@@ -204,8 +204,8 @@ class Config:
         return Config.from_dict(merged)
 
 
-# Shipped inside the package, so a wheel has them too; jobs/configs in a clone holds the same
-# files (tests/test_config.py checks they match).
+# Shipped inside the package, so a wheel has them too; jobs/configs in a clone is a link here
+# (tests/test_config.py checks it shows the same files).
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
