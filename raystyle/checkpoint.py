@@ -166,12 +166,6 @@ def load_nets(directory: str | Path | Location, map_location: str | torch.device
             raise type(exc)(str(exc).replace(str(d), str(loc))) from None
 
 
-def generator_state(nets: dict[str, Any], direction: str) -> dict[str, Any]:
-    """The weights of generator ``g_<direction>`` to evaluate and export: the averaged ones
-    (``g_<direction>_ema``, written when train.ema is on) where the checkpoint has them."""
-    return nets.get(f"g_{direction}_ema", nets[f"g_{direction}"])
-
-
 def load_shared(directory: str | Path | Location, map_location: str | torch.device = "cpu"
                 ) -> tuple[Config, dict[str, Any], dict[str, Any]]:
     """(config, nets, train_state) of a complete checkpoint, local or remote.

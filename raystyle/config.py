@@ -107,9 +107,10 @@ class TrainConfig:
     epochs_decay: int = 100  # epochs of linear decay to zero after that
     max_steps: int | None = None  # stop after this many optimisation steps (None: all epochs)
     pool_size: int = 50  # image history for the discriminators (0 disables the pool)
-    # Exponential moving average of the generators' weights (0: off). With e.g. 0.999 the
-    # average is what validation, samples, evaluate and export use; it smooths the GAN's
-    # step-to-step oscillation. Checkpoints keep both the trained and the averaged weights.
+    # Exponential moving average of the generators' weights (0: off). With e.g. 0.995 the
+    # average is what validation, evaluate and export use (sample grids show the training
+    # step's own outputs); it smooths the GAN's step-to-step oscillation. Checkpoints keep
+    # both the trained and the averaged weights.
     ema: float = 0.0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, off on CPU
     channels_last: bool = False

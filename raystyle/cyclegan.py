@@ -124,6 +124,12 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def generator_state(nets: dict[str, Any], direction: str) -> dict[str, Any]:
+    """The weights of generator ``g_<direction>`` to evaluate and export: the averaged ones
+    (``g_<direction>_ema``, written when train.ema is on) where ``nets`` has them."""
+    return nets.get(f"g_{direction}_ema", nets[f"g_{direction}"])
+
+
 def linear_decay(epochs: int, epochs_decay: int) -> Callable[[int], float]:
     """lr factor: 1 for ``epochs`` epochs, then linearly towards 0 over ``epochs_decay``."""
     return lambda epoch: 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
@@ -161,6 +167,7 @@ class CycleGAN:
         self.ema = train_cfg.ema
         self.g_ab_ema = copy.deepcopy(self.g_ab).requires_grad_(False) if self.ema else None
         self.g_ba_ema = copy.deepcopy(self.g_ba).requires_grad_(False) if self.ema else None
+        self.net_names = ("g_ab", "g_ba", "d_a", "d_b") + (("g_ab_ema", "g_ba_ema") if self.ema else ())
         self.step = self.epoch = self.epoch_step = 0
         self.last: CycleOutputs | None = None
 
@@ -248,8 +255,7 @@ class CycleGAN:
 
     # -- state --------------------------------------------------------------------------
     def nets_state(self) -> dict[str, Any]:
-        names = ("g_ab", "g_ba", "d_a", "d_b") + (("g_ab_ema", "g_ba_ema") if self.ema else ())
-        return {name: getattr(self, name).state_dict() for name in names}
+        return {name: getattr(self, name).state_dict() for name in self.net_names}
 
     def train_state(self) -> dict[str, Any]:
         return {
@@ -271,8 +277,8 @@ class CycleGAN:
         for name in ("g_ab", "g_ba", "d_a", "d_b"):
             getattr(self, name).load_state_dict(nets[name])
         if self.ema:  # a checkpoint written without the average starts it from its weights
-            self.g_ab_ema.load_state_dict(nets.get("g_ab_ema", nets["g_ab"]))
-            self.g_ba_ema.load_state_dict(nets.get("g_ba_ema", nets["g_ba"]))
+            self.g_ab_ema.load_state_dict(generator_state(nets, "ab"))
+            self.g_ba_ema.load_state_dict(generator_state(nets, "ba"))
         if train_state is not None:
             self.opt_g.load_state_dict(train_state["opt_g"])
             self.opt_d.load_state_dict(train_state["opt_d"])

@@ -25,6 +25,7 @@ from torchvision.utils import save_image
 
 from . import checkpoint as ckpt
 from . import quality
+from .cyclegan import generator_state
 from .data import DataError, scan_domain
 from .images import load_rgb
 from .nets import MULTIPLE, build_generator
@@ -97,8 +98,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", limi
     torch.manual_seed(config.train.seed)  # the untrained nets training started from
     fresh = [build_generator(config.model) for _ in range(2)]
     trained = [build_generator(config.model) for _ in range(2)]
-    trained[0].load_state_dict(ckpt.generator_state(nets, "ab"))
-    trained[1].load_state_dict(ckpt.generator_state(nets, "ba"))
+    trained[0].load_state_dict(generator_state(nets, "ab"))
+    trained[1].load_state_dict(generator_state(nets, "ba"))
     identity = val.measure(heldout.a)
     fakes, rec = val.translate(*trained)
     result = Evaluation(step, len(heldout.a), sp.source if split == "test" else "train", heldout.gt_b is not None, identity,

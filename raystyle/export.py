@@ -54,6 +54,7 @@ from torch import nn
 from . import __version__, registry
 from . import checkpoint as ckpt
 from .config import Config, ExportConfig
+from .cyclegan import generator_state
 from .data import sample_photo_dir, scan_domain
 from .nets import MULTIPLE, build_generator
 from .runlog import read_metrics, read_validation
@@ -114,7 +115,7 @@ def load_generator(checkpoint: Path, direction: str) -> tuple[nn.Module, Any, di
         raise ExportError(f"--direction must be ab or ba, got {direction!r}")
     config, nets = ckpt.load_nets(checkpoint)  # export reads only the nets (and the manifest)
     gen = build_generator(config.model)
-    gen.load_state_dict(ckpt.generator_state(nets, direction))
+    gen.load_state_dict(generator_state(nets, direction))
     return gen.eval(), config, ckpt.read_manifest(checkpoint)
 
 

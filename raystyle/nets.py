@@ -82,9 +82,9 @@ class ResnetGenerator(nn.Module):
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]  # (B, 3, H, W)
         self.model = nn.Sequential(*layers)
         # colour_skip: the global skip is a learned colour map (a 1x1 conv, the identity at
-        # start; its default init draws from a forked RNG, so the main path's is unchanged) rather than the
-        # photo itself, so a global colour change (saturation, tint, contrast) needs no help
-        # from the normalised main path, which cannot see it.
+        # start) rather than the photo itself, so a global colour change (saturation, tint,
+        # contrast) needs no help from the normalised main path, which cannot see it. Its
+        # default init draws from a forked RNG, so the main path's init is unchanged.
         with torch.random.fork_rng(devices=[]):
             self.skip = nn.Conv2d(3, 3, 1) if colour_skip else None
 

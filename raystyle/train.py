@@ -216,7 +216,7 @@ def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
         if rank == 0:
             state = {**model.train_state(), "world_size": world}
             ckpt.save_shared(tmp, cfg, model.nets_state(), state, {"data_dir": data_dir})
-        fingerprints = {name: _fingerprint(getattr(model, name)) for name in model.nets_state()}
+        fingerprints = {name: _fingerprint(getattr(model, name)) for name in model.net_names}
         ckpt.save_rank(tmp, rank, {**model.rank_state(), "fingerprints": fingerprints})
         ray.train.report(
             metrics,
