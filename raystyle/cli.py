@@ -33,13 +33,17 @@ def _add_train_args(p: argparse.ArgumentParser, data_required: bool) -> None:
                    help="YAML file or preset name (paper, cpu, tiny); default: the paper's recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    _add_cluster_args(p, "where runs are written: a folder or a URI such as s3://bucket/runs "
+                         "(cluster.storage; default $RAYSTYLE_HOME/runs)")
+
+
+def _add_cluster_args(p: argparse.ArgumentParser, storage_help: str) -> None:
+    """The Ray Train flags that `train` and `distill` share."""
     p.add_argument("--workers", type=int, metavar="N", help="training workers (cluster.workers)")
     p.add_argument("--cpus-per-worker", type=int, metavar="N", help="CPUs per worker (cluster.cpus_per_worker)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (cluster.use_gpu)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimisation steps (train.max_steps)")
-    p.add_argument("--storage", metavar="DIR_OR_URI",
-                   help="where runs are written: a folder or a URI such as s3://bucket/runs "
-                        "(cluster.storage; default $RAYSTYLE_HOME/runs)")
+    p.add_argument("--storage", metavar="DIR_OR_URI", help=storage_help)
     p.add_argument("--address", metavar="ADDR", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
 
 
@@ -57,6 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, data_required=True)
     p.add_argument("--export", metavar="STYLE",
                    help="after training, export g_ab as STYLE (fp32 + int8) with a Ray task")
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
+
+    p = sub.add_parser("distill", help="distil a trained style into a small, fast student (Ray Train)",
+                       description="Distil a trained generator (the teacher) into a smaller student "
+                       "generator on Ray Train: L1 to the teacher's output, feature matching through "
+                       "1x1 adapters, and a GAN term with the teacher's discriminator as a warm start. "
+                       "The student run lives in STORAGE/NAME like a training run; the same command "
+                       "again resumes it. `raystyle export STORAGE/NAME --style NAME` exports it.")
+    p.add_argument("teacher", metavar="TEACHER_RUN_OR_CHECKPOINT",
+                   help="a training run (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset with trainA/ and trainB/ (the teacher's source domain to translate, its "
+                        "target domain for the discriminator); testA/testB or a held-back share validate")
+    p.add_argument("--style", required=True, metavar="NAME",
+                   help="run name: the student run lives in STORAGE/NAME; the same name resumes it")
+    p.add_argument("--student", metavar="PRESET",
+                   help="student preset or YAML with model keys (student-16, student-8; default student-16)")
+    p.add_argument("--config", metavar="YAML",
+                   help="YAML whose sections go over the teacher's (data, train, distill ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value, e.g. --set distill.lambda_gan=0 or --set model.ngf=12 (repeatable)")
+    _add_cluster_args(p, "where runs are written (cluster.storage; default: the teacher's, else $RAYSTYLE_HOME/runs)")
+    p.add_argument("--export", action="store_true",
+                   help="then export the student as style NAME (its best checkpoint by agreement with the teacher)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
 
     p = sub.add_parser("demo", help="the whole flow on the bundled sample data, from nothing",
@@ -104,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "as MODELS/STYLE/ with model.json.")
     p.add_argument("source", type=Path, metavar="RUN_OR_CHECKPOINT", help="checkpoint dir, or a run dir")
     p.add_argument("--style", required=True, metavar="NAME", help="style name in the registry")
-    p.add_argument("--direction", default="ab", choices=["ab", "ba"],
-                   help="ab: photos (A) -> style (B), the default; ba: the reverse")
+    p.add_argument("--direction", choices=["ab", "ba"],
+                   help="ab: photos (A) -> style (B), the default; ba: the reverse (a distilled student: its own)")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
     p.add_argument("--precision", default="fp32,int8", metavar="LIST",
                    help="comma list of fp32, fp16, int8 (default fp32,int8; fp32 is always written)")
@@ -265,17 +293,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--export needs a local --storage for now (export reads local checkpoints); "
                          f"train to {cfg.cluster.storage.split('?', 1)[0]} without --export, then copy "
                          f"the checkpoint folder and run `raystyle export DIR`")
+    if cfg.distill is not None:
+        raise ValueError("a config with a distill section is a distillation: run `raystyle distill TEACHER ...`")
     result = _run_training(cfg, args.data, args.style)
     if args.export:
-        from .runlog import read_validation
-        from .train import export_on_cluster
-
-        # the best checkpoint by held-out validation, when the run ranked them; else the last
-        best = "auto" if read_validation(result.run_dir).get("best_metric") else None
-        style = export_on_cluster(result.run_dir if best else result.checkpoint, args.export,
-                                  models_dir=args.models_dir, precisions=("fp32", "int8"), best=best)
-        print(f"exported style:   {style.name} -> {style.path}")
+        _export_run(result, args.export, args.models_dir)
     return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import plan
+    from .registry import check_name
+    from .train import fit
+
+    if args.export:
+        check_name(args.style)  # fail before the distillation, not after
+    cluster: dict = {k: v for k, v in (("workers", args.workers), ("cpus_per_worker", args.cpus_per_worker),
+                                       ("storage", args.storage), ("address", args.address)) if v is not None}
+    if args.gpu:
+        cluster["use_gpu"] = True
+    settings: dict = {"cluster": cluster} if cluster else {}
+    if args.max_steps is not None:
+        settings["train"] = {"max_steps": args.max_steps}
+    cfg, extra = plan(args.teacher, args.student, args.config, args.overrides, settings,
+                      say=lambda text: print(f"[raystyle] {text}", flush=True))
+    d = cfg.distill
+    print(f"[raystyle] teacher: {d.teacher} (step {d.teacher_step}, g_{d.direction}); student: ngf "
+          f"{cfg.model.ngf}, {cfg.model.n_blocks} blocks, upsample {cfg.model.upsample}", flush=True)
+    result = fit(cfg, args.data, args.style, extra=extra)
+    print(f"run directory:    {result.run_dir}")
+    print(f"final checkpoint: {result.checkpoint} (step {result.step})")
+    if args.export:
+        _export_run(result, args.style, args.models_dir)
+    return 0
+
+
+def _export_run(result, style_name: str, models_dir) -> None:
+    """Export a finished run with a Ray task: its best checkpoint by held-out validation when
+    the run ranked them, else the last."""
+    from .runlog import read_validation
+    from .train import export_on_cluster
+
+    best = "auto" if read_validation(result.run_dir).get("best_metric") else None
+    style = export_on_cluster(result.run_dir if best else result.checkpoint, style_name,
+                              models_dir=models_dir, precisions=("fp32", "int8"), best=best)
+    print(f"exported style:   {style.name} -> {style.path}")
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -307,6 +369,15 @@ def _print_style(style) -> None:
     version = f", version {m['version']}" if m.get("version") else ""
     print(f"  {style.name}: {m['source_domain']}->{m['target_domain']}, ngf {m['architecture']['ngf']}, "
           f"{m['architecture']['n_blocks']} blocks, step {t.get('step')}, from {t.get('run_dir')}{version}")
+    cost = m.get("cost")
+    if cost:
+        print(f"    cost: {cost['gmacs']:.2f} GMACs per {cost['side']} px image, {cost['params'] / 1e6:.3f} M parameters")
+    dist = m.get("distillation")
+    if dist:
+        t, vs = dist["teacher"], dist.get("vs_teacher")
+        figure = (f"{vs['psnr_db']:.2f} dB PSNR, SSIM {vs['ssim']:.3f} vs the teacher on {vs['held_out_images']} "
+                  f"held-out images" if vs else "no held-out figure (validation was off)")
+        print(f"    distilled from {t['checkpoint']} (step {t['step']}): {figure}")
     for prec, e in m["precisions"].items():
         figures = []
         if "max_abs_error_vs_torch" in e:
@@ -356,7 +427,6 @@ def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
-    import time
 
     from .images import ENCODE_FORMATS, ImageError, encode, format_for_path
     from .stylize import Stylizer
@@ -420,120 +490,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .data import write_sample_dataset
-    from .quality import is_paired
-    from .train import connect
+    from .demo import run
 
-    home: Path = args.home.expanduser()
-    if not args.no_monitor:
-        from .monitor import app_path
-
-        app_path()  # an incomplete installation: say so now, not after training
-    ports = [("--serve-port", args.serve_port)] + ([] if args.no_monitor else [("--monitor-port", args.monitor_port)])
-    for flag, port in ports:  # before minutes of training, not after
-        if not port_free(port):
-            raise ValueError(f"port {port} on 127.0.0.1 is in use (another demo, `raystyle serve` "
-                             f"or monitor?); stop it or pass {flag}")
-    data = home / "data" / "sample"
-    if (data / "trainA").is_dir() and is_paired(data):
-        print(f"[raystyle] sample dataset: {data} (exists)")
-    else:  # none yet, or one from before the test split was paired (ground truth)
-        counts = write_sample_dataset(data)
-        print(f"[raystyle] sample dataset written to {data}: {counts}")
-    overrides = []
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    if args.workers is not None:
-        overrides.append(f"cluster.workers={args.workers}")
-    cfg = load_config(args.preset, overrides).replace(cluster={"storage": str(home / "runs")})
-    dashboard = connect(cfg.cluster.address, dashboard_port=args.dashboard_port)
-    result = _run_training(cfg, data, DEMO_STYLE if args.preset == "tiny" else f"{DEMO_STYLE}-{args.preset}")
-    from .evaluate import evaluate
-    from .export import ExportError, pick_checkpoint
-
-    try:  # the best checkpoint by held-out validation (ground truth on the sample data)
-        chosen = pick_checkpoint(result.run_dir, "auto")
-    except ExportError:
-        chosen = result.checkpoint
-    if str(chosen) != str(result.checkpoint):
-        print(f"[raystyle] best checkpoint by validation: {chosen}")
-    out = home / "outputs"
-    out.mkdir(parents=True, exist_ok=True)
-    ev = evaluate(chosen, data, grid=out / "demo_grid.png")
-    _print_evaluation(ev)
-    print(f"sample translations (rows: photo | G_ab(photo) | the filter itself): {out / 'demo_grid.png'}")
-
-    # Export the trained photo -> painting generator, serve it, stylize the held-out photos
-    # through the HTTP API.
-    from .export import export_style
-    from .registry import get_style
-
-    models = home / "models"
-    try:
-        style = get_style(DEMO_STYLE, models)
-        fresh = style.meta["training"]["checkpoint"] != str(chosen)
-    except ValueError:
-        fresh = True
-    if fresh:
-        style = export_style(chosen, DEMO_STYLE, models_dir=models,
-                             precisions=("fp32", "int8"))
-    print(f"style {DEMO_STYLE!r} in {models}{' (exported)' if fresh else ' (exists)'}")
-
-    from ray import serve
-
-    from . import client
-    from . import monitor as mon
-    from .serve import run_from_config
-
-    monitor_proc = None
-    try:
-        serve_url = run_from_config(SERVE_CONFIG, models_dir=models, port=args.serve_port)
-        print(f"[raystyle] serving style {DEMO_STYLE!r} at {serve_url}")
-        stylized = out / "stylized"
-        stylized.mkdir(exist_ok=True)
-        photos = sorted(p for p in (data / "testA").iterdir() if p.is_file())
-        for src in photos:
-            png, _ = client.stylize(serve_url, DEMO_STYLE, src.read_bytes())
-            (stylized / src.name).with_suffix(".png").write_bytes(png)
-        print(f"[raystyle] {len(photos)} sample photos stylized through {serve_url}/styles/{DEMO_STYLE}")
-        monitor_url = None
-        if not args.no_monitor:
-            monitor_url = f"http://127.0.0.1:{args.monitor_port}"
-            (home / "logs").mkdir(exist_ok=True)
-            monitor_proc = mon.launch(port=args.monitor_port, dashboard=dashboard, serve_url=serve_url,
-                                      storage=home / "runs", log=home / "logs" / "monitor.log")
-            mon.wait_ready(monitor_url, monitor_proc)
-        print()
-        print("raystyle demo is ready")
-        print(f"  stylized photos   {stylized}")
-        print(f"  sample grid       {out / 'demo_grid.png'}")
-        print(f"  Serve (HTTP API)  {serve_url}  (docs {serve_url}/docs)")
-        print(f"  Ray dashboard     {dashboard or 'not running (needs ray[default])'}")
-        print(f"  monitor           {monitor_url or 'not started (--no-monitor)'}")
-        print(f"  try:  curl --data-binary @PHOTO.jpg {serve_url}/styles/{DEMO_STYLE} -o out.png")
-        if args.no_wait:
-            return 0
-        _stop_on_signals()
-        print("Ctrl-C stops Serve, the monitor and this Ray instance.", flush=True)
-        try:
-            while monitor_proc is None or monitor_proc.poll() is None:
-                time.sleep(1)
-            print(f"raystyle: the monitor exited (code {monitor_proc.returncode}); see "
-                  f"{home / 'logs' / 'monitor.log'}. Serve keeps running until Ctrl-C.", file=sys.stderr)
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("\nraystyle: demo stopped; `raystyle demo` brings it back (everything is reused)")
-        return 0
-    finally:
-        if monitor_proc is not None and monitor_proc.poll() is None:
-            monitor_proc.terminate()
-            try:
-                monitor_proc.wait(10)
-            except Exception:
-                monitor_proc.kill()
-        serve.shutdown()
+    return run(args)
 
 
 def _stop_on_signals() -> None:
@@ -593,7 +552,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import time
 
     from .serve import run_from_config
 
@@ -612,7 +570,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "serve": cmd_serve, "demo": cmd_demo, "monitor": cmd_monitor, "evaluate": cmd_evaluate, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "serve": cmd_serve, "demo": cmd_demo, "monitor": cmd_monitor, "evaluate": cmd_evaluate, "export": cmd_export,
             "styles": cmd_styles, "stylize": cmd_stylize, "batch": cmd_batch, "data": cmd_data}
 
 
@@ -622,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         hint = ("; run the same command again to resume from the last checkpoint"
-                if args.command in ("train", "demo") else "")
+                if args.command in ("train", "distill", "demo") else "")
         print(f"raystyle: interrupted{hint}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as exc:  # expected bad-input errors

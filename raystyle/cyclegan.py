@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import LossConfig, ModelConfig, TrainConfig
+from .config import Config, LossConfig, ModelConfig, TrainConfig
 from .losses import cycle_loss, discriminator_loss, gan_loss, identity_loss
 from .nets import build_discriminator, build_generator
 
@@ -135,7 +135,30 @@ def linear_decay(epochs: int, epochs_decay: int) -> Callable[[int], float]:
     return lambda epoch: 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
 
 
-class CycleGAN:
+class GANMethod:
+    """What the GAN training methods share (CycleGAN, distill.Distiller): autocast, the
+    learning rate, the per-epoch schedulers ``sched_g``/``sched_d`` and epoch counting."""
+
+    amp_dtype: torch.dtype | None
+    device: torch.device
+    opt_g: torch.optim.Optimizer
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def lr(self) -> float:
+        return self.opt_g.param_groups[0]["lr"]
+
+    def end_epoch(self) -> None:
+        self.sched_g.step()
+        self.sched_d.step()
+        self.epoch += 1
+        self.epoch_step = 0
+
+
+class CycleGAN(GANMethod):
     """Nets, optimisers, schedulers, scaler and pools, and ``train_step``."""
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig,
@@ -170,19 +193,16 @@ class CycleGAN:
         self.net_names = ("g_ab", "g_ba", "d_a", "d_b") + (("g_ab_ema", "g_ba_ema") if self.ema else ())
         self.step = self.epoch = self.epoch_step = 0
         self.last: CycleOutputs | None = None
+        self.last_real: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device, rank: int, extra: dict[str, Any]) -> CycleGAN:
+        return cls(cfg.model, cfg.loss, cfg.train, device, rank)
 
     # -- distributed wiring -------------------------------------------------------------
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap both halves, e.g. in DistributedDataParallel; the step calls the wrappers."""
         self.gens_fwd, self.discs_fwd = wrapper(self.gens), wrapper(self.discs)
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def lr(self) -> float:
-        return self.opt_g.param_groups[0]["lr"]
 
     # -- the step -------------------------------------------------------------------------
     def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -228,7 +248,7 @@ class CycleGAN:
 
         self._update_ema()
         self.step += 1
-        self.last = out
+        self.last, self.last_real = out, (real_a, real_b)
         losses.update(g_total=loss_g, d_a=loss_d_a, d_b=loss_d_b)
         return {k: v.detach() for k, v in losses.items()}
 
@@ -247,11 +267,41 @@ class CycleGAN:
             return self.g_ab_ema, self.g_ba_ema
         return self.g_ab, self.g_ba
 
-    def end_epoch(self) -> None:
-        self.sched_g.step()
-        self.sched_d.step()
-        self.epoch += 1
-        self.epoch_step = 0
+    # -- what train.py shows and measures (the method interface, raystyle.methods) -----------
+    uses_classifier = True  # validation scores translations with the domain classifier
+
+    def sample_rows(self) -> list[list[torch.Tensor]]:
+        """The last batch's first images: real A | fake B | rec A, real B | fake A | rec B."""
+        if self.last is None or self.last_real is None:
+            return []
+        o, (a, b) = self.last, self.last_real
+        return [[a, o.fake_b, o.rec_a], [b, o.fake_a, o.rec_b]]
+
+    @staticmethod
+    def progress_text(m: dict[str, Any]) -> str:
+        return (f"G {m['g_total']:.3f} D_a {m['d_a']:.3f} D_b {m['d_b']:.3f} "
+                f"cyc {m['cycle_a'] + m['cycle_b']:.3f}")
+
+    def validate(self, validator: Any) -> dict[str, float]:
+        return validator(*self.generators())
+
+    @staticmethod
+    def validation_metrics(paired: bool, classifier: Any) -> list[str]:
+        from .quality import metrics_available
+
+        return metrics_available(paired, classifier)
+
+    @staticmethod
+    def auto_metric(paired: bool, classifier: Any) -> str | None:
+        from .quality import auto_metric
+
+        return auto_metric(paired, classifier)
+
+    @staticmethod
+    def loss_keys(cfg: Config) -> list[str]:
+        from .runlog import LOSS_KEYS
+
+        return [k for k in LOSS_KEYS if cfg.loss.lambda_identity > 0 or not k.startswith("idt")]
 
     # -- state --------------------------------------------------------------------------
     def nets_state(self) -> dict[str, Any]:

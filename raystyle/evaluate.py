@@ -94,12 +94,17 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", limi
                              f"{100 * clf.accuracy:.1f}% is below {100 * quality.MIN_ACCURACY:.0f}%")
         except quality.QualityError as exc:
             notes.append(f"domain score not reported: {exc}")
+    if "g_ab" not in nets:  # a student distilled in direction ba
+        raise DataError(f"{path} has no A->B generator to evaluate (a student distilled from g_ba)")
     val = quality.Validator(heldout, clf)
     torch.manual_seed(config.train.seed)  # the untrained nets training started from
-    fresh = [build_generator(config.model) for _ in range(2)]
-    trained = [build_generator(config.model) for _ in range(2)]
+    # a distilled student has one generator: no cycle figure
+    pair = 2 if "g_ba" in nets else 1
+    fresh = [build_generator(config.model) for _ in range(pair)]
+    trained = [build_generator(config.model) for _ in range(pair)]
     trained[0].load_state_dict(generator_state(nets, "ab"))
-    trained[1].load_state_dict(generator_state(nets, "ba"))
+    if pair == 2:
+        trained[1].load_state_dict(generator_state(nets, "ba"))
     identity = val.measure(heldout.a)
     fakes, rec = val.translate(*trained)
     result = Evaluation(step, len(heldout.a), sp.source if split == "test" else "train", heldout.gt_b is not None, identity,

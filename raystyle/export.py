@@ -56,6 +56,7 @@ from . import checkpoint as ckpt
 from .config import Config, ExportConfig
 from .cyclegan import generator_state
 from .data import sample_photo_dir, scan_domain
+from .macs import count_macs, count_onnx_macs, count_params
 from .nets import MULTIPLE, build_generator
 from .runlog import read_metrics, read_validation
 from .stylize import Stylizer, _Plan, _to_input, _to_uint8, stats_change
@@ -110,13 +111,53 @@ def pick_checkpoint(source: str | Path, best: str | None = None) -> Path:
     return pick(scored, key=lambda t: t[0])[1]
 
 
-def load_generator(checkpoint: Path, direction: str) -> tuple[nn.Module, Any, dict]:
+def resolve_direction(config: Config, direction: str | None) -> str:
+    """``direction`` as given; None: a distilled student's own direction, else ab."""
+    if direction is None:
+        return config.distill.direction if config.distill is not None else "ab"
+    return direction
+
+
+def load_generator(checkpoint: Path, direction: str | None = None) -> tuple[nn.Module, Any, dict]:
+    """(generator ``g_<direction>`` in eval mode, config, manifest); direction: see resolve_direction."""
+    config, nets = ckpt.load_nets(checkpoint)  # export reads only the nets (and the manifest)
+    direction = resolve_direction(config, direction)
     if direction not in ("ab", "ba"):
         raise ExportError(f"--direction must be ab or ba, got {direction!r}")
-    config, nets = ckpt.load_nets(checkpoint)  # export reads only the nets (and the manifest)
+    if f"g_{direction}" not in nets:
+        kind = f"a student distilled in direction {config.distill.direction}" if config.distill else "its nets"
+        raise ExportError(f"{checkpoint} has no g_{direction} generator ({kind}); drop --direction or use the other one")
     gen = build_generator(config.model)
     gen.load_state_dict(generator_state(nets, direction))
     return gen.eval(), config, ckpt.read_manifest(checkpoint)
+
+
+COST_SIDE = 256  # the image side at which model.json records MACs (the paper's training size)
+
+
+def cost_figures(gen: nn.Module) -> dict[str, Any]:
+    """Parameters and multiply-accumulates of one (1, 3, 256, 256) image (raystyle.macs)."""
+    macs = count_macs(gen, COST_SIDE)
+    return {"params": count_params(gen), "macs": macs, "gmacs": round(macs / 1e9, 3), "side": COST_SIDE}
+
+
+def distillation_record(config: Any, checkpoint: Path, step: int) -> dict[str, Any]:
+    """A student's teacher (checkpoint, run, step) and its agreement with the teacher on
+    held-out images at this checkpoint's step (PSNR/SSIM from the run's metrics log)."""
+    d = config.distill
+    teacher = str(d.teacher)
+    record: dict[str, Any] = {"teacher": {"checkpoint": teacher, "run": teacher.rstrip("/").rsplit("/", 1)[0],
+                                          "step": d.teacher_step, "direction": d.direction}}
+    found = [r for r in read_metrics(checkpoint.parent) if r.get("step") == step and "val_teacher_psnr" in r]
+    if found:
+        info = read_validation(checkpoint.parent)
+        held = (info.get("held_out") or [config.train.val_images] * 2)[0 if d.direction == "ab" else 1]
+        record["vs_teacher"] = {"psnr_db": found[-1]["val_teacher_psnr"], "ssim": found[-1]["val_teacher_ssim"],
+                                "step": step, "held_out_images": min(config.train.val_images, held),
+                                "split": info.get("split"), "side": config.data.crop_size}
+    else:
+        record["vs_teacher"] = None  # the run validated nothing at this step (validation off)
+    return record
 
 
 def _dims():
@@ -370,7 +411,7 @@ def _check_tiling(style: registry.Style, precision: str, images: list[np.ndarray
 # -- the export ----------------------------------------------------------------------------------
 
 
-def export_style(source: str | Path, style: str, *, direction: str = "ab",
+def export_style(source: str | Path, style: str, *, direction: str | None = None,
                  models_dir: str | Path | None = None, precisions: tuple[str, ...] = ("fp32",),
                  best: str | None = None, torchscript: bool = False, calib_images: int = 16,
                  overrides: list[str] | None = None, allow_unvalidated_fp16: bool = False,
@@ -380,6 +421,7 @@ def export_style(source: str | Path, style: str, *, direction: str = "ab",
     Every artefact passes its gate (thresholds: the checkpoint's ``export`` config section
     with ``overrides`` such as ``["export.int8_min_psnr_db=32"]``) before anything is
     registered; a failed gate is an ExportError and the registry is left as it was.
+    ``direction`` None: ab, or a distilled student's own direction.
     """
     registry.check_name(style)
     unknown = set(precisions) - set(registry.PRECISIONS)
@@ -387,6 +429,7 @@ def export_style(source: str | Path, style: str, *, direction: str = "ab",
         raise ExportError(f"precisions must be among {', '.join(registry.PRECISIONS)}, got {sorted(unknown)}")
     checkpoint = pick_checkpoint(source, best)
     gen, config, manifest = load_generator(checkpoint, direction)
+    direction = resolve_direction(config, direction)
     gates = export_settings(config, overrides)
     calib_dir, test_dir = _source_folders(manifest, direction)
     crop = config.data.crop_size
@@ -406,6 +449,7 @@ def export_style(source: str | Path, style: str, *, direction: str = "ab",
             "training": {"checkpoint": str(checkpoint), "run_dir": str(checkpoint.parent),
                          "step": manifest["step"], "epoch": manifest["epoch"],
                          "data_dir": manifest.get("data_dir")},
+            "method": config.method, "cost": cost_figures(gen),
             "opset": OPSET, "input": INPUT_SPEC, "output": {**INPUT_SPEC, "name": "stylized"},
             "precisions": {}, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "raystyle_version": __version__,
@@ -414,6 +458,13 @@ def export_style(source: str | Path, style: str, *, direction: str = "ab",
         fp32 = work / "model.onnx"
         export_onnx(gen, fp32, (random[0],), ["image"], "stylized")
         sess32 = session(fp32)
+        onnx_macs = count_onnx_macs(fp32, COST_SIDE)
+        if onnx_macs != meta["cost"]["macs"]:  # the figure recorded is the graph that is served
+            raise ExportError(f"model.onnx: {onnx_macs} MACs at {COST_SIDE} px in the graph, "
+                              f"{meta['cost']['macs']} counted on the torch generator")
+        meta["cost"]["macs_checked_on"] = "model.onnx"
+        if config.distill is not None:
+            meta["distillation"] = distillation_record(config, checkpoint, manifest["step"])
 
         def run32(x):
             return sess32.run(None, {"image": x})[0]

@@ -373,16 +373,24 @@ def list_runs(storage: str | Path) -> list[Run]:
     return [run for _, run in found]
 
 
+def sample_layout(run_metrics: list[dict[str, Any]]) -> str:
+    """What a run's sample grids show, by the losses it logs (a distillation or a CycleGAN)."""
+    if run_metrics and "recon_l1" in run_metrics[-1]:
+        return "columns: photo | teacher | student"
+    return "rows: real A | fake B | rec A and real B | fake A | rec B"
+
+
 def read_sample(path: Path | str) -> bytes:
     """The PNG bytes of a sample grid listed in ``Run.samples`` (local path or URI)."""
     return store.read_bytes(store.resolve(path))
 
 
-LOSS_KEYS = runlog.LOSS_KEYS
+# the losses of every training method (a CycleGAN run's, a distillation's); a run shows its own
+LOSS_KEYS = (*runlog.LOSS_KEYS, "recon_l1", "feature_mse", "g_gan", "d")
 # Held-out validation figures (raystyle.quality), drawn in groups of one scale each
-VAL_CHARTS = (("Validation: PSNR, dB (held-out)", ("val_gt_psnr", "val_cycle_psnr")),
+VAL_CHARTS = (("Validation: PSNR, dB (held-out)", ("val_gt_psnr", "val_cycle_psnr", "val_teacher_psnr")),
               ("Validation: scores 0..1 (held-out)", ("val_domain_score", "val_content_ssim",
-                                                      "val_domain_content")),
+                                                      "val_domain_content", "val_teacher_ssim")),
               ("Validation: colour distance to B", ("val_colour_distance",)))
 
 

@@ -392,6 +392,26 @@ class Validator:
         return out
 
 
+    @torch.no_grad()
+    def agreement(self, student: nn.Module, teacher: nn.Module, source: str = "a") -> dict[str, float]:
+        """How close a distilled student is to its teacher on the held-out images of its
+        source domain: mean PSNR (RGB, dB) and mean luminance SSIM of student vs teacher."""
+        start = time.perf_counter()
+        x = self.h.a if source == "a" else self.h.b
+        nets = (student, teacher)
+        modes = [n.training for n in nets]
+        for n in nets:
+            n.eval()
+        try:
+            s, t = self._run(student, x), self._run(teacher, x)
+        finally:
+            for n, m in zip(nets, modes, strict=True):
+                n.train(m)
+        return {"val_teacher_psnr": round(float(psnr(s, t).mean()), 4),
+                "val_teacher_ssim": round(sum(content_ssim(t, s)) / len(s), 5),
+                "val_time_s": round(time.perf_counter() - start, 4)}
+
+
 def metrics_available(paired: bool, classifier: Classifier | None) -> list[str]:
     """The figures a Validator reports for such a dataset and classifier."""
     names = ["val_colour_distance", "val_content_ssim", "val_cycle_psnr"]

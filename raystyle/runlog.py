@@ -42,7 +42,8 @@ LOSS_KEYS = ("g_total", "g_gan_ab", "g_gan_ba", "cycle_a", "cycle_b", "idt_a", "
 # Which way is better, for ranking checkpoints (retention, `export --best`): the held-out
 # figures of raystyle.quality that grow with quality; anything else (losses) is better lower.
 HIGHER_IS_BETTER = frozenset({"val_cycle_psnr", "val_content_ssim", "val_domain_score",
-                              "val_gt_psnr", "val_gt_gain_db", "val_domain_content"})
+                              "val_gt_psnr", "val_gt_gain_db", "val_domain_content",
+                              "val_teacher_psnr", "val_teacher_ssim"})
 
 
 def metric_order(metric: str) -> str:

@@ -1,6 +1,7 @@
-"""[ray] Distributed CycleGAN training: a thin ``train_loop_per_worker`` and ``fit``.
+"""[ray] Distributed training: a thin ``train_loop_per_worker`` and ``fit``, for any method.
 
-The step itself lives in cyclegan.py; this module only wires it to Ray Train V2:
+The step itself lives in the method's pure-torch module (cyclegan.py, distill.py; the
+interface is in methods.py, and this module never names a method); here it is wired to Ray Train V2:
 TorchTrainer + ScalingConfig for the workers, DDP via ``prepare_model``, checkpoints via
 ``ray.train.report`` (one directory, merged from every rank), resume via
 ``ray.train.get_checkpoint()`` -- which returns the latest checkpoint both after a worker
@@ -34,13 +35,12 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from . import quality, runlog, storage
 from .config import Config, ConfigError, default_storage
-from .cyclegan import CycleGAN
 from .data import EpochBatches, UnpairedDataset, check_dataset, steps_per_epoch
+from .methods import method_class
 from .ports import port_or_free
 from .storage import Location
 
 CRASH_MARKER = ".crash_hook_fired"
-NETS = ("g_ab", "g_ba", "d_a", "d_b")
 
 
 class ClusterError(ValueError):
@@ -81,7 +81,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     run: Location | None = loop.get("run")  # resolved on the driver (filesystem included)
 
-    model = CycleGAN(cfg.model, cfg.loss, cfg.train, device, rank)
+    model = method_class(cfg.method).from_config(cfg, device, rank, loop.get("extra") or {})
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -104,7 +104,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         log.close()
 
 
-def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world: int,
+def _train(model: Any, cfg: Config, loop: dict[str, Any], rank: int, world: int,
            device: torch.device, run: Location | None, log: runlog.MetricsLog | None) -> None:
     model.wrap(lambda m: ray.train.torch.prepare_model(m, move_to_device=False))
 
@@ -149,15 +149,16 @@ def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world:
             metrics = _log(model, losses, world, window_start, window_steps, total, device)
             if validator is not None and validating:
                 # eval mode, no grad, no random draws: training continues exactly as without
-                metrics.update(validator(*model.generators()))
+                metrics.update(model.validate(validator))
             window_start, window_steps = time.perf_counter(), 0
             if log is not None:
                 log.append(metrics)
             if rank == 0:
-                print(_progress_line(metrics, total), flush=True)
+                print(_progress_line(metrics, total, model.progress_text), flush=True)
         if rank == 0 and run is not None and (step % tc.sample_every == 0 or last):
-            o = model.last
-            runlog.save_sample_grid(run, step, [[real_a, o.fake_b, o.rec_a], [real_b, o.fake_a, o.rec_b]])
+            rows = model.sample_rows()
+            if rows:
+                runlog.save_sample_grid(run, step, rows)
         if checkpointing:
             if log is not None:
                 log.sync()  # the log reaches storage before the checkpoint it leads up to
@@ -166,7 +167,7 @@ def _train(model: CycleGAN, cfg: Config, loop: dict[str, Any], rank: int, world:
             break
 
 
-def _log(model: CycleGAN, losses: dict[str, torch.Tensor], world: int, start: float,
+def _log(model: Any, losses: dict[str, torch.Tensor], world: int, start: float,
          steps: int, total: int, device: torch.device) -> dict[str, Any]:
     names = sorted(losses)
     values = torch.stack([losses[k].float() for k in names])
@@ -185,12 +186,11 @@ def _log(model: CycleGAN, losses: dict[str, torch.Tensor], world: int, start: fl
     return record
 
 
-def _progress_line(m: dict[str, Any], total: int) -> str:
+def _progress_line(m: dict[str, Any], total: int, losses_text: Any) -> str:
     eta = (total - m["step"]) * m["step_time_s"]
     line = (
         f"[raystyle] step {m['step']}/{total} ({100 * m['step'] / total:.0f}%) epoch {m['epoch']} | "
-        f"G {m['g_total']:.3f} D_a {m['d_a']:.3f} D_b {m['d_b']:.3f} "
-        f"cyc {m['cycle_a'] + m['cycle_b']:.3f} | lr {m['lr']:.2e} | "
+        f"{losses_text(m)} | lr {m['lr']:.2e} | "
         f"{m['images_per_s']:.1f} img/s | eta {eta / 60:.1f} min"
     )
     return line + (f"\n[raystyle]   validation: {_val_text(m)}" if "val_time_s" in m else "")
@@ -198,24 +198,29 @@ def _progress_line(m: dict[str, Any], total: int) -> str:
 
 def _val_text(m: dict[str, Any]) -> str:
     parts = []
+    if "val_teacher_psnr" in m:
+        parts.append(f"vs teacher {m['val_teacher_psnr']:.2f} dB, SSIM {m['val_teacher_ssim']:.3f}")
     if "val_gt_psnr" in m:
         parts.append(f"ground truth {m['val_gt_psnr']:.2f} dB ({m['val_gt_gain_db']:+.2f} vs photo)")
     if "val_domain_score" in m:
         parts.append(f"domain {100 * m['val_domain_score']:.0f}%")
-    parts.append(f"content SSIM {m['val_content_ssim']:.3f}")
-    parts.append(f"cycle {m['val_cycle_psnr']:.2f} dB")
-    parts.append(f"colour dist {m['val_colour_distance']:.1f}")
+    if "val_content_ssim" in m:
+        parts.append(f"content SSIM {m['val_content_ssim']:.3f}")
+    if "val_cycle_psnr" in m:
+        parts.append(f"cycle {m['val_cycle_psnr']:.2f} dB")
+    if "val_colour_distance" in m:
+        parts.append(f"colour dist {m['val_colour_distance']:.1f}")
     return ", ".join(parts) + f" ({m['val_time_s']:.2f} s)"
 
 
-def _report_checkpoint(model: CycleGAN, cfg: Config, rank: int, world: int,
+def _report_checkpoint(model: Any, cfg: Config, rank: int, world: int,
                        metrics: dict[str, Any], data_dir: str) -> None:
     # Every rank writes its own part into a local dir; Ray merges them into one
     # storage dir and registers it only once all ranks have reported.
     with tempfile.TemporaryDirectory(prefix="raystyle_ckpt_") as tmp:
         if rank == 0:
             state = {**model.train_state(), "world_size": world}
-            ckpt.save_shared(tmp, cfg, model.nets_state(), state, {"data_dir": data_dir})
+            ckpt.save_shared(tmp, cfg, model.nets_state(), state, {"data_dir": data_dir, "method": cfg.method})
         fingerprints = {name: _fingerprint(getattr(model, name)) for name in model.net_names}
         ckpt.save_rank(tmp, rank, {**model.rank_state(), "fingerprints": fingerprints})
         ray.train.report(
@@ -297,7 +302,14 @@ def _check_compatible(run: Location, cfg: Config) -> None:
         return
     ckpt.check_safe(latest)  # the resume would load it: refuse code-running pickles here
     old = ckpt.load_config(latest)
-    for section in ("model", "loss", "data"):
+    if old.method != cfg.method:
+        raise ConfigError(f"run {run} exists as a {old.method} run; pick a new --style name for this {cfg.method} run")
+    if old.distill is not None and cfg.distill is not None and (
+            (old.distill.teacher, old.distill.teacher_step) != (cfg.distill.teacher, cfg.distill.teacher_step)):
+        raise ConfigError(f"run {run} distils {old.distill.teacher} (step {old.distill.teacher_step}), "
+                          f"not {cfg.distill.teacher} (step {cfg.distill.teacher_step}); resume it with "
+                          f"that teacher checkpoint or pick a new --style name")
+    for section in ("model", "loss", "data", "distill"):
         if getattr(old, section) != getattr(cfg, section):
             raise ConfigError(
                 f"run {run} exists with a different {section} config; resume it with the "
@@ -318,6 +330,7 @@ def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str
     is trained here, on the driver, or read from its cache; its weights travel to rank 0.
     """
     tc = cfg.train
+    method = method_class(cfg.method)
     say = (lambda text: print(f"[raystyle] {text}", flush=True)) if verbose else (lambda text: None)
     before = runlog.read_validation(run)
     resumed = ckpt.latest_checkpoint(run) is not None
@@ -339,15 +352,17 @@ def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str
     except (quality.QualityError, ValueError) as exc:
         say(f"validation off: {exc}")
         return tuple(train[0]), tuple(train[1]), None, None
-    try:
-        clf = quality.get_classifier(sp.train_a, sp.train_b, sp.held_a, sp.held_b, cfg.data, progress=say)
-        clf_info = {"accuracy": round(clf.accuracy, 4), "held_out": clf.held_out, "usable": clf.usable}
-        say(clf.describe() + ("" if clf.usable else f": below {100 * quality.MIN_ACCURACY:.0f}%, "
-                              "so no domain score is reported"))
-    except quality.QualityError as exc:
-        clf, clf_info = None, {"error": str(exc)}
-    available = quality.metrics_available(sp.paired, clf)
-    losses = [k for k in runlog.LOSS_KEYS if cfg.loss.lambda_identity > 0 or not k.startswith("idt")]
+    clf, clf_info = None, None
+    if method.uses_classifier:
+        try:
+            clf = quality.get_classifier(sp.train_a, sp.train_b, sp.held_a, sp.held_b, cfg.data, progress=say)
+            clf_info = {"accuracy": round(clf.accuracy, 4), "held_out": clf.held_out, "usable": clf.usable}
+            say(clf.describe() + ("" if clf.usable else f": below {100 * quality.MIN_ACCURACY:.0f}%, "
+                                  "so no domain score is reported"))
+        except quality.QualityError as exc:
+            clf, clf_info = None, {"error": str(exc)}
+    available = method.validation_metrics(sp.paired, clf)
+    losses = method.loss_keys(cfg)
     if resumed and "best_metric" in before:  # Ray ranks the run's checkpoints by one metric
         best = before["best_metric"]
         if tc.best_metric not in ("auto", best or "none"):
@@ -356,7 +371,7 @@ def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str
     elif resumed:  # its earlier checkpoints carry no validation figures to rank them by
         best = None
     elif tc.best_metric == "auto":
-        best = quality.auto_metric(sp.paired, clf)
+        best = method.auto_metric(sp.paired, clf)
     elif tc.best_metric == "none":
         best = None
     elif tc.best_metric in available + losses:  # a loss ranks by its value at the checkpoint step
@@ -381,8 +396,12 @@ def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str
 
 
 def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | None = None,
-        verbose: bool = True) -> TrainResult:
-    """Train (or resume) run ``name`` under ``cfg.cluster.storage``; returns the final checkpoint."""
+        verbose: bool = True, extra: dict[str, Any] | None = None) -> TrainResult:
+    """Train (or resume) run ``name`` under ``cfg.cluster.storage``; returns the final checkpoint.
+
+    The method is ``cfg.method``; ``extra`` is what it needs beyond the config and the data
+    (a distillation's teacher, see distill.load_teacher), handed to every worker.
+    """
     scan_a, scan_b = check_dataset(data_dir, cfg.data.crop_size)
     for domain, scan in (("A", scan_a), ("B", scan_b)):
         if verbose and scan.skipped:
@@ -403,7 +422,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     n = max(len(files_a), len(files_b))
     if verbose:
         print(
-            f"[raystyle] training {name!r}: |A|={len(files_a)} |B|={len(files_b)}, "
+            f"[raystyle] {'training' if cfg.method == 'cyclegan' else cfg.method + 'ing'} {name!r}: |A|={len(files_a)} |B|={len(files_b)}, "
             f"{cl.workers} worker(s){' on GPU' if cl.use_gpu else ''}, "
             f"{total_steps(cfg, n, cl.workers)} steps -> {run}",
             flush=True,
@@ -413,7 +432,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
         train_loop_config={
             "config": cfg.to_dict(), "run": run, "crash_at_step": crash_at_step,
             "data_dir": str(Path(data_dir).expanduser().resolve()),
-            "files_a": list(files_a), "files_b": list(files_b), "val": val,
+            "files_a": list(files_a), "files_b": list(files_b), "val": val, "extra": extra,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cl.workers, use_gpu=cl.use_gpu,

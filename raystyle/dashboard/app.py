@@ -176,8 +176,7 @@ def training_section() -> None:
                        "`raystyle export RUN --best auto` exports the best one.")
     if run.samples:
         shown = run.samples[-3:]
-        st.markdown(f"**Latest sample grids** ({len(run.samples)} in all; rows: real A | fake B | "
-                    "rec A and real B | fake A | rec B)")
+        st.markdown(f"**Latest sample grids** ({len(run.samples)} in all; {mon.sample_layout(run.metrics)})")
         for col, path in zip(st.columns(3), shown, strict=False):
             stem = PurePosixPath(str(path)).stem  # a local path or a URI (s3://...)
             col.image(mon.read_sample(path), caption=f"{run.name}, {stem.replace('_', ' ')}", width="stretch")

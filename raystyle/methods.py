@@ -1,0 +1,33 @@
+"""The training methods that train.py runs, by name (``Config.method``); no Ray here.
+
+A method is a pure-torch class (``CycleGAN`` in cyclegan.py, ``Distiller`` in distill.py)
+with one interface, so train.py runs any of them and never names one:
+
+  from_config(cfg, device, rank, extra)   build it (``extra``: what the driver prepared, e.g.
+                                           a distillation's teacher weights)
+  wrap(wrapper)                            wrap its trained modules (DDP)
+  train_step(real_a, real_b) -> losses     one optimisation step (0-d tensors)
+  end_epoch(), lr(), step / epoch / epoch_step
+  nets_state() / train_state() / rank_state() / load(nets, train_state, rank_state)
+  net_names                                attributes compared across ranks (DDP check)
+  sample_rows()                            the last batch's images for a sample grid
+  progress_text(metrics)                   its losses in a progress line
+  validate(quality.Validator) -> figures   held-out figures at a validation step
+  validation_metrics(paired, classifier), auto_metric(paired, classifier), loss_keys(cfg),
+  uses_classifier                          what it can be ranked by, and what it needs
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_METHODS = {"cyclegan": "raystyle.cyclegan:CycleGAN", "distill": "raystyle.distill:Distiller"}
+
+
+def method_class(name: str) -> Any:
+    try:
+        module, _, cls = _METHODS[name].partition(":")
+    except KeyError:
+        raise ValueError(f"unknown training method {name!r}; known: {', '.join(_METHODS)}") from None
+    return getattr(importlib.import_module(module), cls)
