@@ -411,10 +411,10 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     run = run_location(cfg, name)
     storage.check_reachable(run)
     _check_compatible(run, cfg)
-    files_a, files_b, val, best = plan_validation(cfg, data_dir, (scan_a.files, scan_b.files), run, verbose)
     cl = cfg.cluster
-    connect(cl.address)
-    check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)
+    connect(cl.address)  # a cluster that cannot place the run fails before validation planning
+    check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)  # (which may train a classifier)
+    files_a, files_b, val, best = plan_validation(cfg, data_dir, (scan_a.files, scan_b.files), run, verbose)
     if run.local is not None:
         run.local.mkdir(parents=True, exist_ok=True)
     if val is not None:
