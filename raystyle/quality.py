@@ -20,13 +20,14 @@ classifier that cannot tell the domains apart means nothing). It is cached per d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,20 @@ def get_classifier(train_a: Sequence[str], train_b: Sequence[str], held_a: Seque
 # The validator
 
 
+@contextlib.contextmanager
+def _eval_mode(*nets: nn.Module | None) -> Iterator[None]:
+    """The nets in eval mode for the block (batch-norm statistics, dropout), then as they were."""
+    live = [n for n in nets if n is not None]
+    modes = [n.training for n in live]
+    for n in live:
+        n.eval()
+    try:
+        yield
+    finally:
+        for n, m in zip(live, modes, strict=True):
+            n.train(m)
+
+
 class Validator:
     """Held-out figures of a generator pair; no randomness, no state kept between calls."""
 
@@ -355,16 +370,9 @@ class Validator:
     def translate(self, g_ab: nn.Module, g_ba: nn.Module | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """G_ab(a) and G_ba(G_ab(a)) in eval mode (batch-norm statistics and dropout untouched)."""
-        nets = [n for n in (g_ab, g_ba) if n is not None]
-        modes = [n.training for n in nets]
-        for n in nets:
-            n.eval()
-        try:
+        with _eval_mode(g_ab, g_ba):
             fake = self._run(g_ab, self.h.a)
             rec = self._run(g_ba, fake) if g_ba is not None else None
-        finally:
-            for n, m in zip(nets, modes, strict=True):
-                n.train(m)
         return fake, rec
 
     def measure(self, fake: torch.Tensor, rec: torch.Tensor | None = None) -> dict[str, float]:
@@ -398,15 +406,8 @@ class Validator:
         source domain: mean PSNR (RGB, dB) and mean luminance SSIM of student vs teacher."""
         start = time.perf_counter()
         x = self.h.a if source == "a" else self.h.b
-        nets = (student, teacher)
-        modes = [n.training for n in nets]
-        for n in nets:
-            n.eval()
-        try:
+        with _eval_mode(student, teacher):
             s, t = self._run(student, x), self._run(teacher, x)
-        finally:
-            for n, m in zip(nets, modes, strict=True):
-                n.train(m)
         return {"val_teacher_psnr": round(float(psnr(s, t).mean()), 4),
                 "val_teacher_ssim": round(sum(content_ssim(t, s)) / len(s), 5),
                 "val_time_s": round(time.perf_counter() - start, 4)}

@@ -196,20 +196,20 @@ def _progress_line(m: dict[str, Any], total: int, losses_text: Any) -> str:
     return line + (f"\n[raystyle]   validation: {_val_text(m)}" if "val_time_s" in m else "")
 
 
+# the held-out figures a progress line shows, in order: (keys needed, text)
+_VAL_PARTS = (
+    (("val_teacher_psnr", "val_teacher_ssim"), "vs teacher {val_teacher_psnr:.2f} dB, SSIM {val_teacher_ssim:.3f}"),
+    (("val_gt_psnr", "val_gt_gain_db"), "ground truth {val_gt_psnr:.2f} dB ({val_gt_gain_db:+.2f} vs photo)"),
+    (("val_domain_score",), "domain {pct:.0f}%"),
+    (("val_content_ssim",), "content SSIM {val_content_ssim:.3f}"),
+    (("val_cycle_psnr",), "cycle {val_cycle_psnr:.2f} dB"),
+    (("val_colour_distance",), "colour dist {val_colour_distance:.1f}"),
+)
+
+
 def _val_text(m: dict[str, Any]) -> str:
-    parts = []
-    if "val_teacher_psnr" in m:
-        parts.append(f"vs teacher {m['val_teacher_psnr']:.2f} dB, SSIM {m['val_teacher_ssim']:.3f}")
-    if "val_gt_psnr" in m:
-        parts.append(f"ground truth {m['val_gt_psnr']:.2f} dB ({m['val_gt_gain_db']:+.2f} vs photo)")
-    if "val_domain_score" in m:
-        parts.append(f"domain {100 * m['val_domain_score']:.0f}%")
-    if "val_content_ssim" in m:
-        parts.append(f"content SSIM {m['val_content_ssim']:.3f}")
-    if "val_cycle_psnr" in m:
-        parts.append(f"cycle {m['val_cycle_psnr']:.2f} dB")
-    if "val_colour_distance" in m:
-        parts.append(f"colour dist {m['val_colour_distance']:.1f}")
+    values = {**m, "pct": 100 * m.get("val_domain_score", 0.0)}
+    parts = [text.format(**values) for keys, text in _VAL_PARTS if all(k in m for k in keys)]
     return ", ".join(parts) + f" ({m['val_time_s']:.2f} s)"
 
 
