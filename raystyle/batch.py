@@ -15,6 +15,13 @@ and rewrites the manifest. Corrupt inputs become manifest rows; they never fail 
 The input folder, the output folder and the styles registry must be reachable from every
 node that runs an actor (one machine, a shared filesystem, or s3:// / gs:// URIs).
 
+``--nst STYLE_IMAGE`` runs Gatys style transfer (raystyle.nst) instead of a registry style:
+the same plan, skip-done, atomic writes and manifest, but one image per Ray task (a plain
+function, ``map_batches(nst_task, batch_size=1)`` over one-row blocks; each task loads the
+features and optimises its image, on a GPU with ``--gpu``). The style image is read once on the
+driver and VGG weights are resolved there (a missing file fails before Ray starts); tasks get
+the style pixels and the resolved weights path, which must be readable on every node.
+
 Importing this module is cheap (the CLI imports it); Ray, ONNX Runtime and PIL load on use.
 """
 
@@ -29,9 +36,12 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .nst import NSTOptions
 
 MANIFEST = "_errors.jsonl"
 TMP_SUFFIX = ".raystyle-tmp"
@@ -452,6 +462,119 @@ def _reconcile(work: Plan, output: str, rows: list[dict[str, Any]]
     return stylized, errors
 
 
+# -- Gatys style transfer over a folder (--nst) ---------------------------------------------
+def nst_task(batch: dict[str, Any], *, input: str, output: str, style: Any,
+             options: dict[str, Any], threads: int) -> dict[str, Any]:
+    """One Ray task (one image: ``batch_size=1`` over one-row blocks): read, decode, optimise
+    with raystyle.nst.run_nst, encode and write atomically. Any failure of an image is its
+    manifest row, never the job's."""
+    import torch
+
+    from .images import ImageError, decode, encode
+    from .nst import NSTOptions, run_nst
+    from .perceptual import load_features
+
+    torch.set_num_threads(max(1, threads))
+    opts = NSTOptions(**options)
+    batch = read_bytes(batch, input)
+    filesystem, root = resolve(output)
+    paths = [str(p) for p in batch["path"]]
+    error, ms = [""] * len(paths), [0.0] * len(paths)
+    features = None
+    for i, rel in enumerate(paths):
+        start = time.perf_counter()
+        out, fmt = str(batch["output"][i]), str(batch["format"][i])
+        try:
+            if batch["read_error"][i]:
+                raise BatchError(str(batch["read_error"][i]))
+            image = decode(bytes(batch["bytes"][i]), name=rel)
+            if features is None:
+                layers = opts.layers
+                features = load_features(opts.features, layers["content"] + layers["style"],
+                                         opts.vgg_weights, seed=opts.seed, progress=False)
+            result, _ = run_nst(image, style, opts, features=features)
+            write_atomic(filesystem, _join(root, out), encode(result, fmt))
+        except (BatchError, ImageError) as exc:  # their messages name the file already
+            error[i] = str(exc)
+        except OSError as exc:
+            error[i] = f"{rel}: cannot write {out} ({exc})"
+        except Exception as exc:  # recorded in the manifest; the job goes on
+            error[i] = f"{rel}: style transfer failed ({type(exc).__name__}: {exc})"
+        ms[i] = (time.perf_counter() - start) * 1000
+    return {"path": paths, "output": [str(o) for o in batch["output"]],
+            "status": ["error" if e else "ok" for e in error], "error": error,
+            "ms": [round(t, 2) for t in ms]}
+
+
+def run_nst_batch(input: str | Path, output: str | Path, style_image: str | Path,
+                  options: NSTOptions, *, workers: int | None = None, cpus_per_worker: int = 1,
+                  gpu: bool = False, fmt: str | None = None, address: str | None = None,
+                  echo: Callable[[str], None] | None = print) -> BatchResult:
+    """Gatys style transfer of every image under ``input`` towards ``style_image``, one image
+    per Ray task (at most ``workers`` at a time, each with ``cpus_per_worker`` torch threads and
+    one GPU with ``gpu``). Skips done outputs and writes the manifest as ``run_batch`` does."""
+    from .images import load_rgb
+    from .nst import check_style
+    from .perceptual import vgg_state
+
+    say = echo or (lambda _msg: None)
+    input, output = str(input), str(output)
+    _check_options(workers, cpus_per_worker, 1, 1.0, None, 1024, fmt)
+    style = load_rgb(style_image)  # unreadable: one ImageError line, before anything starts
+    check_style(style, options)
+    work = plan(input, output, fmt)
+    skipped = len(work.inputs) - len(work.todo)
+    say(f"[raystyle] {len(work.inputs)} images in {input}: {skipped} already done, "
+        f"{len(work.todo)} to do")
+    errors: list[dict[str, str]] = []
+    seconds, stylized = 0.0, 0
+    if work.todo:
+        if options.features != "random":  # missing or wrong weights fail here, before Ray
+            _, info = vgg_state(options.features, options.vgg_weights)
+            options = replace(options, vgg_weights=info["path"])  # tasks need no env or cache
+        options = replace(options, device="cuda" if gpu else "cpu")
+        rows, seconds = _run_nst_dataset(work, input, output, style, options, workers=workers,
+                                         cpus_per_worker=cpus_per_worker, gpu=gpu,
+                                         address=address, say=say)
+        stylized, errors = _reconcile(work, output, rows)
+    manifest = write_manifest(output, errors)
+    result = BatchResult(len(work.inputs), skipped, stylized, errors, seconds, manifest)
+    say(f"[raystyle] {result.summary()}")
+    return result
+
+
+def _run_nst_dataset(work: Plan, input: str, output: str, style: Any, options: NSTOptions, *,
+                     workers: int | None, cpus_per_worker: int, gpu: bool, address: str | None,
+                     say: Callable[[str], None]) -> tuple[list[dict[str, Any]], float]:
+    import numpy as np
+    import ray
+    import ray.data
+
+    from .train import ClusterError, connect
+
+    connect(address)
+    workers = min(_actor_pool(workers, cpus_per_worker, gpu), len(work.todo))
+    say(f"[raystyle] Gatys style transfer, one image per task, up to {workers} at a time x "
+        f"{cpus_per_worker} CPU" + (" + 1 GPU" if gpu else "")
+        + f" ({options.steps} {options.optimizer} steps at {options.size} px, {options.features})")
+    items = [{"path": rel, "output": work.outputs[rel][0], "format": work.outputs[rel][1]}
+             for rel in work.todo]
+    start = time.perf_counter()
+    ds = ray.data.from_items(items, override_num_blocks=len(items))  # one image per block: per task
+    ds = ds.map_batches(
+        nst_task,
+        fn_kwargs=dict(input=input, output=output, style=np.asarray(style),
+                       options=options.to_dict(), threads=cpus_per_worker),
+        compute=ray.data.TaskPoolStrategy(size=workers),
+        batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker, num_gpus=1 if gpu else 0,
+    )
+    try:
+        rows = ds.take_all()
+    except ray.exceptions.RayError as exc:  # a task's worker died (memory, GPU driver, ...)
+        raise ClusterError(f"style transfer tasks failed: {_root_cause(exc)}") from None
+    return rows, time.perf_counter() - start
+
+
 # -- command line ------------------------------------------------------------------------
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register `raystyle batch` on an argparse subparsers object."""
@@ -460,14 +583,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Stylize every image under INPUT (subfolders too) into OUTPUT, keeping "
         "relative paths, with Ray Data actors that each hold one Stylizer. Inputs whose "
         f"output exists are skipped; failures are listed in OUTPUT/{MANIFEST} and retried "
-        "by the next run. INPUT and OUTPUT are folders or pyarrow URIs (s3://, gs://, ...).")
+        "by the next run. INPUT and OUTPUT are folders or pyarrow URIs (s3://, gs://, ...). "
+        "--nst STYLE_IMAGE runs Gatys style transfer instead (raystyle nst), one image per "
+        "Ray task.")
     p.add_argument("input", metavar="INPUT", help="folder or URI of input images")
     p.add_argument("output", metavar="OUTPUT", help="folder or URI for the stylized images")
-    p.add_argument("--style", required=True, metavar="NAME", help="style name in the registry")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--style", metavar="NAME", help="style name in the registry")
+    which.add_argument("--nst", metavar="STYLE_IMAGE",
+                       help="Gatys style transfer towards this image instead of a registry style: "
+                       "one image per Ray task, minutes each on a CPU (the style-transfer "
+                       "options below apply only here)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="actors (default: cluster CPUs / --cpus-per-worker, or GPUs with --gpu)")
+                   help="actors (--nst: tasks at a time) (default: cluster CPUs / "
+                   "--cpus-per-worker, or GPUs with --gpu)")
     p.add_argument("--cpus-per-worker", type=int, default=1, metavar="N",
-                   help="CPUs (= ONNX Runtime threads) per actor (default 1)")
+                   help="CPUs (= ONNX Runtime or torch threads) per actor or task (default 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor (CUDA provider)")
     p.add_argument("--models-dir", type=Path, metavar="DIR",
                    help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
@@ -480,10 +611,37 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="output format (default: the input's if png/jpeg/webp, else png)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per actor call (default 8)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
+    from .nst import add_options as add_nst_options  # torch: the CLI has it loaded already
+
+    add_nst_options(p.add_argument_group("style transfer (--nst)"), suppress=True)
     return p
 
 
+def _nst_args(args: argparse.Namespace) -> NSTOptions:
+    """The --nst options; registry-style options that mean nothing there are errors."""
+    from .nst import options_from_args
+
+    ignored = [flag for flag, value, default in (
+        ("--models-dir", args.models_dir, None), ("--precision", args.precision, "fp32"),
+        ("--strength", args.strength, 1.0), ("--max-side", args.max_side, None),
+        ("--tile", args.tile, 1024), ("--batch-size", args.batch_size, 8)) if value != default]
+    if ignored:
+        raise BatchError(f"{', '.join(ignored)} only apply with --style; --nst takes --size, "
+                         "--steps and the other style-transfer options")
+    return options_from_args(args, preserve_color=args.preserve_color)
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
+    if args.nst is not None:
+        run_nst_batch(args.input, args.output, args.nst, _nst_args(args), workers=args.workers,
+                      cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, fmt=args.format,
+                      address=args.address)
+        return 0  # failed inputs are listed in the manifest; they do not fail the job
+    from .nst import OPTION_FIELDS
+
+    given = [f"--{name.replace('_', '-')}" for name in OPTION_FIELDS if hasattr(args, name)]
+    if given:
+        raise BatchError(f"{', '.join(given)} only apply with --nst STYLE_IMAGE, not with --style")
     result = run_batch(args.input, args.output, args.style, workers=args.workers,
                        cpus_per_worker=args.cpus_per_worker, gpu=args.gpu,
                        models_dir=args.models_dir, precision=args.precision,

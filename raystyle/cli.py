@@ -16,6 +16,8 @@ from pathlib import Path
 from .batch import add_parser as add_batch_parser
 from .batch import cmd_batch
 from .config import home
+from .nst import add_parser as add_nst_parser
+from .nst import cmd_nst
 from .ports import port_free
 
 HOME = home()
@@ -26,11 +28,13 @@ DEMO_STYLE = "demo"
 
 def _add_train_args(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--data", required=data_required, metavar="DIR",
-                   help="dataset folder with trainA/ and trainB/ (see `raystyle data`)")
+                   help="dataset folder with trainA/ and trainB/ (see `raystyle data`); "
+                   "--method fast: any folder of photos (or a dataset: its trainA/)")
     p.add_argument("--style", required=data_required, metavar="NAME",
                    help="run name: the run lives in STORAGE/NAME; the same name resumes it")
     p.add_argument("--config", metavar="YAML",
-                   help="YAML file or preset name (paper, cpu, tiny); default: the paper's recipe")
+                   help="YAML file or preset name (paper, cpu, tiny; fast, fast-small); default: "
+                   "the paper's recipe (--method fast: the `fast` preset)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     _add_cluster_args(p, "where runs are written: a folder or a URI such as s3://bucket/runs "
@@ -55,10 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="train (or resume) a CycleGAN style with Ray Train",
-                       description="Train a CycleGAN on unpaired folders with Ray Train (DDP). "
-                       "Running the same command again resumes from the last checkpoint.")
+    p = sub.add_parser("train", help="train (or resume) a CycleGAN or a fast per-style net with Ray Train",
+                       description="Train a CycleGAN on unpaired folders, or (--method fast) a fast "
+                       "feed-forward network for one painting on a folder of photos (Johnson et al. "
+                       "2016), with Ray Train (DDP). Running the same command again resumes from the "
+                       "last checkpoint.")
     _add_train_args(p, data_required=True)
+    p.add_argument("--method", choices=["cyclegan", "fast"], default="cyclegan",
+                   help="cyclegan (default): two unpaired domains; fast: photos + one --style-image")
+    p.add_argument("--style-image", metavar="PAINTING", help="--method fast: the style image")
+    p.add_argument("--features", choices=["vgg16", "vgg19", "random"],
+                   help="--method fast: the loss network (fast.features; the preset's: vgg16). random "
+                   "needs no download; see the README for how it compares")
+    p.add_argument("--vgg-weights", metavar="PATH",
+                   help="--method fast: a VGG weights file (default: $RAYSTYLE_VGG_WEIGHTS, else "
+                   "torchvision's cache under $TORCH_HOME, downloaded when missing)")
     p.add_argument("--export", metavar="STYLE",
                    help="after training, export g_ab as STYLE (fp32 + int8) with a Ray task")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
@@ -208,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest photo 'Try it' accepts (default 20 MB)")
 
     add_batch_parser(sub)
+    add_nst_parser(sub)
 
     p = sub.add_parser("data", help="the bundled sample dataset and the reference datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -226,27 +242,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace):
-    from .config import load_config
-
+def _flag_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The --set items with the flags' own after them, and the string flags (storage, address)."""
     overrides = list(args.overrides)
     for flag, key in (("workers", "cluster.workers"), ("cpus_per_worker", "cluster.cpus_per_worker"),
-                      ("max_steps", "train.max_steps")):
+                      ("max_steps", "train.max_steps"), ("features", "fast.features")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     if getattr(args, "gpu", False):
         overrides.append("cluster.use_gpu=true")
-    cfg = load_config(args.config, overrides)
     # Strings are set directly: through YAML, "2024" would be a number and "#" a comment.
-    strings = {k: getattr(args, k) for k in ("storage", "address") if getattr(args, k, None)}
+    return overrides, {k: getattr(args, k) for k in ("storage", "address") if getattr(args, k, None)}
+
+
+def _train_config(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides, strings = _flag_overrides(args)
+    cfg = load_config(args.config, overrides)
     return cfg.replace(cluster=strings) if strings else cfg
 
 
-def _run_training(cfg, data: Path, style: str):
+def _fast_config(args: argparse.Namespace):
+    """(config, workers' extra) of a fast style run: the `fast` preset (or --config), --set,
+    then the flags; the style image and the feature weights are checked here."""
+    from .fast import plan
+
+    if not args.style_image:
+        raise ValueError("--method fast needs --style-image PAINTING")
+    overrides, strings = _flag_overrides(args)
+    settings: dict = {"cluster": strings} if strings else {}
+    if args.vgg_weights:
+        settings["fast"] = {"vgg_weights": str(Path(args.vgg_weights).expanduser().resolve())}
+    return plan(args.style_image, args.config, overrides, settings)
+
+
+def _run_training(cfg, data: Path, style: str, extra=None):
     from .train import fit
 
-    result = fit(cfg, data, style)
+    result = fit(cfg, data, style, extra=extra)
     print(f"run directory:    {result.run_dir}")
     print(f"final checkpoint: {result.checkpoint} (step {result.step})")
     return result
@@ -295,7 +330,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"the checkpoint folder and run `raystyle export DIR`")
     if cfg.distill is not None:
         raise ValueError("a config with a distill section is a distillation: run `raystyle distill TEACHER ...`")
-    result = _run_training(cfg, args.data, args.style)
+    extra = None
+    if args.method == "fast" or cfg.fast is not None:
+        cfg, extra = _fast_config(args)  # the fast preset, not the paper's CycleGAN recipe
+    elif args.style_image or args.features or args.vgg_weights:
+        raise ValueError("--style-image, --features and --vgg-weights are for --method fast")
+    result = _run_training(cfg, args.data, args.style, extra)
     if args.export:
         _export_run(result, args.export, args.models_dir)
     return 0
@@ -378,6 +418,10 @@ def _print_style(style) -> None:
         figure = (f"{vs['psnr_db']:.2f} dB PSNR, SSIM {vs['ssim']:.3f} vs the teacher on {vs['held_out_images']} "
                   f"held-out images" if vs else "no held-out figure (validation was off)")
         print(f"    distilled from {t['checkpoint']} (step {t['step']}): {figure}")
+    painting = m.get("style_image")
+    if painting:
+        print(f"    fast style net of {painting['file']} (sha256 {painting['sha256'][:12]}), "
+              f"{painting['features']} features")
     for prec, e in m["precisions"].items():
         figures = []
         if "max_abs_error_vs_torch" in e:
@@ -571,7 +615,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "distill": cmd_distill, "serve": cmd_serve, "demo": cmd_demo, "monitor": cmd_monitor, "evaluate": cmd_evaluate, "export": cmd_export,
-            "styles": cmd_styles, "stylize": cmd_stylize, "batch": cmd_batch, "data": cmd_data}
+            "styles": cmd_styles, "stylize": cmd_stylize, "batch": cmd_batch, "data": cmd_data,
+            "nst": cmd_nst}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,20 @@ def default_models_dir() -> Path:
     return Path(env).expanduser() if env else home() / "models"
 
 
+# -- perceptual features (raystyle.perceptual): here, so the CLI knows them without torch ---
+FEATURE_ARCHS = ("vgg19", "vgg16", "random")
+VGG_WEIGHTS_ENV = "RAYSTYLE_VGG_WEIGHTS"
+FEATURE_LAYERS: dict[str, dict[str, tuple[str, ...]]] = {
+    # Gatys, Ecker & Bethge 2016
+    "vgg19": {"content": ("relu4_2",),
+              "style": ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")},
+    # Johnson, Alahi & Fei-Fei 2016
+    "vgg16": {"content": ("relu2_2",),
+              "style": ("relu1_2", "relu2_2", "relu3_3", "relu4_3")},
+}
+FEATURE_LAYERS["random"] = FEATURE_LAYERS["vgg19"]  # random features are VGG-19-shaped
+
+
 @dataclass(frozen=True)
 class DataConfig:
     load_size: int = 286  # shorter side is resized to this before cropping
@@ -82,6 +96,9 @@ class ModelConfig:
     # with residual: the skip is a learned colour map (1x1 conv, the identity at start), so
     # global colour changes (tint, saturation, contrast) are easy despite instance norm
     colour_skip: bool = False
+    # the kernel of the first and last convs: 7 (CycleGAN's ResNet) or 9 (Johnson et al.'s
+    # fast style transfer network, the ``fast`` presets)
+    edge_kernel: Literal[7, 9] = 7
 
     def __post_init__(self) -> None:
         _positive(self, "model", "ngf", "ndf", "d_layers")
@@ -179,6 +196,39 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class FastConfig:
+    """A fast per-style network run (``raystyle train --method fast``; Johnson et al. 2016): the
+    ``model`` section is the transformer net's, trained on photos against one style image with
+    content, style (Gram) and total-variation losses on fixed features (raystyle.perceptual).
+
+    Losses are scale-free (each layer's error relative to its target's mean square, see
+    perceptual.content_loss / style_loss), so the same weights suit VGG and random features.
+    ``style_image`` and ``style_sha256`` are filled in by ``raystyle train --style-image``.
+    """
+
+    style_image: str = ""  # the painting (absolute path when the run started)
+    style_sha256: str = ""  # of the style image file: a rerun with another image is refused
+    style_size: int = 256  # the style image's shorter side for its Gram targets, in px
+    features: Literal["vgg16", "vgg19", "random"] = "vgg16"  # vgg16: Johnson et al.'s choice
+    vgg_weights: str | None = None  # a VGG weights file; None: $RAYSTYLE_VGG_WEIGHTS or torchvision's cache
+    content_layers: tuple[str, ...] = ()  # () = perceptual.DEFAULT_LAYERS[features]["content"]
+    style_layers: tuple[str, ...] = ()  # () = perceptual.DEFAULT_LAYERS[features]["style"]
+    content_weight: float = 1.0
+    style_weight: float = 5.0
+    tv_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "fast", "style_size")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"fast.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.style_weight == 0:
+            raise ConfigError("fast.style_weight must be > 0 (without it the net learns the identity)")
+        if self.vgg_weights is not None and self.features == "random":
+            raise ConfigError("fast.vgg_weights is for VGG features; random features need no file")
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     workers: int = 2
     use_gpu: bool = False
@@ -222,11 +272,19 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     # present only in a distillation run's config (raystyle.distill); None: a CycleGAN run
     distill: DistillConfig | None = None
+    # present only in a fast per-style network's config (raystyle.fast)
+    fast: FastConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.distill is not None and self.fast is not None:
+            raise ConfigError("a config has a distill or a fast section, not both")
 
     @property
     def method(self) -> str:
         """The training method this config describes (recorded in checkpoints and model.json)."""
-        return "cyclegan" if self.distill is None else "distill"
+        if self.distill is not None:
+            return "distill"
+        return "fast" if self.fast is not None else "cyclegan"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,6 +393,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return None
         inner = [o for o in options if o is not type(None)]
         return _coerce(inner[0], value, key)
+    if origin is tuple:  # tuple[X, ...]: a YAML list (or one item)
+        item = typing.get_args(hint)[0]
+        values = value if isinstance(value, list | tuple) else [value]
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(values))
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:

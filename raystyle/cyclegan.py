@@ -157,6 +157,19 @@ class GANMethod:
         self.epoch += 1
         self.epoch_step = 0
 
+    validates = True  # held-out figures at validation steps (raystyle.quality)
+
+    @staticmethod
+    def check_data(data_dir: Any, crop_size: int) -> tuple[Any, Any]:
+        """Both domains: DATA/trainA and DATA/trainB."""
+        from .data import check_dataset
+
+        return check_dataset(data_dir, crop_size)
+
+    @staticmethod
+    def data_text(n_a: int, n_b: int) -> str:
+        return f"|A|={n_a} |B|={n_b}"
+
 
 class CycleGAN(GANMethod):
     """Nets, optimisers, schedulers, scaler and pools, and ``train_step``."""

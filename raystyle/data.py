@@ -70,6 +70,20 @@ def check_dataset(root: str | Path, crop_size: int, split: str = "train") -> tup
     return scans[0], scans[1]
 
 
+def check_photos(root: str | Path, crop_size: int) -> DomainScan:
+    """The photos a one-domain method trains on (a fast style net): ROOT/trainA when ROOT is a
+    dataset, else every image under ROOT. DataError when there are none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"photo folder {root} does not exist")
+    folder = root / "trainA" if (root / "trainA").is_dir() else root
+    scan = scan_domain(folder, crop_size)
+    if not scan.files:
+        extra = f" ({len(scan.skipped)} non-image files skipped)" if scan.skipped else ""
+        raise DataError(f"{folder} has no readable images{extra}")
+    return scan
+
+
 def _rng(*key: int) -> random.Random:
     # A private generator per sample: independent of worker processes and global state
     # (seeding from a str hashes it with SHA-512, the same in every process).
@@ -96,7 +110,10 @@ def augment(img: Image.Image, cfg: DataConfig, rng: random.Random, train: bool =
 
 
 class UnpairedDataset(Dataset):
-    """Map-style dataset keyed by (epoch, i); returns (a, b) tensors of shape (3, crop, crop)."""
+    """Map-style dataset keyed by (epoch, i); returns (a, b) tensors of shape (3, crop, crop).
+
+    With no B files (a one-domain method such as a fast style net) b is an empty tensor.
+    """
 
     def __init__(self, files_a: tuple[str, ...], files_b: tuple[str, ...], cfg: DataConfig,
                  seed: int = 0):
@@ -119,6 +136,8 @@ class UnpairedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = key
         rng = _rng(self.seed, epoch, i)
+        if not self.files_b:
+            return augment(self._load(self.files_a, i % len(self.files_a)), self.cfg, rng), torch.zeros(0)
         j = rng.randrange(len(self.files_b))  # B drawn independently of A
         a = augment(self._load(self.files_a, i % len(self.files_a)), self.cfg, rng)
         b = augment(self._load(self.files_b, j), self.cfg, rng)

@@ -224,12 +224,34 @@ def _center_square(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _source_folders(manifest: dict, direction: str) -> tuple[Path | None, Path | None]:
-    """(calibration folder = train split of the source domain, held-out = test split)."""
+    """(calibration folder = train split of the source domain, held-out = test split); a fast
+    style net trained on a plain photo folder calibrates on that folder."""
     data = manifest.get("data_dir")
     if not data:
         return None, None
     src = "A" if direction == "ab" else "B"
-    return Path(data) / f"train{src}", Path(data) / f"test{src}"
+    train = Path(data) / f"train{src}"
+    if manifest.get("method") == "fast" and not train.is_dir():
+        return Path(data), None
+    return train, Path(data) / f"test{src}"
+
+
+def style_image_record(config: Any, checkpoint: Path, work: Path) -> dict[str, Any]:
+    """A fast style net's painting: its file's sha256, size, features, and a thumbnail
+    (``style.jpg`` beside model.onnx) from the copy the checkpoint carries."""
+    from PIL import Image
+
+    from .fast import layers_of, thumbnail
+
+    _, nets = ckpt.load_nets(checkpoint)
+    image = nets["style_image"]  # (3, H, W) uint8, as trained on
+    Image.fromarray(thumbnail(image)).save(work / "style.jpg", quality=90)
+    fc = config.fast
+    content, style = layers_of(fc)
+    return {"file": fc.style_image, "sha256": fc.style_sha256, "thumbnail": "style.jpg",
+            "trained_size": [int(image.shape[2]), int(image.shape[1])],
+            "features": fc.features, "content_layers": list(content), "style_layers": list(style),
+            "weights": {"content": fc.content_weight, "style": fc.style_weight, "tv": fc.tv_weight}}
 
 
 class _Calibration:
@@ -465,6 +487,8 @@ def export_style(source: str | Path, style: str, *, direction: str | None = None
         meta["cost"]["macs_checked_on"] = "model.onnx"
         if config.distill is not None:
             meta["distillation"] = distillation_record(config, checkpoint, manifest["step"])
+        if config.fast is not None:
+            meta["style_image"] = style_image_record(config, checkpoint, work)
 
         def run32(x):
             return sess32.run(None, {"image": x})[0]

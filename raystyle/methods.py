@@ -1,7 +1,7 @@
 """The training methods that train.py runs, by name (``Config.method``); no Ray here.
 
-A method is a pure-torch class (``CycleGAN`` in cyclegan.py, ``Distiller`` in distill.py)
-with one interface, so train.py runs any of them and never names one:
+A method is a pure-torch class (``CycleGAN`` in cyclegan.py, ``Distiller`` in distill.py,
+``FastStyle`` in fast.py) with one interface, so train.py runs any of them and never names one:
 
   from_config(cfg, device, rank, extra)   build it (``extra``: what the driver prepared, e.g.
                                            a distillation's teacher weights)
@@ -14,7 +14,9 @@ with one interface, so train.py runs any of them and never names one:
   progress_text(metrics)                   its losses in a progress line
   validate(quality.Validator) -> figures   held-out figures at a validation step
   validation_metrics(paired, classifier), auto_metric(paired, classifier), loss_keys(cfg),
-  uses_classifier                          what it can be ranked by, and what it needs
+  uses_classifier, validates               what it can be ranked by, and what it needs
+  check_data(data_dir, crop) -> (A, B)     the images it trains on (B empty: one domain)
+  data_text(n_a, n_b)                      them, in the run's first line
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_METHODS = {"cyclegan": "raystyle.cyclegan:CycleGAN", "distill": "raystyle.distill:Distiller"}
+_METHODS = {"cyclegan": "raystyle.cyclegan:CycleGAN", "distill": "raystyle.distill:Distiller",
+            "fast": "raystyle.fast:FastStyle"}
 
 
 def method_class(name: str) -> Any:

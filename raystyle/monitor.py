@@ -374,9 +374,12 @@ def list_runs(storage: str | Path) -> list[Run]:
 
 
 def sample_layout(run_metrics: list[dict[str, Any]]) -> str:
-    """What a run's sample grids show, by the losses it logs (a distillation or a CycleGAN)."""
+    """What a run's sample grids show, by the losses it logs (a distillation, a fast style net
+    or a CycleGAN)."""
     if run_metrics and "recon_l1" in run_metrics[-1]:
         return "columns: photo | teacher | student"
+    if run_metrics and "style" in run_metrics[-1]:
+        return "columns: photo | stylized | style image"
     return "rows: real A | fake B | rec A and real B | fake A | rec B"
 
 
@@ -385,8 +388,9 @@ def read_sample(path: Path | str) -> bytes:
     return store.read_bytes(store.resolve(path))
 
 
-# the losses of every training method (a CycleGAN run's, a distillation's); a run shows its own
-LOSS_KEYS = (*runlog.LOSS_KEYS, "recon_l1", "feature_mse", "g_gan", "d")
+# the losses of every training method (a CycleGAN run's, a distillation's, a fast style net's);
+# a run shows its own
+LOSS_KEYS = (*runlog.LOSS_KEYS, "recon_l1", "feature_mse", "g_gan", "d", "total", "content", "style", "tv")
 # Held-out validation figures (raystyle.quality), drawn in groups of one scale each
 VAL_CHARTS = (("Validation: PSNR, dB (held-out)", ("val_gt_psnr", "val_cycle_psnr", "val_teacher_psnr")),
               ("Validation: scores 0..1 (held-out)", ("val_domain_score", "val_content_ssim",

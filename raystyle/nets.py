@@ -1,7 +1,9 @@
 """The networks, and nothing else: ResNet generator and PatchGAN discriminator (pure torch).
 
 Generator (Johnson et al. 2016, as used by CycleGAN): c7s1-ngf, d2ngf, d4ngf, n x R4ngf,
-u2ngf, ungf, c7s1-3. Spatial size must be a multiple of 4 (two stride-2 stages).
+u2ngf, ungf, c7s1-3. Spatial size must be a multiple of 4 (two stride-2 stages). With
+``edge_kernel`` 9, ngf 32, 5 blocks and resize-conv upsampling it is Johnson et al.'s own fast
+style-transfer network (c9s1-32 ... c9s1-3; reflection padding instead of their valid convs).
 Discriminator: the n-layer PatchGAN; with 3 layers each output sees a 70x70 patch.
 """
 
@@ -53,13 +55,14 @@ class ResnetGenerator(nn.Module):
 
     def __init__(self, ngf: int = 64, n_blocks: int = 9, norm: str = "instance",
                  upsample: str = "deconv", dropout: float = 0.0, residual: bool = False,
-                 colour_skip: bool = False):
+                 colour_skip: bool = False, edge_kernel: int = 7):
         super().__init__()
         self.residual = residual
         bias = norm != "batch"  # BatchNorm has its own affine shift; the others need a bias
+        pad = edge_kernel // 2
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(3, ngf, 7, bias=bias),  # (B, ngf, H, W)
+            nn.ReflectionPad2d(pad),
+            nn.Conv2d(3, ngf, edge_kernel, bias=bias),  # (B, ngf, H, W)
             *_norm(norm, ngf),
             nn.ReLU(True),
         ]
@@ -79,7 +82,7 @@ class ResnetGenerator(nn.Module):
                 up = [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
                                          output_padding=1, bias=bias)]
             layers += [*up, *_norm(norm, ngf * mult // 2), nn.ReLU(True)]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]  # (B, 3, H, W)
+        layers += [nn.ReflectionPad2d(pad), nn.Conv2d(ngf, 3, edge_kernel), nn.Tanh()]  # (B, 3, H, W)
         self.model = nn.Sequential(*layers)
         # colour_skip: the global skip is a learned colour map (a 1x1 conv, the identity at
         # start) rather than the photo itself, so a global colour change (saturation, tint,
@@ -141,7 +144,7 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
 
 def build_generator(cfg: ModelConfig) -> ResnetGenerator:
     gen = init_weights(ResnetGenerator(cfg.ngf, cfg.n_blocks, cfg.norm, cfg.upsample, cfg.dropout,
-                                       cfg.residual, cfg.colour_skip))
+                                       cfg.residual, cfg.colour_skip, cfg.edge_kernel))
     gen.reset_skip()
     return gen
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from . import quality, runlog, storage
 from .config import Config, ConfigError, default_storage
-from .data import EpochBatches, UnpairedDataset, check_dataset, steps_per_epoch
+from .data import EpochBatches, UnpairedDataset, steps_per_epoch
 from .methods import method_class
 from .ports import port_or_free
 from .storage import Location
@@ -309,7 +309,7 @@ def _check_compatible(run: Location, cfg: Config) -> None:
         raise ConfigError(f"run {run} distils {old.distill.teacher} (step {old.distill.teacher_step}), "
                           f"not {cfg.distill.teacher} (step {cfg.distill.teacher_step}); resume it with "
                           f"that teacher checkpoint or pick a new --style name")
-    for section in ("model", "loss", "data", "distill"):
+    for section in ("model", "loss", "data", "distill", "fast"):
         if getattr(old, section) != getattr(cfg, section):
             raise ConfigError(
                 f"run {run} exists with a different {section} config; resume it with the "
@@ -338,7 +338,9 @@ def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str
     if held_back:
         drop = set(held_back[0]) | set(held_back[1])
         train = (tuple(f for f in train[0] if f not in drop), tuple(f for f in train[1] if f not in drop))
-    if not tc.validate:
+    if not tc.validate or not method.validates:
+        if tc.validate:
+            say(f"validation: a {cfg.method} run has no held-out figures; checkpoints are kept by age")
         return tuple(train[0]), tuple(train[1]), None, None
     try:
         if held_back:
@@ -402,7 +404,8 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     The method is ``cfg.method``; ``extra`` is what it needs beyond the config and the data
     (a distillation's teacher, see distill.load_teacher), handed to every worker.
     """
-    scan_a, scan_b = check_dataset(data_dir, cfg.data.crop_size)
+    method = method_class(cfg.method)
+    scan_a, scan_b = method.check_data(data_dir, cfg.data.crop_size)
     for domain, scan in (("A", scan_a), ("B", scan_b)):
         if verbose and scan.skipped:
             print(f"[raystyle] domain {domain}: skipped {len(scan.skipped)} non-image files")
@@ -422,7 +425,8 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     n = max(len(files_a), len(files_b))
     if verbose:
         print(
-            f"[raystyle] {'training' if cfg.method == 'cyclegan' else cfg.method + 'ing'} {name!r}: |A|={len(files_a)} |B|={len(files_b)}, "
+            f"[raystyle] {'distilling' if cfg.method == 'distill' else 'training'} {name!r}: "
+            f"{method.data_text(len(files_a), len(files_b))}, "
             f"{cl.workers} worker(s){' on GPU' if cl.use_gpu else ''}, "
             f"{total_steps(cfg, n, cl.workers)} steps -> {run}",
             flush=True,

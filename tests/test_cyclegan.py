@@ -104,8 +104,19 @@ def test_pure_modules_do_not_import_ray():
 
     code = ("import sys; import raystyle.nets, raystyle.losses, raystyle.cyclegan, raystyle.data, "
             "raystyle.checkpoint, raystyle.config, raystyle.runlog, raystyle.images, "
-            "raystyle.export, raystyle.stylize, raystyle.registry, raystyle.evaluate, raystyle.quality, raystyle.download; "
+            "raystyle.export, raystyle.stylize, raystyle.registry, raystyle.evaluate, raystyle.quality, raystyle.download, "
+            "raystyle.perceptual, raystyle.nst, raystyle.fast, raystyle.distill, raystyle.methods; "
             "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_command_line_loads_without_torch():
+    """Every `raystyle` call builds the whole parser: `nst`, `batch --nst` and `train --method
+    fast` must not import torch for it (`raystyle stylize` would pay ~1 s of start-up)."""
+    import subprocess
+
+    code = "import sys; from raystyle.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -84,7 +84,7 @@ def test_every_command_is_in_the_readme_and_its_reference_is_the_parsers():
     reference = next(b for kind, b in _fenced() if not kind and "raystyle demo [" in b)
     lines = {" ".join(line.split()) for line in reference.splitlines() if line.strip()}
     usages = _usages()
-    assert len(usages) == 12
+    assert len(usages) == 13
     for text in usages.values():
         assert text in lines, f"README's CLI reference lacks or differs from: {text}"
     for name in _subparsers(build_parser()):

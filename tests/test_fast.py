@@ -1,0 +1,238 @@
+"""Fast per-style networks (raystyle.fast): the pure-torch method, its plan and bad input;
+then a run on Ray Train (2 DDP workers, a worker killed mid-run, a rerun), export, Serve over
+HTTP and the batch job with the trained net. Random features: nothing is downloaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raystyle import checkpoint as ckpt
+from raystyle import runlog
+from raystyle.data import EpochBatches, UnpairedDataset, check_photos, painterly, sample_photo_dir
+from raystyle.fast import FastStyle, StyleImageError, plan
+from raystyle.images import load_rgb
+
+# tiny: 32 px photos, a 4-channel transformer net with one block, random features to relu3_1
+TINY = ["fast.features=random", "data.load_size=36", "data.crop_size=32", "data.loader_workers=0",
+        "model.ngf=4", "model.n_blocks=1", "fast.style_layers=[relu1_1,relu2_1,relu3_1]",
+        "fast.content_layers=[relu2_1]", "fast.style_size=64", "train.batch_size=2",
+        "train.log_every=2", "train.checkpoint_every=2", "train.sample_every=2", "cluster.max_failures=1"]
+
+
+@pytest.fixture(scope="module")
+def painting(tmp_path_factory):
+    path = tmp_path_factory.mktemp("painting") / "painting.png"
+    painterly(load_rgb(sample_photo_dir() / "chelsea.png")).save(path)
+    return path
+
+
+def test_training_brings_the_photos_style_statistics_to_the_paintings(painting, sample_data):
+    """Sixty steps on the sample photos: the Gram (style) loss falls well below its start,
+    the content loss stays bounded, and the painting's targets come from the painting."""
+    cfg, extra = plan(painting, overrides=TINY + ["train.batch_size=4"])
+    assert cfg.method == "fast" and cfg.model.edge_kernel == 9 and cfg.model.upsample == "resize"
+    assert extra["style"].dtype == torch.uint8 and min(extra["style"].shape[1:]) == 64
+    torch.set_num_threads(2)
+    model = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)
+    photos = check_photos(sample_data, 32)
+    assert len(photos.files) == len(list((sample_data / "trainA").iterdir()))  # a dataset: its trainA
+    loader = iter(torch.utils.data.DataLoader(UnpairedDataset(photos.files, (), cfg.data),
+                                              batch_sampler=EpochBatches(len(photos.files), 1, 0, 4, 0)))
+    first = model.train_step(*next(loader))
+    for _ in range(59):
+        last = model.train_step(*next(loader))
+    assert float(last["style"]) < 0.2 * float(first["style"])
+    assert float(last["content"]) < 1.0
+    grid = model.sample_rows()
+    assert len(grid) == 1 and [t.shape[-2:] for t in grid[0]] == [torch.Size([32, 32])] * 3  # photo | stylized | style
+
+
+def test_plan_checks_the_painting_and_the_features_before_anything_runs(painting, tmp_path):
+    from raystyle.config import ConfigError
+    from raystyle.perceptual import FeatureError
+
+    with pytest.raises(StyleImageError, match="does not exist"):
+        plan(tmp_path / "missing.png", overrides=TINY)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(StyleImageError, match="broken.png"):
+        plan(broken, overrides=TINY)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (20, 40), "red").save(small)
+    with pytest.raises(StyleImageError, match="at least 32 px"):  # relu5_1 of the default style layers
+        plan(small, overrides=["fast.features=random"])
+    with pytest.raises(ConfigError, match="fast.style_weight"):
+        plan(painting, overrides=TINY + ["fast.style_weight=0"])
+    with pytest.raises(FeatureError):  # a VGG file that is not there: one line, no download attempted
+        plan(painting, overrides=["fast.features=vgg16", f"fast.vgg_weights={tmp_path / 'vgg16-00000000.pth'}"])
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(painting, sample_data, tmp_path, capsys):
+    from raystyle.cli import main
+
+    storage = tmp_path / "runs"
+    cases = [
+        (["--method", "fast"], "--style-image"),
+        (["--method", "fast", "--style-image", str(tmp_path / "nope.jpg")], "does not exist"),
+        (["--style-image", str(painting)], None),  # --style-image without --method fast: a CycleGAN refuses it
+        (["--method", "fast", "--style-image", str(painting), "--features", "random", "--vgg-weights", "x.pth"],
+         "random features need no file"),
+    ]
+    for extra, message in cases:
+        code = main(["train", "--data", str(sample_data), "--style", "bad", "--storage", str(storage), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("raystyle: error:") and "\n" not in err, err
+        assert message is None or message in err, err
+    assert not storage.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# On Ray
+
+
+@pytest.fixture(scope="module")
+def straight_run(ray_session, painting, sample_data, tmp_path_factory):
+    """Six steps on 2 workers, straight through (a worker's death and restart are method-agnostic:
+    test_train.py and test_distill_ray.py kill one)."""
+    from raystyle.train import fit
+
+    cfg, extra = plan(painting, overrides=TINY, settings={
+        "cluster": {"workers": 2, "storage": str(tmp_path_factory.mktemp("fast_runs"))},
+        "train": {"max_steps": 6}})
+    return fit(cfg, sample_data, "fastnet", verbose=False, extra=extra)
+
+
+def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting, sample_data, tmp_path, capsys):
+    from raystyle.cli import main
+
+    run = straight_run.run_dir
+    assert straight_run.step == 6
+    assert ckpt.read_manifest(straight_run.checkpoint)["method"] == "fast"
+    ranks = [ckpt.load_rank(straight_run.checkpoint, r)["fingerprints"] for r in (0, 1)]
+    assert list(ranks[0]) == ["g_ab"] and ranks[0]["g_ab"] == pytest.approx(ranks[1]["g_ab"], rel=1e-6, abs=1e-7)
+    config, nets = ckpt.load_nets(straight_run.checkpoint)
+    assert sorted(nets) == ["g_ab", "style_image"] and nets["style_image"].dtype == torch.uint8
+    assert config.fast.style_image == str(painting)
+    records = runlog.read_metrics(run)
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all({"total", "content", "style", "tv"} <= set(r) for r in records)
+    assert [p.name for p in runlog.list_samples(run)] == ["step_00000002.png", "step_00000004.png",
+                                                          "step_00000006.png"]
+
+    # the CLI, stopped at step 4 and run again to 6: the same weights and optimiser state, bit for bit
+    sets = [a for item in TINY for a in ("--set", item)]
+    argv = ["train", "--method", "fast", "--data", str(sample_data), "--style-image", str(painting),
+            "--style", "fastnet", "--workers", "2", "--storage", str(tmp_path), *sets]
+    assert main([*argv, "--max-steps", "4"]) == 0
+    assert main([*argv, "--max-steps", "6"]) == 0
+    out = capsys.readouterr().out
+    n = len(list((sample_data / "trainA").iterdir()))
+    assert "resumed from step 4" in out and f"training 'fastnet': {n} photos" in out
+    again = ckpt.latest_checkpoint(tmp_path / "fastnet")
+    _, nets_b, state_b = ckpt.load_shared(again)
+    _, nets_a, state_a = ckpt.load_shared(straight_run.checkpoint)
+    for k, v in nets_a["g_ab"].items():
+        assert torch.equal(v, nets_b["g_ab"][k]), k
+    assert state_a["step"] == state_b["step"] == 6
+    moments_a = [s["exp_avg"] for s in state_a["opt_g"]["state"].values()]
+    moments_b = [s["exp_avg"] for s in state_b["opt_g"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b, strict=True))
+
+    # another painting under the same run name is refused
+    other = tmp_path / "other.png"
+    painterly(load_rgb(sample_photo_dir() / "coffee.png")).save(other)
+    assert main([*argv[:6], str(other), *argv[7:], "--max-steps", "8"]) == 2
+    assert "different fast config" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def models(straight_run, tmp_path_factory):
+    from raystyle.cli import main
+
+    root = tmp_path_factory.mktemp("fast_models")
+    assert main(["export", str(straight_run.run_dir), "--style", "fastnet", "--models-dir", str(root),
+                 "--precision", "int8", "--best", "total"]) == 0
+    return root
+
+
+def test_export_records_the_painting_and_serves_over_http(models, straight_run, painting, capsys):
+    from ray import serve
+
+    from raystyle import client
+    from raystyle.fast import file_sha256
+    from raystyle.images import decode
+    from raystyle.registry import get_style
+    from raystyle.serve import app_builder
+    from raystyle.stylize import Stylizer
+
+    from .test_serve import SMALL, _free_port, _png
+
+    style = get_style("fastnet", models)
+    meta = style.meta
+    assert meta["method"] == "fast" and meta["architecture"]["edge_kernel"] == 9
+    lowest = min(runlog.read_metrics(straight_run.run_dir), key=lambda r: r["total"])
+    assert meta["training"]["step"] == lowest["step"]  # --best total: the lowest loss
+    rec = meta["style_image"]
+    assert rec["sha256"] == file_sha256(painting) and rec["file"] == str(painting)
+    assert rec["features"] == "random" and rec["style_layers"] == ["relu1_1", "relu2_1", "relu3_1"]
+    thumb = Image.open(style.path / rec["thumbnail"])
+    assert max(thumb.size) == 128
+    assert meta["precisions"]["int8"]["validated"] is True and meta["precisions"]["fp32"]["tiled_psnr_db"] >= 60
+
+    assert __import__("raystyle.cli", fromlist=["main"]).main(["styles", "--models-dir", str(models)]) == 0
+    assert "fast style net of" in capsys.readouterr().out
+
+    image = np.asarray(load_rgb(sample_photo_dir() / "astronaut.png").resize((96, 64)))
+    local = Stylizer(style, provider="cpu").stylize(image)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(app_builder({"models_dir": str(models), "provider": "cpu", "ingress": SMALL,
+                               "deployment": {**SMALL, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}),
+                  name="fast", route_prefix="/")
+        png, _ = client.stylize(f"http://127.0.0.1:{port}", "fastnet", _png(image))
+        served = np.asarray(decode(png))
+        assert served.shape == image.shape and np.abs(served.astype(int) - local.astype(int)).max() <= 1
+    finally:
+        serve.shutdown()
+
+
+def test_the_batch_job_stylizes_a_folder_with_the_fast_net(models, tmp_path):
+    from raystyle.batch import run_batch
+    from raystyle.stylize import Stylizer
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for name in ("coffee.png", "rocket.jpg"):
+        load_rgb(sample_photo_dir() / name).resize((64, 48)).save(photos / f"{name.split('.')[0]}.png")
+    result = run_batch(photos, tmp_path / "out", "fastnet", models_dir=models, workers=1, echo=None)
+    assert (result.stylized, result.errors) == (2, [])
+    want = Stylizer("fastnet", models_dir=models, provider="cpu").stylize(np.asarray(load_rgb(photos / "coffee.png")))
+    got = np.asarray(load_rgb(tmp_path / "out" / "coffee.png"))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert (tmp_path / "out" / "_errors.jsonl").read_text() == ""
+
+
+def test_the_monitor_names_a_fast_runs_sample_columns_and_charts_its_losses():
+    from raystyle.monitor import LOSS_KEYS, sample_layout
+
+    record = {"step": 2, "total": 1.0, "content": 0.5, "style": 0.1, "tv": 0.2}
+    assert sample_layout([record]) == "columns: photo | stylized | style image"
+    assert {"total", "content", "style", "tv"} <= set(LOSS_KEYS)
+
+
+@pytest.mark.parametrize("preset, gmacs, params", [("fast", 10.08, 1.676), ("fast-small", 2.17, 0.276)])
+def test_the_presets_cost_what_the_readme_says(preset, gmacs, params):
+    """README: `fast` is Johnson et al.'s net (10.08 GMACs at 256 px), `fast-small` 2.17."""
+    from raystyle.config import load_config
+    from raystyle.macs import count_macs, count_params
+    from raystyle.nets import build_generator
+
+    cfg = load_config(preset)
+    assert cfg.method == "fast" and cfg.fast.features == "vgg16" and cfg.model.edge_kernel == 9
+    gen = build_generator(cfg.model)
+    assert round(count_macs(gen, 256) / 1e9, 2) == gmacs
+    assert round(count_params(gen) / 1e6, 3) == params
