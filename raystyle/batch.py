@@ -464,15 +464,17 @@ def _reconcile(work: Plan, output: str, rows: list[dict[str, Any]]
 
 # -- Gatys style transfer over a folder (--nst) ---------------------------------------------
 def nst_task(batch: dict[str, Any], *, input: str, output: str, style: Any,
-             options: dict[str, Any], threads: int) -> dict[str, Any]:
+             options: dict[str, Any], threads: int, features: Any = None) -> dict[str, Any]:
     """One Ray task (one image: ``batch_size=1`` over one-row blocks): read, decode, optimise
     with raystyle.nst.run_nst, encode and write atomically. Any failure of an image is its
-    manifest row, never the job's."""
+    manifest row, never the job's. ``features``: an object ref to the VGG features' state
+    dict, read once on the driver (None: random features, built from the seed)."""
+    import ray
     import torch
 
     from .images import ImageError, decode, encode
     from .nst import NSTOptions, run_nst
-    from .perceptual import load_features
+    from .perceptual import FeatureNet
 
     torch.set_num_threads(max(1, threads))
     opts = NSTOptions(**options)
@@ -480,7 +482,7 @@ def nst_task(batch: dict[str, Any], *, input: str, output: str, style: Any,
     filesystem, root = resolve(output)
     paths = [str(p) for p in batch["path"]]
     error, ms = [""] * len(paths), [0.0] * len(paths)
-    features = None
+    net = None
     for i, rel in enumerate(paths):
         start = time.perf_counter()
         out, fmt = str(batch["output"][i]), str(batch["format"][i])
@@ -488,11 +490,11 @@ def nst_task(batch: dict[str, Any], *, input: str, output: str, style: Any,
             if batch["read_error"][i]:
                 raise BatchError(str(batch["read_error"][i]))
             image = decode(bytes(batch["bytes"][i]), name=rel)
-            if features is None:
+            if net is None:
                 layers = opts.layers
-                features = load_features(opts.features, layers["content"] + layers["style"],
-                                         opts.vgg_weights, seed=opts.seed, progress=False)
-            result, _ = run_nst(image, style, opts, features=features)
+                net = FeatureNet(opts.features, layers["content"] + layers["style"],
+                                 ray.get(features) if features is not None else None, seed=opts.seed)
+            result, _ = run_nst(image, style, opts, features=net)
             write_atomic(filesystem, _join(root, out), encode(result, fmt))
         except (BatchError, ImageError) as exc:  # their messages name the file already
             error[i] = str(exc)
@@ -529,11 +531,12 @@ def run_nst_batch(input: str | Path, output: str | Path, style_image: str | Path
     errors: list[dict[str, str]] = []
     seconds, stylized = 0.0, 0
     if work.todo:
-        if options.features != "random":  # missing or wrong weights fail here, before Ray
-            _, info = vgg_state(options.features, options.vgg_weights)
-            options = replace(options, vgg_weights=info["path"])  # tasks need no env or cache
+        state = None
+        if options.features != "random":  # missing or wrong weights fail here, before Ray;
+            state, info = vgg_state(options.features, options.vgg_weights)  # read once, shared
+            options = replace(options, vgg_weights=info["path"])
         options = replace(options, device="cuda" if gpu else "cpu")
-        rows, seconds = _run_nst_dataset(work, input, output, style, options, workers=workers,
+        rows, seconds = _run_nst_dataset(work, input, output, style, options, state, workers=workers,
                                          cpus_per_worker=cpus_per_worker, gpu=gpu,
                                          address=address, say=say)
         stylized, errors = _reconcile(work, output, rows)
@@ -543,7 +546,8 @@ def run_nst_batch(input: str | Path, output: str | Path, style_image: str | Path
     return result
 
 
-def _run_nst_dataset(work: Plan, input: str, output: str, style: Any, options: NSTOptions, *,
+def _run_nst_dataset(work: Plan, input: str, output: str, style: Any, options: NSTOptions,
+                     state: dict[str, Any] | None, *,
                      workers: int | None, cpus_per_worker: int, gpu: bool, address: str | None,
                      say: Callable[[str], None]) -> tuple[list[dict[str, Any]], float]:
     import numpy as np
@@ -564,7 +568,8 @@ def _run_nst_dataset(work: Plan, input: str, output: str, style: Any, options: N
     ds = ds.map_batches(
         nst_task,
         fn_kwargs=dict(input=input, output=output, style=np.asarray(style),
-                       options=options.to_dict(), threads=cpus_per_worker),
+                       options=options.to_dict(), threads=cpus_per_worker,
+                       features=ray.put(state) if state is not None else None),
         compute=ray.data.TaskPoolStrategy(size=workers),
         batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker, num_gpus=1 if gpu else 0,
     )

@@ -211,6 +211,7 @@ class FastConfig:
     style_size: int = 256  # the style image's shorter side for its Gram targets, in px
     features: Literal["vgg16", "vgg19", "random"] = "vgg16"  # vgg16: Johnson et al.'s choice
     vgg_weights: str | None = None  # a VGG weights file; None: $RAYSTYLE_VGG_WEIGHTS or torchvision's cache
+    features_sha256: str = ""  # of the VGG weights trained with (filled in; "" for random features)
     content_layers: tuple[str, ...] = ()  # () = perceptual.DEFAULT_LAYERS[features]["content"]
     style_layers: tuple[str, ...] = ()  # () = perceptual.DEFAULT_LAYERS[features]["style"]
     content_weight: float = 1.0
@@ -226,6 +227,11 @@ class FastConfig:
             raise ConfigError("fast.style_weight must be > 0 (without it the net learns the identity)")
         if self.vgg_weights is not None and self.features == "random":
             raise ConfigError("fast.vgg_weights is for VGG features; random features need no file")
+
+    def identity(self) -> FastConfig:
+        """What makes two runs the same (a resume compares this): the painting's and the
+        weights' hashes, not where the files were found."""
+        return dataclasses.replace(self, style_image="", vgg_weights=None)
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ class GANMethod:
         self.epoch_step = 0
 
     validates = True  # held-out figures at validation steps (raystyle.quality)
+    verb = "training"  # in the run's first line
 
     @staticmethod
     def check_data(data_dir: Any, crop_size: int) -> tuple[Any, Any]:

@@ -174,6 +174,7 @@ class Distiller(GANMethod):
     """A student, its adapters and a discriminator, trained against a frozen teacher."""
 
     uses_classifier = False  # validation compares with the teacher, not with a domain
+    verb = "distilling"
 
     def __init__(self, cfg: Config, teacher_cfg: Config, teacher_g: dict[str, Any],
                  teacher_d: dict[str, Any], device: torch.device | str = "cpu", rank: int = 0):

@@ -250,7 +250,8 @@ def style_image_record(config: Any, checkpoint: Path, work: Path) -> dict[str, A
     content, style = layers_of(fc)
     return {"file": fc.style_image, "sha256": fc.style_sha256, "thumbnail": "style.jpg",
             "trained_size": [int(image.shape[2]), int(image.shape[1])],
-            "features": fc.features, "content_layers": list(content), "style_layers": list(style),
+            "features": fc.features, "features_sha256": fc.features_sha256 or None,
+            "content_layers": list(content), "style_layers": list(style),
             "weights": {"content": fc.content_weight, "style": fc.style_weight, "tv": fc.tv_weight}}
 
 

@@ -136,7 +136,7 @@ class FastStyle(GANMethod):
 
     def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         x = real_a.to(self.device, non_blocking=True)  # photos; real_b is empty (one domain)
-        with self._autocast():
+        with self._autocast():  # the nets in bf16/fp16 on CUDA; Grams and losses in fp32
             y = self.net_fwd(x)
             out = self.losses(x, y)
         self.opt_g.zero_grad(set_to_none=True)
@@ -244,14 +244,23 @@ def plan(style_image: str | Path, config: str | Path | None = None, overrides: l
     data["fast"] = {**(data.get("fast") or {}), "style_image": str(path), "style_sha256": file_sha256(path)}
     cfg = Config.from_dict(data)
     fc = cfg.fast
+    tc = cfg.train
+    # what a fast run would silently ignore is refused (it keeps no average, ranks by age)
+    if tc.ema or tc.channels_last or tc.best_metric not in ("auto", "none"):
+        raise ConfigError("train.ema, train.channels_last and train.best_metric are not used by a fast "
+                          "run (checkpoints are kept by age; `export --best total` picks by the loss)")
     content, style_layers = layers_of(fc)
-    state, info = (None, {"arch": "random"}) if fc.features == "random" else vgg_state(fc.features, fc.vgg_weights)
+    state = None
+    if fc.features != "random":  # a missing or wrong weights file fails here, before Ray starts
+        state, info = vgg_state(fc.features, fc.vgg_weights)
+        cfg = cfg.replace(fast={"features_sha256": info["sha256"]})
+        fc = cfg.fast
     net = FeatureNet(fc.features, content + style_layers, state)  # bad layer names fail here
+    for key, value in (("data.crop_size", cfg.data.crop_size), ("fast.style_size", fc.style_size)):
+        if value < net.min_side:
+            raise ConfigError(f"{key} {value} is below the {net.min_side} px the features need")
     style = load_style_image(path, fc.style_size, net.min_side)
-    if cfg.data.crop_size < net.min_side:
-        raise ConfigError(f"data.crop_size {cfg.data.crop_size} is below the {net.min_side} px the "
-                          f"features need")
-    return cfg, {"style": style, "features": state, "features_info": info}
+    return cfg, {"style": style, "features": state}
 
 
 def thumbnail(style_u8: torch.Tensor, side: int = 128) -> np.ndarray:

@@ -190,3 +190,10 @@ def format_for_path(path: str | Path) -> str:
     if suffix not in ENCODE_FORMATS:
         raise ValueError(f"{path}: output must end in .png, .jpg, .jpeg or .webp")
     return suffix
+
+
+def keep_colour(stylized: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Luminance of the stylized image, chroma (Cb, Cr) of the original (``--preserve-color``)."""
+    y = np.asarray(Image.fromarray(stylized).convert("YCbCr"))[..., :1]
+    cbcr = np.asarray(Image.fromarray(original).convert("YCbCr"))[..., 1:]
+    return np.asarray(Image.fromarray(np.concatenate([y, cbcr], axis=2), "YCbCr").convert("RGB"))

@@ -16,7 +16,7 @@ A method is a pure-torch class (``CycleGAN`` in cyclegan.py, ``Distiller`` in di
   validation_metrics(paired, classifier), auto_metric(paired, classifier), loss_keys(cfg),
   uses_classifier, validates               what it can be ranked by, and what it needs
   check_data(data_dir, crop) -> (A, B)     the images it trains on (B empty: one domain)
-  data_text(n_a, n_b)                      them, in the run's first line
+  data_text(n_a, n_b), verb                 them, and what it does, in the run's first line
 """
 
 from __future__ import annotations

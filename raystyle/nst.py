@@ -334,7 +334,7 @@ def run_nst(content: np.ndarray | Image.Image, style: np.ndarray | Image.Image,
     assert x is not None and initial is not None
     result = _uint8(x)
     if options.preserve_color:
-        from .stylize import keep_colour
+        from .images import keep_colour
 
         result = keep_colour(result, np.asarray(content_img.resize(result.shape[1::-1], Image.LANCZOS)))
     seconds = time.perf_counter() - start

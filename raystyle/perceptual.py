@@ -288,10 +288,15 @@ def load_features(arch: str, layers: Sequence[str], weights: str | Path | None =
 
 # -- losses -----------------------------------------------------------------------------
 def gram(f: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, C): F F^T / (C H W), F the (C, H*W) feature matrix."""
+    """(B, C, H, W) -> (B, C, C): F F^T / (C H W), F the (C, H*W) feature matrix.
+
+    Always in fp32, also under autocast: a sum over H*W products overflows fp16 (inf at
+    relu1_1 of a 256 px image) and loses most of its digits in bf16.
+    """
     b, c, h, w = f.shape
-    flat = f.reshape(b, c, h * w)  # (B, C, HW)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)  # (B, C, C)
+    with torch.autocast(f.device.type, enabled=False):
+        flat = f.float().reshape(b, c, h * w)  # (B, C, HW)
+        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)  # (B, C, C)
 
 
 def content_loss(feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:

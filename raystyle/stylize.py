@@ -33,7 +33,7 @@ import psutil
 from PIL import Image
 
 from . import registry
-from .images import ImageInput, decode, fit_within
+from .images import ImageInput, decode, fit_within, keep_colour
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -130,11 +130,6 @@ def blend_strength(stylized: np.ndarray, original: np.ndarray, strength: float) 
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
 
-def keep_colour(stylized: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """Luminance of the stylized image, chroma (Cb, Cr) of the original."""
-    y = np.asarray(Image.fromarray(stylized).convert("YCbCr"))[..., :1]
-    cbcr = np.asarray(Image.fromarray(original).convert("YCbCr"))[..., 1:]
-    return np.asarray(Image.fromarray(np.concatenate([y, cbcr], axis=2), "YCbCr").convert("RGB"))
 
 
 

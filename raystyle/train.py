@@ -310,7 +310,10 @@ def _check_compatible(run: Location, cfg: Config) -> None:
                           f"not {cfg.distill.teacher} (step {cfg.distill.teacher_step}); resume it with "
                           f"that teacher checkpoint or pick a new --style name")
     for section in ("model", "loss", "data", "distill", "fast"):
-        if getattr(old, section) != getattr(cfg, section):
+        before, now = getattr(old, section), getattr(cfg, section)
+        if hasattr(before, "identity") and hasattr(now, "identity"):  # files compare by hash
+            before, now = before.identity(), now.identity()
+        if before != now:
             raise ConfigError(
                 f"run {run} exists with a different {section} config; resume it with the "
                 f"same config or pick a new --style name"
@@ -425,7 +428,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     n = max(len(files_a), len(files_b))
     if verbose:
         print(
-            f"[raystyle] {'distilling' if cfg.method == 'distill' else 'training'} {name!r}: "
+            f"[raystyle] {method.verb} {name!r}: "
             f"{method.data_text(len(files_a), len(files_b))}, "
             f"{cl.workers} worker(s){' on GPU' if cl.use_gpu else ''}, "
             f"{total_steps(cfg, n, cl.workers)} steps -> {run}",

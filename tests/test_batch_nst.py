@@ -122,3 +122,26 @@ def test_nst_option_errors(folder, tmp_path, capsys, monkeypatch):
     line = one_line_error(capsys, [str(root), out, "--nst", str(style), "--size", "48"])
     assert str(tmp_path / "th" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth") in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_nst_batch_with_vgg_weights_from_a_file(ray_session, folder, tmp_path, capsys):
+    """VGG-16 from a weights file (torchvision's layout, random values): read once on the driver
+    and shared with the tasks; the output is run_nst's with the same weights."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    root, style = folder
+    torch.manual_seed(0)
+    weights = tmp_path / "my_vgg16.pth"
+    torch.save(make_layers(cfgs["D"]).state_dict(), weights)
+    only = tmp_path / "in"
+    only.mkdir()
+    (only / "astronaut.png").write_bytes((root / "astronaut.png").read_bytes())
+    vgg = ["--features", "vgg16", "--vgg-weights", str(weights), "--size", "48", "--steps", "2"]
+    rc, stdout, err = cli(capsys, [str(only), str(tmp_path / "out"), "--nst", str(style), *vgg])
+    assert rc == 0 and "1 stylized, 0 errors" in stdout, err
+    torch.set_num_threads(1)
+    want, report = run_nst(np.asarray(decode(only / "astronaut.png")), np.asarray(decode(style)),
+                           NSTOptions(features="vgg16", vgg_weights=str(weights), size=48, steps=2))
+    assert report["features"] == "vgg16"
+    got = np.asarray(decode(tmp_path / "out" / "astronaut.png")).astype(int)
+    assert np.abs(got - want.astype(int)).mean() < 1.0

@@ -141,7 +141,14 @@ def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting,
     moments_b = [s["exp_avg"] for s in state_b["opt_g"]["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b, strict=True))
 
-    # another painting under the same run name is refused
+    # the same painting from another folder resumes (files compare by hash); another one is refused
+    from raystyle.train import _check_compatible, run_location
+
+    moved = tmp_path / "moved" / "copy.png"
+    moved.parent.mkdir()
+    moved.write_bytes(painting.read_bytes())
+    cfg_moved, _ = plan(moved, overrides=TINY, settings={"cluster": {"workers": 2, "storage": str(tmp_path)}})
+    _check_compatible(run_location(cfg_moved, "fastnet"), cfg_moved)
     other = tmp_path / "other.png"
     painterly(load_rgb(sample_photo_dir() / "coffee.png")).save(other)
     assert main([*argv[:6], str(other), *argv[7:], "--max-steps", "8"]) == 2
@@ -236,3 +243,48 @@ def test_the_presets_cost_what_the_readme_says(preset, gmacs, params):
     gen = build_generator(cfg.model)
     assert round(count_macs(gen, 256) / 1e9, 2) == gmacs
     assert round(count_params(gen) / 1e6, 3) == params
+
+
+def test_bf16_autocast_keeps_the_grams_in_fp32(painting, sample_data):
+    """AMP (train.amp bf16 here on the CPU; fp16 on CUDA) runs the nets in low precision but the
+    Grams in fp32: an fp16 Gram of a 256 px relu1_1 overflows to inf and no step would train."""
+    from raystyle.perceptual import gram
+
+    cfg, extra = plan(painting, overrides=TINY + ["train.amp=bf16"])
+    model = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    losses = model.train_step(x, torch.zeros(0))
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = gram(torch.full((1, 64, 256, 256), 30.0, dtype=torch.bfloat16))
+    assert g.dtype == torch.float32 and torch.isfinite(g).all()
+
+
+def test_vgg_features_from_a_file_train_and_their_hash_is_the_runs(painting, tmp_path):
+    """The VGG path of a fast run (VGG-16, Johnson et al.'s layers) with a weights file written
+    here: random values in torchvision's layout; the file's hash goes into the run's config."""
+    import hashlib
+
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(0)
+    weights = tmp_path / "vgg16_random.pth"
+    torch.save(make_layers(cfgs["D"]).state_dict(), weights)
+    sets = [s for s in TINY if not s.startswith(("fast.features", "fast.style_layers", "fast.content_layers"))]
+    cfg, extra = plan(painting, overrides=[*sets, "fast.features=vgg16", f"fast.vgg_weights={weights}"])
+    assert cfg.fast.features_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    assert extra["features"] is not None and "0.weight" in extra["features"]
+    model = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)
+    assert model.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+    losses = [model.train_step(torch.rand(2, 3, 32, 32) * 2 - 1, torch.zeros(0)) for _ in range(2)]
+    assert all(torch.isfinite(v) for step in losses for v in step.values())
+
+
+def test_settings_a_fast_run_would_ignore_are_refused(painting):
+    from raystyle.config import ConfigError
+
+    for item in ("train.ema=0.99", "train.channels_last=true", "train.best_metric=val_gt_psnr"):
+        with pytest.raises(ConfigError, match="not used by a fast run"):
+            plan(painting, overrides=[*TINY, item])
+    with pytest.raises(ConfigError, match="fast.style_size 8 is below the 8 px|fast.style_size 8"):
+        plan(painting, overrides=[*TINY[:6], "fast.style_size=8", "fast.style_layers=[relu1_1,relu4_1]"])
