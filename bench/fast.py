@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from distill import _ms_per_image  # bench/distill.py: one ORT timing for both benches
 from PIL import Image, ImageDraw, ImageFilter
 
 PALETTE = [(28, 52, 112), (52, 92, 168), (236, 196, 64), (246, 226, 140), (32, 40, 60),
@@ -51,22 +52,6 @@ def strokes_painting(side: int = 384, seed: int = 7) -> Image.Image:
             pts.append((x, y))
         draw.line(pts, fill=colour, width=rng.randint(3, 6))
     return img.filter(ImageFilter.SMOOTH)
-
-
-def _ms_per_image(path: Path, side: int, repeats: int) -> float:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, side, side)).astype(np.float32)
-    sess.run(None, {"image": x})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, {"image": x})
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def _gatys_seconds_per_step(content, style, side: int, optimizer: str, features: str, steps: int) -> float:

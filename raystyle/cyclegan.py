@@ -157,6 +157,18 @@ class GANMethod:
         self.epoch += 1
         self.epoch_step = 0
 
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's random-number state (dropout, pools): resumed runs draw what they would have."""
+        state = {"torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_rng(self, rank_state: dict[str, Any]) -> None:
+        torch.set_rng_state(rank_state["torch_rng"])
+        if "cuda_rng" in rank_state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rank_state["cuda_rng"], self.device)
+
     validates = True  # held-out figures at validation steps (raystyle.quality)
     verb = "training"  # in the run's first line
 
@@ -330,11 +342,7 @@ class CycleGAN(GANMethod):
         }
 
     def rank_state(self) -> dict[str, Any]:
-        state = {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
+        return {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict(), **super().rank_state()}
 
     def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
              rank_state: dict[str, Any] | None) -> None:
@@ -354,6 +362,4 @@ class CycleGAN(GANMethod):
         if rank_state is not None:
             self.pool_a.load_state_dict(rank_state["pool_a"], self.device)
             self.pool_b.load_state_dict(rank_state["pool_b"], self.device)
-            torch.set_rng_state(rank_state["torch_rng"])
-            if "cuda_rng" in rank_state and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rank_state["cuda_rng"], self.device)
+            self.load_rng(rank_state)

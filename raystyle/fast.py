@@ -198,12 +198,6 @@ class FastStyle(GANMethod):
                 "scaler": self.scaler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step}
 
-    def rank_state(self) -> dict[str, Any]:
-        state = {"torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
-
     def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
              rank_state: dict[str, Any] | None) -> None:
         self.g_ab.load_state_dict(nets["g_ab"])
@@ -213,9 +207,7 @@ class FastStyle(GANMethod):
             self.step, self.epoch = train_state["step"], train_state["epoch"]
             self.epoch_step = train_state["epoch_step"]
         if rank_state is not None:
-            torch.set_rng_state(rank_state["torch_rng"])
-            if "cuda_rng" in rank_state and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rank_state["cuda_rng"], self.device)
+            self.load_rng(rank_state)
 
 
 # ---------------------------------------------------------------------------------------
