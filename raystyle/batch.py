@@ -15,6 +15,15 @@ and rewrites the manifest. Corrupt inputs become manifest rows; they never fail 
 The input folder, the output folder and the styles registry must be reachable from every
 node that runs an actor (one machine, a shared filesystem, or s3:// / gs:// URIs).
 
+An arbitrary (AdaIN) registry style takes ``--style-image PAINTING`` (repeat it and give
+``--weights`` to blend several, ``--alpha`` for how far to go): the paintings are read once on the
+driver (a missing or undecodable one fails before Ray starts), put in the object store once and
+shared by every actor; each actor blends their statistics once, in its constructor, and runs
+one encoder and one decoder call per batch of equal-sized images. Only the driver needs to
+reach the paintings. Their sha256, the normalised weights and alpha are in the log and in
+``BatchResult.style``. Skip-done looks at output names only: outputs of a run with other
+paintings count as done (write to another OUTPUT).
+
 ``--nst STYLE_IMAGE`` runs Gatys style transfer (raystyle.nst) instead of a registry style:
 the same plan, skip-done, atomic writes and manifest, but one image per Ray task (a plain
 function, ``map_batches(nst_task, batch_size=1)`` over one-row blocks; each task loads the
@@ -29,13 +38,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +71,8 @@ class BatchResult:
     errors: list[dict[str, str]] = field(default_factory=list)  # {path, error}
     seconds: float = 0.0  # the Ray Data job, actor start-up included
     manifest: str = ""
+    # arbitrary styles: {"alpha": A, "style_images": [{"image", "sha256", "weight"}, ...]}
+    style: dict[str, Any] = field(default_factory=dict)
 
     @property
     def todo(self) -> int:
@@ -229,18 +241,34 @@ def read_bytes(batch: dict[str, Any], root: str) -> dict[str, Any]:
 
 
 class StylizeActor:
-    """One Stylizer per actor; each batch is read (when no IO stage did), decoded, stylized,
-    encoded and written."""
+    """One stylizer per actor (``open_stylizer``: a generator's Stylizer or an arbitrary style's
+    ArbitraryStylizer); each batch is read (when no IO stage did), decoded, stylized, encoded
+    and written. ``style_images``: an arbitrary style's paintings (a list of bytes, or an object
+    ref to one), blended by ``weights`` once, here; ``alpha`` goes with them."""
 
     def __init__(self, style: str, models_dir: str, output: str, input: str | None = None,
                  precision: str = "fp32", provider: str = "cpu", threads: int = 1,
                  tile: int = 1024, strength: float = 1.0, preserve_color: bool = False,
-                 max_side: int | None = None):
-        from .stylize import Stylizer
+                 max_side: int | None = None, style_images: Any = None,
+                 weights: list[float] | None = None, alpha: float = 1.0):
+        from .stylize import StylizeError, open_stylizer
 
-        self.stylizer = Stylizer(style, models_dir=models_dir, precision=precision,
-                                 provider=provider, threads=threads, tile=tile)
-        self.options = dict(strength=strength, preserve_color=preserve_color, max_side=max_side)
+        self.stylizer = open_stylizer(style, models_dir=models_dir, precision=precision,
+                                      provider=provider, threads=threads, tile=tile)
+        self.options: dict[str, Any] = dict(strength=strength, preserve_color=preserve_color,
+                                            max_side=max_side)
+        self.stats = None  # an arbitrary style's blended statistics, computed once
+        arbitrary = getattr(self.stylizer, "kind", "generator") == "arbitrary"
+        if arbitrary != (style_images is not None):  # the style was re-exported as another kind
+            raise StylizeError(f"style {style!r} is {'an arbitrary' if arbitrary else 'a generator'} "
+                               "style now; run the job again")
+        if arbitrary:
+            if not isinstance(style_images, list):  # an object ref, shared by every actor
+                import ray
+
+                style_images = ray.get(style_images)
+            self.stats = self.stylizer.blend([bytes(b) for b in style_images], weights)
+            self.options["alpha"] = alpha
         self.fs, self.root = resolve(output)
         self.input = input  # read the files here when no IO stage came before
         self.made_dirs: set[str] = set()
@@ -287,7 +315,7 @@ class StylizeActor:
         idx = list(arrays)
         start = time.perf_counter()
         try:
-            out = self.stylizer.stylize_batch([arrays[i] for i in idx], **self.options)
+            out = self._run([arrays[i] for i in idx])
             share = (time.perf_counter() - start) * 1000 / len(idx)
             for i in idx:
                 ms[i] += share
@@ -298,11 +326,16 @@ class StylizeActor:
         for i in idx:
             start = time.perf_counter()
             try:
-                results[i] = self.stylizer.stylize(arrays[i], **self.options)
+                results[i] = self._run([arrays[i]])[0]
             except Exception as exc:  # recorded in the manifest; the job goes on
                 error[i] = f"{paths[i]}: stylize failed ({type(exc).__name__}: {exc})"
             ms[i] += (time.perf_counter() - start) * 1000
         return results
+
+    def _run(self, images: list[Any]) -> list[Any]:
+        if self.stats is None:
+            return self.stylizer.stylize_batch(images, **self.options)
+        return self.stylizer.stylize_batch(images, styles=[self.stats] * len(images), **self.options)
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -355,17 +388,81 @@ def write_manifest(output_uri: str, errors: list[dict[str, str]]) -> str:
     return _join(root, MANIFEST) if "://" not in output_uri else f"{output_uri.rstrip('/')}/{MANIFEST}"
 
 
+def read_style_images(style_images: Sequence[str | Path]) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each painting (a path or a pyarrow URI), read once on the driver and
+    decoded once to check it; a missing or undecodable one is a one-line BatchError."""
+    from pyarrow import fs as pafs
+
+    from .images import ImageError, decode
+
+    out = []
+    for image in style_images:
+        name = str(image)
+        try:
+            filesystem, path = resolve(name)
+            kind = filesystem.get_file_info(path).type
+            if kind == pafs.FileType.NotFound:
+                raise BatchError(f"style image {name}: no such file")
+            if kind != pafs.FileType.File:
+                raise BatchError(f"style image {name}: not a file")
+            with filesystem.open_input_file(path) as f:
+                data = f.read()
+            decode(data, name=f"style image {name}")
+        except OSError as exc:
+            raise BatchError(f"style image {name}: cannot read ({exc})") from None
+        except ImageError as exc:
+            raise BatchError(str(exc)) from None
+        out.append((name, bytes(data)))
+    return out
+
+
+def _arbitrary_options(style: Any, style_images: Sequence[str | Path] | None,
+                       weights: Sequence[float] | None, alpha: float, tile: int
+                       ) -> tuple[list[tuple[str, bytes]] | None, list[float] | None, dict[str, Any]]:
+    """Check the style-image options against the style's kind; for an arbitrary style read the
+    paintings -> (their (name, bytes), normalised weights, the record for BatchResult.style)."""
+    if style.kind != "arbitrary":
+        if style_images or weights is not None or alpha != 1.0:
+            raise BatchError(f"--style-image, --weights and --alpha are for arbitrary styles; "
+                             f"{style.name!r} is a {style.kind} style")
+        return None, None, {}
+    from .arbitrary import MULTIPLE, normalise_weights
+
+    if not style_images:
+        raise BatchError(f"style {style.name!r} is an arbitrary style: give --style-image PAINTING "
+                         "(--nst STYLE_IMAGE is Gatys style transfer, without a registry style)")
+    if not 0.0 <= alpha <= 1.0:
+        raise BatchError(f"--alpha must be between 0 and 1, got {alpha}")
+    if tile % MULTIPLE:
+        raise BatchError(f"--tile must be a multiple of {MULTIPLE} for an arbitrary style, got {tile}")
+    from .stylize import StylizeError
+
+    try:
+        norm = normalise_weights(weights, len(style_images))
+    except StylizeError as exc:
+        raise BatchError(f"--weights: {exc}") from None
+    images = read_style_images(style_images)
+    record = {"alpha": alpha, "style_images": [
+        {"image": name, "sha256": hashlib.sha256(data).hexdigest(), "weight": w}
+        for (name, data), w in zip(images, norm, strict=True)]}
+    return images, norm, record
+
+
 def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int | None = None,
               cpus_per_worker: int = 1, gpu: bool = False, models_dir: str | Path | None = None,
               precision: str = "fp32", strength: float = 1.0, preserve_color: bool = False,
               max_side: int | None = None, fmt: str | None = None, batch_size: int = 8,
               tile: int = 1024, address: str | None = None,
+              style_images: Sequence[str | Path] | None = None,
+              weights: Sequence[float] | None = None, alpha: float = 1.0,
               echo: Callable[[str], None] | None = print) -> BatchResult:
     """Stylize every image under ``input`` into ``output`` with a Ray Data actor pool.
 
     ``workers`` actors (default: as many as the cluster's CPUs / GPUs allow) each hold one
-    Stylizer with ``cpus_per_worker`` ONNX Runtime threads (and one GPU with ``gpu``).
+    stylizer with ``cpus_per_worker`` ONNX Runtime threads (and one GPU with ``gpu``).
     Inputs whose output exists are skipped; with nothing to do, Ray is not even started.
+    An arbitrary style needs ``style_images`` (paths or URIs, read here once and shared with
+    the actors), blended by ``weights`` (default equal), at ``alpha``; a generator takes none.
     """
     from . import registry
 
@@ -373,24 +470,33 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
     input, output = str(input), str(output)
     _check_options(workers, cpus_per_worker, batch_size, strength, max_side, tile, fmt)
     models = registry.models_dir(models_dir)
-    registry.get_style(style, models).file(precision)  # unknown style / precision: fail now
+    st = registry.get_style(style, models)
+    st.file(precision, "encoder" if st.kind == "arbitrary" else "model")  # no such precision: now
+    paintings, norm, record = _arbitrary_options(st, style_images, weights, alpha, tile)
     work = plan(input, output, fmt)
     skipped = len(work.inputs) - len(work.todo)
+    if record:
+        say(f"[raystyle] arbitrary style {style}: " + ", ".join(
+            f"{i['image']} (sha256 {i['sha256'][:12]}, weight {i['weight']:.3g})"
+            for i in record["style_images"]) + f"; alpha {alpha:g}")
     say(f"[raystyle] {len(work.inputs)} images in {input}: {skipped} already done, "
         f"{len(work.todo)} to do")
     errors: list[dict[str, str]] = []
     seconds, stylized = 0.0, 0
     if work.todo:
+        extra: dict[str, Any] = {}
+        if paintings is not None:
+            extra = dict(style_images=[data for _, data in paintings], weights=norm, alpha=alpha)
         rows, seconds = _run_dataset(work, input, output, style, str(models.resolve()),
                                      workers=workers, cpus_per_worker=cpus_per_worker, gpu=gpu,
                                      batch_size=batch_size, address=address, say=say,
                                      actor_kwargs=dict(precision=precision, tile=tile,
                                                        strength=strength,
                                                        preserve_color=preserve_color,
-                                                       max_side=max_side))
+                                                       max_side=max_side, **extra))
         stylized, errors = _reconcile(work, output, rows)
     manifest = write_manifest(output, errors)
-    result = BatchResult(len(work.inputs), skipped, stylized, errors, seconds, manifest)
+    result = BatchResult(len(work.inputs), skipped, stylized, errors, seconds, manifest, record)
     say(f"[raystyle] {result.summary()}")
     return result
 
@@ -411,6 +517,8 @@ def _run_dataset(work: Plan, input: str, output: str, style: str, models: str, *
         + (" + 1 GPU" if gpu else "") + f", batches of {batch_size}")
     items = [{"path": rel, "output": work.outputs[rel][0], "format": work.outputs[rel][1]}
              for rel in work.todo]
+    if actor_kwargs.get("style_images") is not None:  # in the object store once, for every actor
+        actor_kwargs = {**actor_kwargs, "style_images": ray.put(actor_kwargs["style_images"])}
     start = time.perf_counter()
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     if io_stage(input):
@@ -589,8 +697,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "relative paths, with Ray Data actors that each hold one Stylizer. Inputs whose "
         f"output exists are skipped; failures are listed in OUTPUT/{MANIFEST} and retried "
         "by the next run. INPUT and OUTPUT are folders or pyarrow URIs (s3://, gs://, ...). "
-        "--nst STYLE_IMAGE runs Gatys style transfer instead (raystyle nst), one image per "
-        "Ray task.")
+        "An arbitrary (AdaIN) style takes --style-image PAINTING (repeat it to blend several "
+        "with --weights): one trained network, the painting's statistics computed once per "
+        "actor. --nst STYLE_IMAGE runs Gatys style transfer instead (raystyle nst): no registry "
+        "style, an optimisation per image, one image per Ray task.")
     p.add_argument("input", metavar="INPUT", help="folder or URI of input images")
     p.add_argument("output", metavar="OUTPUT", help="folder or URI for the stylized images")
     which = p.add_mutually_exclusive_group(required=True)
@@ -598,7 +708,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     which.add_argument("--nst", metavar="STYLE_IMAGE",
                        help="Gatys style transfer towards this image instead of a registry style: "
                        "one image per Ray task, minutes each on a CPU (the style-transfer "
-                       "options below apply only here)")
+                       "options below apply only here); for a trained arbitrary style use "
+                       "--style NAME --style-image PAINTING")
+    p.add_argument("--style-image", dest="style_images", action="append", metavar="PAINTING",
+                   help="with --style NAME of an arbitrary (AdaIN) style: the painting whose "
+                   "style to apply (path or URI, read once on the driver and shared with every "
+                   "actor); repeat to blend several (see --weights). Not for --nst")
+    p.add_argument("--weights", metavar="W1,W2,...",
+                   help="blend weights of the --style-image paintings, in order (default: equal)")
+    p.add_argument("--alpha", type=float, default=1.0, metavar="A",
+                   help="arbitrary styles: 0 = the content's own features, 1 = fully stylised (default)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="actors (--nst: tasks at a time) (default: cluster CPUs / "
                    "--cpus-per-worker, or GPUs with --gpu)")
@@ -629,7 +748,9 @@ def _nst_args(args: argparse.Namespace) -> NSTOptions:
     ignored = [flag for flag, value, default in (
         ("--models-dir", args.models_dir, None), ("--precision", args.precision, "fp32"),
         ("--strength", args.strength, 1.0), ("--max-side", args.max_side, None),
-        ("--tile", args.tile, 1024), ("--batch-size", args.batch_size, 8)) if value != default]
+        ("--tile", args.tile, 1024), ("--batch-size", args.batch_size, 8),
+        ("--style-image", args.style_images, None), ("--weights", args.weights, None),
+        ("--alpha", args.alpha, 1.0)) if value != default]
     if ignored:
         raise BatchError(f"{', '.join(ignored)} only apply with --style; --nst takes --size, "
                          "--steps and the other style-transfer options")
@@ -642,6 +763,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                       cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, fmt=args.format,
                       address=args.address)
         return 0  # failed inputs are listed in the manifest; they do not fail the job
+    from .arbitrary import parse_weights
     from .nst import OPTION_FIELDS
 
     given = [f"--{name.replace('_', '-')}" for name in OPTION_FIELDS if hasattr(args, name)]
@@ -652,6 +774,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                        models_dir=args.models_dir, precision=args.precision,
                        strength=args.strength, preserve_color=args.preserve_color,
                        max_side=args.max_side, fmt=args.format, batch_size=args.batch_size,
-                       tile=args.tile, address=args.address)
+                       tile=args.tile, address=args.address, style_images=args.style_images,
+                       weights=parse_weights(args.weights), alpha=args.alpha)
     del result  # failed inputs are listed in the manifest; they do not fail the job
     return 0

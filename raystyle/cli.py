@@ -65,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "2016), with Ray Train (DDP). Running the same command again resumes from the "
                        "last checkpoint.")
     _add_train_args(p, data_required=True)
-    p.add_argument("--method", choices=["cyclegan", "fast"], default="cyclegan",
-                   help="cyclegan (default): two unpaired domains; fast: photos + one --style-image")
+    p.add_argument("--method", choices=["cyclegan", "fast", "adain"], default="cyclegan",
+                   help="cyclegan (default): two unpaired domains; fast: photos + one --style-image; "
+                   "adain: one decoder for any painting (DATA/trainA photos, DATA/trainB paintings)")
     p.add_argument("--style-image", metavar="PAINTING", help="--method fast: the style image")
     p.add_argument("--features", choices=["vgg16", "vgg19", "random"],
-                   help="--method fast: the loss network (fast.features; the preset's: vgg16). random "
-                   "needs no download; see the README for how it compares")
+                   help="--method fast/adain: the feature network (fast.features: vgg16, adain.features: "
+                   "vgg19 in the presets). random needs no download; see the README for how it compares")
     p.add_argument("--vgg-weights", metavar="PATH",
-                   help="--method fast: a VGG weights file (default: $RAYSTYLE_VGG_WEIGHTS, else "
+                   help="--method fast/adain: a VGG weights file (default: $RAYSTYLE_VGG_WEIGHTS, else "
                    "torchvision's cache under $TORCH_HOME, downloaded when missing)")
     p.add_argument("--export", metavar="STYLE",
                    help="after training, export g_ab as STYLE (fp32 + int8) with a Ray task")
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (one input), folder (default ./stylized) or - for stdout")
     p.add_argument("--strength", type=float, default=1.0, metavar="S", help="0 = input unchanged, 1 = full style")
     p.add_argument("--preserve-color", action="store_true", help="keep the input's colours")
+    p.add_argument("--style-image", dest="style_images", action="append", metavar="PAINTING",
+                   help="an arbitrary (AdaIN) style's painting; repeat to blend several (see --weights)")
+    p.add_argument("--weights", metavar="W1,W2,...",
+                   help="blend weights of the --style-image paintings, in order (default: equal)")
+    p.add_argument("--alpha", type=float, default=1.0, metavar="A",
+                   help="arbitrary styles: 0 = the content's own features, 1 = fully stylised (default)")
     p.add_argument("--tile", type=int, default=1024, metavar="N", help="tile size for large images (default 1024)")
     p.add_argument("--max-side", type=int, metavar="N", help="downscale inputs so the longer side is at most N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
@@ -245,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _flag_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The --set items with the flags' own after them, and the string flags (storage, address)."""
     overrides = list(args.overrides)
+    method = getattr(args, "method", "fast")
     for flag, key in (("workers", "cluster.workers"), ("cpus_per_worker", "cluster.cpus_per_worker"),
-                      ("max_steps", "train.max_steps"), ("features", "fast.features")):
-        value = getattr(args, flag, None)
+                      ("max_steps", "train.max_steps"), ("features", f"{method}.features")):
+        value = getattr(args, flag, None) if flag != "features" or method in ("fast", "adain") else None
         if value is not None:
             overrides.append(f"{key}={value}")
     if getattr(args, "gpu", False):
@@ -276,6 +284,20 @@ def _fast_config(args: argparse.Namespace):
     if args.vgg_weights:
         settings["fast"] = {"vgg_weights": str(Path(args.vgg_weights).expanduser().resolve())}
     return plan(args.style_image, args.config, overrides, settings)
+
+
+def _adain_config(args: argparse.Namespace):
+    """(config, workers' extra) of an arbitrary-style run: the `adain` preset (or --config),
+    --set, then the flags; the feature weights are checked here."""
+    from .adain import plan
+
+    if args.style_image:
+        raise ValueError("--method adain takes its paintings from DATA/trainB, not --style-image")
+    overrides, strings = _flag_overrides(args)
+    settings: dict = {"cluster": strings} if strings else {}
+    if args.vgg_weights:
+        settings["adain"] = {"vgg_weights": str(Path(args.vgg_weights).expanduser().resolve())}
+    return plan(args.config, overrides, settings)
 
 
 def _run_training(cfg, data: Path, style: str, extra=None):
@@ -333,8 +355,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra = None
     if args.method == "fast" or cfg.fast is not None:
         cfg, extra = _fast_config(args)  # the fast preset, not the paper's CycleGAN recipe
+    elif args.method == "adain" or cfg.adain is not None:
+        cfg, extra = _adain_config(args)
     elif args.style_image or args.features or args.vgg_weights:
-        raise ValueError("--style-image, --features and --vgg-weights are for --method fast")
+        raise ValueError("--style-image, --features and --vgg-weights are for --method fast or adain")
     result = _run_training(cfg, args.data, args.style, extra)
     if args.export:
         _export_run(result, args.export, args.models_dir)
@@ -407,11 +431,19 @@ def _print_style(style) -> None:
     m = style.meta
     t = m.get("training", {})
     version = f", version {m['version']}" if m.get("version") else ""
-    print(f"  {style.name}: {m['source_domain']}->{m['target_domain']}, ngf {m['architecture']['ngf']}, "
-          f"{m['architecture']['n_blocks']} blocks, step {t.get('step')}, from {t.get('run_dir')}{version}")
+    arb = m.get("arbitrary")
+    if arb:
+        print(f"  {style.name}: arbitrary style (AdaIN; --style-image PAINTING), {arb['features']} encoder to "
+              f"{arb['code_layer']}, decoder width {m['architecture']['decoder_width']:g}, style images at "
+              f"{arb['style_size']} px, step {t.get('step')}, from {t.get('run_dir')}{version}")
+    else:
+        print(f"  {style.name}: {m['source_domain']}->{m['target_domain']}, ngf {m['architecture']['ngf']}, "
+              f"{m['architecture']['n_blocks']} blocks, step {t.get('step')}, from {t.get('run_dir')}{version}")
     cost = m.get("cost")
     if cost:
-        print(f"    cost: {cost['gmacs']:.2f} GMACs per {cost['side']} px image, {cost['params'] / 1e6:.3f} M parameters")
+        encoder = f" (+ {cost['encoder_params'] / 1e6:.3f} M in the encoder)" if "encoder_params" in cost else ""
+        print(f"    cost: {cost['gmacs']:.2f} GMACs per {cost['side']} px image, "
+              f"{cost['params'] / 1e6:.3f} M parameters{encoder}")
     dist = m.get("distillation")
     if dist:
         t, vs = dist["teacher"], dist.get("vs_teacher")
@@ -432,11 +464,14 @@ def _print_style(style) -> None:
             figures.append(f"tiles vs whole {e['tiled_psnr_db']} dB")
         if e.get("calibration"):
             figures.append(f"calibrated on {e['calibration']['count']} images")
+        if e.get("int8_graphs"):
+            figures.append(f"int8: {' + '.join(e['int8_graphs'])}")
         if e.get("validated") is False:
             figures.append("NOT validated")
         if e.get("note"):
             figures.append(e["note"])
-        print(f"    {prec:<5} {e['file']:<18} {'; '.join(figures)}")
+        files = f"{e['encoder']} + {e['decoder']}" if "encoder" in e else e["file"]
+        print(f"    {prec:<5} {files:<18} {'; '.join(figures)}")
 
 
 def cmd_styles(args: argparse.Namespace) -> int:
@@ -473,10 +508,31 @@ def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
 def cmd_stylize(args: argparse.Namespace) -> int:
 
     from .images import ENCODE_FORMATS, ImageError, encode, format_for_path
+    from .registry import get_style
     from .stylize import Stylizer
 
-    stylizer = Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
-                        provider=args.provider, tile=args.tile)
+    style = get_style(args.style, args.models_dir)
+    options: dict = {}
+    if style.kind == "arbitrary":
+        from .arbitrary import ArbitraryStylizer, parse_weights
+
+        if not args.style_images:
+            raise ValueError(f"style {args.style!r} is an arbitrary style: give --style-image PAINTING")
+        stylizer = ArbitraryStylizer(args.style, models_dir=args.models_dir, precision=args.precision,
+                                     provider=args.provider, tile=args.tile)
+        weights = parse_weights(args.weights)
+        try:
+            options = {"style_images": [Path(p) for p in args.style_images], "weights": weights,
+                       "alpha": args.alpha}
+            stylizer.blend(options["style_images"], weights)  # a bad painting fails here, once
+        except (ImageError, OSError) as exc:
+            raise ValueError(f"style image: {exc}") from None
+    else:
+        if args.style_images or args.weights or args.alpha != 1.0:
+            raise ValueError(f"--style-image, --weights and --alpha are for arbitrary styles; "
+                             f"{args.style!r} is a {style.kind} style")
+        stylizer = Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
+                            provider=args.provider, tile=args.tile)
     items = _expand_inputs(args.inputs)
     if not items:
         raise ValueError("no input images found")
@@ -491,7 +547,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         try:
             data = sys.stdin.buffer.read() if src == "-" else Path(src)
             result = stylizer.stylize(data, strength=args.strength, preserve_color=args.preserve_color,
-                                      max_side=args.max_side)
+                                      max_side=args.max_side, **options)
         except ImageError as exc:
             failed += 1
             print(f"raystyle: error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 A ``Config`` has one section per concern (data, model, loss, train, cluster, export) and
 one per training method beyond CycleGAN (distill: its presence makes a run a
-distillation, and its ``model`` section the student's). Each
+distillation, and its ``model`` section the student's; fast; adain). Each
 function receives only the section it needs. Ray workers receive ``config.to_dict()``
 and rebuild the dataclass with ``Config.from_dict`` on their first line.
 
@@ -235,6 +235,45 @@ class FastConfig:
 
 
 @dataclass(frozen=True)
+class AdaINConfig:
+    """An arbitrary-style run (``raystyle train --method adain``; Huang & Belongie 2017): a fixed
+    encoder (the features up to relu4_1), adaptive instance normalisation of the content's
+    features to the style's channel means and standard deviations, and a trained decoder.
+    Trained on DATA/trainA (content photos) and DATA/trainB (paintings); the ``model`` section
+    is not used. Losses are scale-free like the fast nets' (raystyle.adain), so the same
+    weights suit VGG and random features.
+    """
+
+    features: Literal["vgg19", "vgg16", "random"] = "vgg19"  # vgg19: the paper's encoder
+    vgg_weights: str | None = None  # a VGG weights file; None: $RAYSTYLE_VGG_WEIGHTS or torchvision's cache
+    features_sha256: str = ""  # of the VGG weights trained with (filled in; "" for random features)
+    content_weight: float = 1.0  # relu4_1 of the output vs the AdaIN target
+    style_weight: float = 1.0  # means and stds of relu1_1 .. relu4_1 vs the style image's
+    # Park & Lee's identity loss (SANet, CVPR 2019): L1 between D(E(c)) and the photo c itself, so
+    # the decoder learns to invert the encoder in pixels too (0: the AdaIN paper's losses only).
+    # Random features need it: without it the decoder finds striped images that match them.
+    identity_weight: float = 0.0
+    decoder_width: float = 1.0  # the decoder's channels relative to the paper's (256-128-64)
+    # a style image's shorter side when its statistics are taken at stylize time; None: the
+    # training's data.load_size (the scale the decoder saw paintings at before cropping)
+    style_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "adain", "decoder_width", "style_weight")
+        if self.style_size is not None and self.style_size < 16:
+            raise ConfigError(f"adain.style_size must be at least 16 px, got {self.style_size!r}")
+        for name in ("content_weight", "identity_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"adain.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.vgg_weights is not None and self.features == "random":
+            raise ConfigError("adain.vgg_weights is for VGG features; random features need no file")
+
+    def identity(self) -> AdaINConfig:
+        """What makes two runs the same (a resume compares this): the weights' hash, not their path."""
+        return dataclasses.replace(self, vgg_weights=None)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     workers: int = 2
     use_gpu: bool = False
@@ -280,17 +319,22 @@ class Config:
     distill: DistillConfig | None = None
     # present only in a fast per-style network's config (raystyle.fast)
     fast: FastConfig | None = None
+    # present only in an arbitrary-style (AdaIN) run's config (raystyle.adain)
+    adain: AdaINConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.distill is not None and self.fast is not None:
-            raise ConfigError("a config has a distill or a fast section, not both")
+        present = [n for n in ("distill", "fast", "adain") if getattr(self, n) is not None]
+        if len(present) > 1:
+            raise ConfigError(f"a config has at most one of the distill, fast and adain sections, "
+                              f"not {' and '.join(present)}")
 
     @property
     def method(self) -> str:
         """The training method this config describes (recorded in checkpoints and model.json)."""
-        if self.distill is not None:
-            return "distill"
-        return "fast" if self.fast is not None else "cyclegan"
+        for name in ("distill", "fast", "adain"):
+            if getattr(self, name) is not None:
+                return name
+        return "cyclegan"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

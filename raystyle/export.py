@@ -160,20 +160,23 @@ def distillation_record(config: Any, checkpoint: Path, step: int) -> dict[str, A
     return record
 
 
-def _dims():
+def _dims(multiple: int = MULTIPLE):
     batch = torch.export.Dim("batch", min=1, max=1024)
+    if multiple == 1:  # e.g. AdaIN's decoder input: any side from 2 (its reflection pads)
+        return batch, torch.export.Dim("h", min=2, max=8192), torch.export.Dim("w", min=2, max=8192)
     h4 = torch.export.Dim("h4", min=1, max=8192)
     w4 = torch.export.Dim("w4", min=1, max=8192)
-    return batch, MULTIPLE * h4, MULTIPLE * w4
+    return batch, multiple * h4, multiple * w4
 
 
 def export_onnx(module: nn.Module, path: Path, example: tuple, input_names: list[str],
-                output_name: str, opset: int = OPSET, spatial: tuple[int, ...] = (0,)) -> None:
-    """torch.export-based ONNX export with dynamic batch, height and width.
+                output_name: str, opset: int = OPSET, spatial: tuple[int, ...] = (0,),
+                multiple: int = MULTIPLE) -> None:
+    """torch.export-based ONNX export with dynamic batch, height and width (multiples of ``multiple``).
 
     The inputs at positions ``spatial`` are (B, C, H, W) sharing H and W; the others (B, ...).
     """
-    batch, h, w = _dims()
+    batch, h, w = _dims(multiple)
     shapes = tuple({0: batch, 2: h, 3: w} if i in spatial else {0: batch} for i in range(len(example)))
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter is chatty
@@ -451,6 +454,9 @@ def export_style(source: str | Path, style: str, *, direction: str | None = None
     if unknown or not precisions:
         raise ExportError(f"precisions must be among {', '.join(registry.PRECISIONS)}, got {sorted(unknown)}")
     checkpoint = pick_checkpoint(source, best)
+    if ckpt.load_config(checkpoint).adain is not None:  # an arbitrary style: encoder + decoder
+        return _export_adain(checkpoint, style, direction, models_dir, precisions, torchscript,
+                             calib_images, overrides, allow_unvalidated_fp16, verbose)
     gen, config, manifest = load_generator(checkpoint, direction)
     direction = resolve_direction(config, direction)
     gates = export_settings(config, overrides)
@@ -534,6 +540,21 @@ def export_style(source: str | Path, style: str, *, direction: str | None = None
         return registry.install(work, style, version, root)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _export_adain(checkpoint: Path, style: str, direction: str | None, models_dir: str | Path | None,
+                  precisions: tuple[str, ...], torchscript: bool, calib_images: int, overrides: list[str] | None,
+                  allow_unvalidated_fp16: bool, verbose: bool) -> registry.Style:
+    from .export_adain import export_arbitrary
+
+    if direction not in (None, "ab") or torchscript:
+        raise ExportError("an AdaIN checkpoint exports as an arbitrary style: --direction and "
+                          "--torchscript are for generators")
+    config = ckpt.load_config(checkpoint)
+    return export_arbitrary(checkpoint, config, ckpt.read_manifest(checkpoint), style, models_dir=models_dir,
+                            precisions=precisions, gates=export_settings(config, overrides),
+                            calib_images=calib_images, allow_unvalidated_fp16=allow_unvalidated_fp16,
+                            verbose=verbose)
 
 
 def _tiling_graphs(gen: nn.Module, work: Path, random: list[torch.Tensor], held: _HeldOut,

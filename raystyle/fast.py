@@ -75,11 +75,53 @@ def _to_net(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(127.5).sub(1.0).unsqueeze(0)
 
 
-class FastStyle(GANMethod):
-    """The transformer net, its optimiser and the fixed style targets; ``train_step``."""
+class PerceptualMethod(GANMethod):
+    """What the methods trained on fixed features share (FastStyle here, adain.AdaINMethod):
+    one trained net (``net_names[0]``) with one optimiser, schedule and scaler, no
+    discriminator, and no held-out figure yet: checkpoints are kept by age (or a loss, --best)."""
 
     uses_classifier = False
-    validates = False  # no held-out figure yet: checkpoints are kept by age (or a loss, --best)
+    validates = False
+    net_names: tuple[str, ...]
+    sched_g: Any
+    scaler: Any
+
+    def end_epoch(self) -> None:
+        self.sched_g.step()
+        self.epoch += 1
+        self.epoch_step = 0
+
+    def validate(self, validator: Any) -> dict[str, float]:  # pragma: no cover - validates is False
+        return {}
+
+    @staticmethod
+    def validation_metrics(paired: bool, classifier: Any) -> list[str]:
+        return []
+
+    @staticmethod
+    def auto_metric(paired: bool, classifier: Any) -> str | None:
+        return None
+
+    def train_state(self) -> dict[str, Any]:
+        return {"opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step}
+
+    def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
+             rank_state: dict[str, Any] | None) -> None:
+        name = self.net_names[0]
+        getattr(self, name).load_state_dict(nets[name])
+        if train_state is not None:
+            for key in ("opt_g", "sched_g", "scaler"):
+                getattr(self, key).load_state_dict(train_state[key])
+            self.step, self.epoch = train_state["step"], train_state["epoch"]
+            self.epoch_step = train_state["epoch_step"]
+        if rank_state is not None:
+            self.load_rng(rank_state)
+
+
+class FastStyle(PerceptualMethod):
+    """The transformer net, its optimiser and the fixed style targets; ``train_step``."""
 
     def __init__(self, cfg: Config, style: torch.Tensor, features_state: dict[str, Any] | None,
                  device: torch.device | str = "cpu", rank: int = 0):
@@ -114,11 +156,6 @@ class FastStyle(GANMethod):
 
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         self.net_fwd = wrapper(self.g_ab)
-
-    def end_epoch(self) -> None:
-        self.sched_g.step()
-        self.epoch += 1
-        self.epoch_step = 0
 
     # -- the step -------------------------------------------------------------------------
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -173,17 +210,6 @@ class FastStyle(GANMethod):
     def data_text(n_a: int, n_b: int) -> str:
         return f"{n_a} photos"
 
-    def validate(self, validator: Any) -> dict[str, float]:  # pragma: no cover - validates is False
-        return {}
-
-    @staticmethod
-    def validation_metrics(paired: bool, classifier: Any) -> list[str]:
-        return []
-
-    @staticmethod
-    def auto_metric(paired: bool, classifier: Any) -> str | None:
-        return None
-
     @staticmethod
     def loss_keys(cfg: Config) -> list[str]:
         return ["total", "content", "style", "tv"]
@@ -193,21 +219,6 @@ class FastStyle(GANMethod):
         """The net as ``g_ab`` (photo -> style) and the style image it learned (uint8)."""
         return {"g_ab": self.g_ab.state_dict(), "style_image": self.style_u8.clone()}
 
-    def train_state(self) -> dict[str, Any]:
-        return {"opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step}
-
-    def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
-             rank_state: dict[str, Any] | None) -> None:
-        self.g_ab.load_state_dict(nets["g_ab"])
-        if train_state is not None:
-            for name in ("opt_g", "sched_g", "scaler"):
-                getattr(self, name).load_state_dict(train_state[name])
-            self.step, self.epoch = train_state["step"], train_state["epoch"]
-            self.epoch_step = train_state["epoch_step"]
-        if rank_state is not None:
-            self.load_rng(rank_state)
 
 
 # ---------------------------------------------------------------------------------------

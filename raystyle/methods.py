@@ -1,7 +1,7 @@
 """The training methods that train.py runs, by name (``Config.method``); no Ray here.
 
 A method is a pure-torch class (``CycleGAN`` in cyclegan.py, ``Distiller`` in distill.py,
-``FastStyle`` in fast.py) with one interface, so train.py runs any of them and never names one:
+``FastStyle`` in fast.py, ``AdaINMethod`` in adain.py) with one interface, so train.py runs any of them and never names one:
 
   from_config(cfg, device, rank, extra)   build it (``extra``: what the driver prepared, e.g.
                                            a distillation's teacher weights)
@@ -10,6 +10,7 @@ A method is a pure-torch class (``CycleGAN`` in cyclegan.py, ``Distiller`` in di
   end_epoch(), lr(), step / epoch / epoch_step
   nets_state() / train_state() / rank_state() / load(nets, train_state, rank_state)
   net_names                                attributes compared across ranks (DDP check)
+  train_cfg                                the config's train section (batch size in throughput)
   sample_rows()                            the last batch's images for a sample grid
   progress_text(metrics)                   its losses in a progress line
   validate(quality.Validator) -> figures   held-out figures at a validation step
@@ -25,7 +26,7 @@ import importlib
 from typing import Any
 
 _METHODS = {"cyclegan": "raystyle.cyclegan:CycleGAN", "distill": "raystyle.distill:Distiller",
-            "fast": "raystyle.fast:FastStyle"}
+            "fast": "raystyle.fast:FastStyle", "adain": "raystyle.adain:AdaINMethod"}
 
 
 def method_class(name: str) -> Any:

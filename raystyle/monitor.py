@@ -388,9 +388,9 @@ def read_sample(path: Path | str) -> bytes:
     return store.read_bytes(store.resolve(path))
 
 
-# the losses of every training method (a CycleGAN run's, a distillation's, a fast style net's);
-# a run shows its own
-LOSS_KEYS = (*runlog.LOSS_KEYS, "recon_l1", "feature_mse", "g_gan", "d", "total", "content", "style", "tv")
+# the losses of every training method (a CycleGAN run's, a distillation's, a fast style net's,
+# an AdaIN decoder's); a run shows its own
+LOSS_KEYS = (*runlog.LOSS_KEYS, "recon_l1", "feature_mse", "g_gan", "d", "total", "content", "style", "tv", "identity")
 # Held-out validation figures (raystyle.quality), drawn in groups of one scale each
 VAL_CHARTS = (("Validation: PSNR, dB (held-out)", ("val_gt_psnr", "val_cycle_psnr", "val_teacher_psnr")),
               ("Validation: scores 0..1 (held-out)", ("val_domain_score", "val_content_ssim",
@@ -595,6 +595,31 @@ def remember(history: list[dict[str, Any]], current: dict[str, Any],
     cutoff = slim["time"] - window_s
     older = [i for i, h in enumerate(kept) if h["time"] <= cutoff]
     return kept[older[-1]:] if older else kept
+
+
+# ---------------------------------------------------------------------------------------
+# Try it: what the page asks for, per served style (from the API's GET /styles)
+
+
+def style_kind(meta: Any) -> str:
+    """A served style's kind: "generator" (a photo in, a picture out) or "arbitrary" (AdaIN:
+    the photo and one or more style images). A server that sends no kind serves generators."""
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    return kind if isinstance(kind, str) and kind else "generator"
+
+
+def style_label(name: str, meta: Any) -> str:
+    """The style as the page's style picker shows it."""
+    return f"{name} (any style: upload a style image)" if style_kind(meta) == "arbitrary" else name
+
+
+def upload_problem(files: list[tuple[str, int]], max_mb: float) -> str | None:
+    """The first of ``files`` ((name, size in bytes)) over the page's upload limit, as one
+    line; None when every one fits."""
+    for name, size in files:
+        if size > max_mb * 2**20:
+            return f"{name} is {size / 2**20:.1f} MB; the limit is {max_mb:g} MB"
+    return None
 
 
 # ---------------------------------------------------------------------------------------

@@ -80,6 +80,11 @@ class Style:
         return self.meta.get("version") or self.version_dir.name
 
     @property
+    def kind(self) -> str:
+        """``generator`` (one image in, one out) or ``arbitrary`` (AdaIN: a style image per request)."""
+        return self.meta.get("kind", "generator")
+
+    @property
     def precisions(self) -> list[str]:
         return [p for p in PRECISIONS if p in self.meta.get("precisions", {})]
 

@@ -5,6 +5,14 @@
     POST /styles/{name}        raw image bytes or multipart field ``image``;
                                query: strength, preserve_color, format, max_side
                                -> image bytes; headers X-Raystyle-Style, X-Raystyle-Inference-Ms
+                               An arbitrary (AdaIN) style also needs one or more multipart
+                               fields ``style_image`` (several blend; query ``weights=0.7,0.3``,
+                               default equal) and takes ``alpha`` (0..1, default 1); header
+                               X-Raystyle-Style-Cache: hit|miss (its statistics were cached)
+
+``GET /styles`` gives each style's ``kind``: "generator" (one image in, one out) or
+"arbitrary" (with its ``style_size``). A generator style refuses a ``style_image`` with 422
+(it takes none) and ignores ``alpha`` and ``weights``; an arbitrary style without one is 422.
 
 Every failure is JSON ``{"error": ..., "detail": ..., "request_id": ...}`` (the id is also
 the ``X-Request-ID`` response header and is in the replica's log line): 400 bad image,
@@ -26,11 +34,16 @@ with ``@serve.batch`` dynamic batching (size and wait set through ``user_config`
 ONNX Runtime session per replica whose threads match the replica's CPUs and do not spin
 (spinning threads steal the shared cores from the ingress and the other replicas).
 Requests of different image sizes may share a batch window; equal shapes share one ORT
-call. The application is built by ``app_builder(args)`` from YAML (serve_configs/*.yaml).
+call. Style images of an arbitrary style are decoded (same ``max_pixels`` limit as the
+photo), hashed (sha256 of the uploaded bytes) and shrunk to the style's ``style_size`` by
+the ingress; the replica takes their statistics from its ArbitraryStylizer's LRU cache under
+that hash, or computes them once. The application is built by ``app_builder(args)`` from
+YAML (serve_configs/*.yaml).
 """
 
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -49,8 +62,12 @@ from ray import serve
 from ray.serve import exceptions as serve_errors
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from . import registry
+from .arbitrary import MULTIPLE as ARBITRARY_MULTIPLE
+from .arbitrary import blend, normalise_weights, parse_weights, style_array
 from .images import (
     ENCODE_FORMATS,
     MEDIA_TYPES,
@@ -62,7 +79,7 @@ from .images import (
     encode,
     fit_within,
 )
-from .stylize import MULTIPLE, Stylizer, blend_strength, keep_colour
+from .stylize import MULTIPLE, StylizeError, blend_strength, keep_colour, open_stylizer
 
 log = logging.getLogger("ray.serve")
 MAX_SIDE_LIMIT = 8192  # the largest max_side a client may ask for
@@ -111,9 +128,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# What the ingress sends a replica of an arbitrary style for one request: the photo, its
+# style images as (sha256 of the uploaded bytes, decoded pixels), their normalised weights
+# and alpha.
+StyleParts = list[tuple[str, np.ndarray]]
+ArbitraryRequest = tuple[np.ndarray, StyleParts, list[float], float]
+
+
 @serve.deployment
 class StyleModel:
-    """One style: a Stylizer (one ORT session) and a batched inference method."""
+    """One style: its stylizer (``open_stylizer``: a Stylizer, or an ArbitraryStylizer with its
+    style-statistics cache) and a batched inference method."""
 
     def __init__(self, style: str, models_dir: str | None, precision: str, provider: str,
                  spin: bool = False):
@@ -122,13 +147,15 @@ class StyleModel:
         # One ORT session per replica, its threads matched to the replica's CPUs.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         threads = max(1, math.floor(cpus))
-        self.stylizer = Stylizer(style, models_dir=models_dir, precision=precision,
-                                 provider=provider, threads=threads, spin=spin)
+        self.stylizer = open_stylizer(style, models_dir=models_dir, precision=precision,
+                                      provider=provider, threads=threads, spin=spin)
         self.style = style
+        self.kind = getattr(self.stylizer, "kind", "generator")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.infer.set_max_batch_size(int(user_config.get("max_batch_size", 4)))
-        self.infer.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
+        for method in (self.infer, self.infer_arbitrary):
+            method.set_max_batch_size(int(user_config.get("max_batch_size", 4)))
+            method.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def infer(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
@@ -139,7 +166,33 @@ class StyleModel:
         ms = (time.perf_counter() - start) * 1000
         return [(o, ms) for o in outs]
 
-    async def __call__(self, array: np.ndarray) -> tuple[np.ndarray, float]:
+    def _arbitrary_batch(self, reqs: list[ArbitraryRequest]) -> tuple[list[np.ndarray], list[bool]]:
+        """Style statistics through the replica's LRU cache (keyed by the uploads' sha256),
+        blended per request, then one ``stylize_batch``; and per request whether every one of
+        its style images was a cache hit. One batch at a time (``serve.batch`` runs one per
+        method unless told otherwise), so the cache and its counters see one thread."""
+        st = self.stylizer
+        styles, hits = [], []
+        for _, parts, weights, _ in reqs:
+            before = st.cache_hits
+            stats = [st.style_stats(pixels, key=key) for key, pixels in parts]
+            hits.append(st.cache_hits - before == len(parts))
+            styles.append(blend(stats, weights))
+        outs = st.stylize_batch([r[0] for r in reqs], styles=styles, alpha=[r[3] for r in reqs])
+        return outs, hits
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def infer_arbitrary(self, reqs: list[ArbitraryRequest]) -> list[tuple[np.ndarray, float, bool]]:
+        start = time.perf_counter()
+        outs, hits = await asyncio.to_thread(self._arbitrary_batch, reqs)
+        ms = (time.perf_counter() - start) * 1000
+        return [(o, ms, h) for o, h in zip(outs, hits, strict=True)]
+
+    async def __call__(self, array: np.ndarray, styles: StyleParts | None = None,
+                       weights: list[float] | None = None, alpha: float = 1.0):
+        """Generator: (output, ms). Arbitrary: (output, ms, every style image a cache hit)."""
+        if self.kind == "arbitrary":
+            return await self.infer_arbitrary((array, styles or [], weights or [], alpha))
         return await self.infer(array)
 
 
@@ -168,8 +221,11 @@ def public_meta(meta: dict[str, Any], args: AppArgs) -> dict[str, Any]:
     for name, entry in (meta.get("precisions") or {}).items():
         precisions[name] = {k: v for k, v in entry.items() if _figure(v)}
     quality = meta.get("quality")
+    kind = meta.get("kind", "generator")
+    arbitrary = meta.get("arbitrary") or {}
     return {
-        "style": meta.get("style"), "version": meta.get("version"),
+        "style": meta.get("style"), "version": meta.get("version"), "kind": kind,
+        **({"style_size": arbitrary.get("style_size")} if kind == "arbitrary" else {}),
         "direction": meta.get("direction"), "source_domain": meta.get("source_domain"),
         "target_domain": meta.get("target_domain"), "exported_at": meta.get("exported_at"),
         "precisions": precisions, "served_precision": args.precision,
@@ -197,6 +253,34 @@ def _finish(out: np.ndarray, original: np.ndarray, strength: float, preserve_col
     return encode(out, fmt)
 
 
+def _prepare_styles(parts: list[bytes], max_pixels: int, style_size: int | None) -> StyleParts:
+    """Each style image: (sha256 of its bytes, pixels). Decoded with the photo's pixel limit,
+    then shrunk as the replica's encoder will see it (``style_array``: shorter side
+    ``style_size``, both sides multiples of 8) so that little crosses to the replica; that is
+    exact, since ``style_array`` leaves such an array unchanged. Runs in a worker thread."""
+    out = []
+    for i, data in enumerate(parts):
+        name = "style image" if len(parts) == 1 else f"style image {i + 1}"
+        key = hashlib.sha256(data).hexdigest()
+        img = decode(data, max_pixels=max_pixels, name=name)
+        if style_size and style_size % ARBITRARY_MULTIPLE == 0:
+            out.append((key, style_array(img, style_size, max_pixels)))
+        else:
+            out.append((key, np.asarray(img)))
+    return out
+
+
+def _weights(text: str | None, n: int) -> list[float]:
+    """``weights=0.7,0.3`` for ``n`` style images, normalised; StylizeError when bad."""
+    return normalise_weights(parse_weights(text, "weights"), n)
+
+
+def _invalid(request: Request, where: str, msg: str) -> JSONResponse:
+    """422 in the shape of FastAPI's own validation errors."""
+    loc = ["query", where] if where != "style_image" else ["body", where]
+    return _error(422, "invalid parameter", [{"loc": loc, "msg": msg}], request)
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -215,24 +299,38 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _image_bytes(request: Request, body: bytes) -> bytes:
+async def _image_bytes(request: Request, body: bytes) -> tuple[bytes, list[bytes]]:
+    """(the photo, the style images): a raw body is the photo alone; multipart has a file
+    field ``image`` and any number of file fields ``style_image``."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
-        return body
+        return body, []
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, replay).form()
-    field = form.get("image")
-    if field is None or isinstance(field, str):
-        raise CorruptImage("multipart body has no file field 'image'")
-    return await field.read()
+    try:
+        form = await Request(request.scope, replay).form()
+    except (HTTPException, MultiPartException) as exc:  # not a 500: the client sent it
+        raise CorruptImage(f"malformed multipart body: {getattr(exc, 'detail', None) or exc}") from None
+    try:
+        field = form.get("image")
+        if field is None or isinstance(field, str):
+            raise CorruptImage("multipart body has no file field 'image'")
+        styles = []
+        for part in form.getlist("style_image"):
+            if isinstance(part, str):
+                raise CorruptImage("multipart field 'style_image' is not a file")
+            styles.append(await part.read())
+        return await field.read(), styles
+    finally:
+        await form.close()
 
 
 api = FastAPI(title="raystyle", version="1", description=(
-    "Stylize images with CycleGAN styles served by Ray Serve. POST raw image bytes or a "
-    "multipart field `image` to /styles/{name}."))
+    "Stylize images with the registry's styles served by Ray Serve. POST raw image bytes or a "
+    "multipart field `image` to /styles/{name}. An arbitrary style (`kind` in /styles) also "
+    "needs one or more multipart fields `style_image`; several are blended by `weights`."))
 
 
 @api.exception_handler(RequestValidationError)
@@ -280,14 +378,23 @@ class Gateway:
     @api.post(
         "/styles/{name}",
         summary="stylize one image (raw bytes or multipart field `image`)",
+        description=(
+            "Generator styles: the photo as the raw body or a multipart file field `image`. "
+            "Arbitrary styles (`kind: arbitrary` in /styles): multipart with the photo as `image` "
+            "and one or more file fields `style_image` (same size and format limits as the photo); "
+            "several are blended by `weights` (default equal) and `alpha` sets how much of the "
+            "style the features take. A `style_image` sent to a generator style is refused (422)."),
         response_class=Response,
         responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
                          "description": "the stylized image; headers X-Raystyle-Style and "
-                                        "X-Raystyle-Inference-Ms"},
+                                        "X-Raystyle-Inference-Ms (and, for arbitrary styles, "
+                                        "X-Raystyle-Style-Cache: hit or miss)"},
                    400: {"description": "not a readable image"}, 404: {"description": "unknown style"},
                    413: {"description": "body or pixel count too large"},
                    415: {"description": "unsupported image format"},
-                   422: {"description": "invalid parameter"},
+                   422: {"description": "invalid parameter (also: an arbitrary style without "
+                                         "`style_image`, bad `weights`, a generator style "
+                                         "with `style_image`)"},
                    500: {"description": "inference failed (JSON with request_id)"},
                    503: {"description": "overloaded or style unavailable: retry after Retry-After s"}},
     )
@@ -298,6 +405,11 @@ class Gateway:
         format: Literal["png", "jpeg", "webp"] = Query("png", description="output format"),  # noqa: A002
         max_side: int | None = Query(None, ge=16, le=MAX_SIDE_LIMIT,
                                      description="downscale so the longer side is at most this"),
+        alpha: float = Query(1.0, ge=0.0, le=1.0, description="arbitrary styles: 0 = the photo's "
+                             "own features, 1 = the style image's statistics"),
+        weights: str | None = Query(None, description="arbitrary styles: one weight per "
+                                    "`style_image`, comma-separated (e.g. 0.7,0.3); default equal",
+                                    max_length=1000),
     ) -> Response:
         handle = self.handles.get(name)
         if handle is None:
@@ -307,7 +419,8 @@ class Gateway:
                           f"(max_pending {self.args.max_pending}); retry later", request)
         self.pending += 1
         try:
-            return await self._stylize(name, handle, request, strength, preserve_color, format, max_side)
+            return await self._stylize(name, handle, request, strength, preserve_color, format,
+                                       max_side, alpha, weights)
         except UNAVAILABLE as exc:
             log.warning("request %s: style %s unavailable: %s", request_id(request), name,
                         str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
@@ -321,31 +434,54 @@ class Gateway:
             self.pending -= 1
 
     async def _stylize(self, name: str, handle: DeploymentHandle, request: Request, strength: float,
-                       preserve_color: bool, fmt: str, max_side: int | None) -> Response:
+                       preserve_color: bool, fmt: str, max_side: int | None, alpha: float,
+                       weights: str | None) -> Response:
         try:
             body = await _read_limited(request, self.limit)
         except BodyTooLarge as exc:
             return _error(413, "request too large", f"{exc.args[0]} bytes > {self.limit} bytes", request)
+        meta = self.meta[name]
+        arbitrary = meta["kind"] == "arbitrary"
         try:
-            data = await _image_bytes(request, body)
+            data, style_data = await _image_bytes(request, body)
+            del body
+            if arbitrary and not style_data:
+                return _invalid(request, "style_image", f"style {name!r} is an arbitrary style: send "
+                                "one or more style images as multipart file fields 'style_image' "
+                                "(and the photo as 'image')")
+            if style_data and not arbitrary:
+                return _invalid(request, "style_image", f"style {name!r} is a {meta['kind']} style: "
+                                "it takes no style_image")
+            try:
+                blend_weights = _weights(weights, len(style_data)) if arbitrary else []
+            except StylizeError as exc:
+                return _invalid(request, "weights", str(exc))
             original = await asyncio.to_thread(_prepare, data, self.args.max_pixels, max_side)
+            del data
+            styles = await asyncio.to_thread(_prepare_styles, style_data, self.args.max_pixels,
+                                             meta.get("style_size")) if arbitrary else []
+            del style_data
         except ImageTooLarge as exc:
             return _error(413, "image too large", str(exc), request)
         except UnsupportedFormat as exc:
             return _error(415, "unsupported image format", str(exc), request)
         except ImageError as exc:
             return _error(400, "bad image", str(exc), request)
-        del body, data
+        headers = {"X-Raystyle-Style": name}
         if strength == 0.0:
             out, ms = original, 0.0
         else:
             try:
-                out, ms = await handle.remote(original)
+                if arbitrary:
+                    out, ms, hit = await handle.remote(original, styles, blend_weights, alpha)
+                    headers["X-Raystyle-Style-Cache"] = "hit" if hit else "miss"
+                else:
+                    out, ms = await handle.remote(original)
             except BackPressureError as exc:
                 return _error(503, "overloaded", str(exc), request)
         payload = await asyncio.to_thread(_finish, out, original, strength, preserve_color, fmt)
-        return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[fmt]], headers={
-            "X-Raystyle-Style": name, "X-Raystyle-Inference-Ms": f"{ms:.1f}"})
+        headers["X-Raystyle-Inference-Ms"] = f"{ms:.1f}"
+        return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[fmt]], headers=headers)
 
 
 def deployment_name(style: str) -> str:

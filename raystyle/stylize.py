@@ -102,15 +102,15 @@ MULTIPLE = 4  # the generators' height and width multiple (raystyle.nets.MULTIPL
 MIN_SIDE = 16  # the nets' inner reflection pads need at least 2 px at 1/4 resolution
 
 
-def _padded(n: int) -> int:
-    return max(MIN_SIDE, n + (-n % MULTIPLE))
+def _padded(n: int, multiple: int = MULTIPLE) -> int:
+    return max(MIN_SIDE, n + (-n % multiple))
 
 
-def _to_input(batch: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) uint8 -> (B, 3, H', W') float32 in [-1, 1], reflect-padded to MULTIPLE."""
+def _to_input(batch: np.ndarray, multiple: int = MULTIPLE) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, 3, H', W') float32 in [-1, 1], reflect-padded to ``multiple``."""
     x = batch.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
     h, w = x.shape[-2:]
-    ph, pw = _padded(h) - h, _padded(w) - w
+    ph, pw = _padded(h, multiple) - h, _padded(w, multiple) - w
     if ph or pw:
         mode = "reflect" if min(h, w) > 1 else "edge"  # a 1-px side cannot be mirrored
         x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
@@ -134,6 +134,28 @@ def blend_strength(stylized: np.ndarray, original: np.ndarray, strength: float) 
 
 
 
+def check_options(strength: float, max_side: int | None, tile: int, multiple: int = MULTIPLE) -> int:
+    """``tile`` when strength, max_side and tile are usable; StylizeError (one line) otherwise."""
+    if not 0.0 <= strength <= 1.0:
+        raise StylizeError(f"strength must be between 0 and 1, got {strength}")
+    if max_side is not None and max_side < multiple:
+        raise StylizeError(f"max_side must be at least {multiple}, got {max_side}")
+    if tile < 64 or tile % multiple:
+        raise StylizeError(f"tile must be a multiple of {multiple} and at least 64, got {tile}")
+    return tile
+
+
+def open_stylizer(style: str | registry.Style, *, models_dir: str | Path | None = None, **options):
+    """The stylizer a registry style needs: ``Stylizer`` for a generator, ``ArbitraryStylizer``
+    (raystyle.arbitrary) for an arbitrary style. ``options`` are the constructors' own."""
+    st = style if isinstance(style, registry.Style) else registry.get_style(style, models_dir)
+    if st.kind == "arbitrary":
+        from .arbitrary import ArbitraryStylizer
+
+        return ArbitraryStylizer(style, models_dir=models_dir, **options)
+    return Stylizer(style, models_dir=models_dir, **options)
+
+
 # -- exact tiling: geometry and statistics ---------------------------------------------------
 # A tile is a *core* (the pixels it contributes) plus a *halo* of at least the generator's
 # receptive radius on every side that is not the image border. Cores partition the
@@ -143,19 +165,19 @@ def blend_strength(stylized: np.ndarray, original: np.ndarray, strength: float) 
 Box = tuple[int, int, int, int]  # top, bottom, left, right (padded-image coordinates)
 
 
-def _segments(n: int, core: int) -> list[tuple[int, int]]:
-    """[0, n) cut into ceil(n / core) near-equal parts on the MULTIPLE grid, each <= core."""
+def _segments(n: int, core: int, multiple: int = MULTIPLE) -> list[tuple[int, int]]:
+    """[0, n) cut into ceil(n / core) near-equal parts on the ``multiple`` grid, each <= core."""
     k = -(-n // core)
-    m = n // MULTIPLE
-    cuts = [MULTIPLE * (i * m // k) for i in range(k)] + [n]
+    m = n // multiple
+    cuts = [multiple * (i * m // k) for i in range(k)] + [n]
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-def tile_boxes(height: int, width: int, core: int, halo: int) -> list[tuple[Box, Box]]:
-    """(core, window) boxes over a padded height x width image (both multiples of MULTIPLE)."""
+def tile_boxes(height: int, width: int, core: int, halo: int, multiple: int = MULTIPLE) -> list[tuple[Box, Box]]:
+    """(core, window) boxes over a padded height x width image (both multiples of ``multiple``)."""
     boxes = []
-    for r0, r1 in _segments(height, core):
-        for c0, c1 in _segments(width, core):
+    for r0, r1 in _segments(height, core, multiple):
+        for c0, c1 in _segments(width, core, multiple):
             window = (max(0, r0 - halo), min(height, r1 + halo), max(0, c0 - halo), min(width, c1 + halo))
             boxes.append(((r0, r1, c0, c1), window))
     return boxes
@@ -164,11 +186,11 @@ def tile_boxes(height: int, width: int, core: int, halo: int) -> list[tuple[Box,
 class _Plan:
     """How one image is tiled: its size, padded size, boxes and border padding mode."""
 
-    def __init__(self, shape: tuple[int, ...], core: int, halo: int):
+    def __init__(self, shape: tuple[int, ...], core: int, halo: int, multiple: int = MULTIPLE):
         self.h, self.w = shape[:2]
-        self.height, self.width = _padded(self.h), _padded(self.w)
+        self.height, self.width = _padded(self.h, multiple), _padded(self.w, multiple)
         self.mode = "reflect" if min(self.h, self.w) > 1 else "edge"  # as _to_input
-        self.boxes = tile_boxes(self.height, self.width, core, halo)
+        self.boxes = tile_boxes(self.height, self.width, core, halo, multiple)
 
     def window(self, a: np.ndarray, box: Box) -> np.ndarray:
         """The window's pixels as (1, 3, h, w) float32, reflect-padded where it passes the image."""
@@ -277,6 +299,9 @@ class Stylizer:
                     raise
 
     def _open_version(self, st: registry.Style, precision: str) -> None:
+        if st.kind != "generator":
+            raise StylizeError(f"style {st.name!r} is an {st.kind} style: it needs a style image "
+                               "(raystyle.arbitrary.ArbitraryStylizer; --style-image on the CLI)")
         path = st.file(precision)
         entry = st.meta["precisions"][precision]
         tiling = st.meta.get("tiling")
@@ -304,14 +329,19 @@ class Stylizer:
                       preserve_color: bool = False, max_side: int | None = None,
                       tile: int | None = None) -> list[np.ndarray]:
         """Several images; equal shapes share one ONNX Runtime call. Order is kept."""
-        if not 0.0 <= strength <= 1.0:
-            raise StylizeError(f"strength must be between 0 and 1, got {strength}")
-        if max_side is not None and max_side < MULTIPLE:
-            raise StylizeError(f"max_side must be at least {MULTIPLE}, got {max_side}")
-        tile = tile or self.tile
-        if tile < 64 or tile % MULTIPLE:
-            raise StylizeError(f"tile must be a multiple of {MULTIPLE} and at least 64, got {tile}")
+        tile = check_options(strength, max_side, tile or self.tile)
         arrays = [self._prepare(img, max_side) for img in images]
+
+        def whole(idx: list[int], batch: np.ndarray) -> np.ndarray:
+            return self.session.run(None, {self._input: _to_input(batch)})[0]
+
+        return self._run(arrays, tile, lambda i, a: self._tiled(a, tile), whole, strength, preserve_color)
+
+    def _run(self, arrays: list[np.ndarray], tile: int, tiled, whole, strength: float,
+             preserve_color: bool) -> list[np.ndarray]:
+        """The images over ``tile`` px through ``tiled(i, a)`` -> uint8, the others grouped by
+        shape through ``whole(indices, (B, H, W, 3) batch)`` -> (B, 3, H', W') in [-1, 1]; then
+        colour and strength. Order is kept; ``last_infer_ms`` is the networks' time."""
         if strength == 0.0:
             return [a.copy() for a in arrays]
         out: list[np.ndarray | None] = [None] * len(arrays)
@@ -319,11 +349,11 @@ class Stylizer:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, a in enumerate(arrays):
             if max(a.shape[:2]) > tile:
-                out[i] = self._tiled(a, tile)
+                out[i] = tiled(i, a)
             else:
                 groups.setdefault(a.shape, []).append(i)
         for shape, idx in groups.items():
-            y = self.session.run(None, {self._input: _to_input(np.stack([arrays[i] for i in idx]))})[0]
+            y = whole(idx, np.stack([arrays[i] for i in idx]))
             for i, res in zip(idx, _to_uint8(y, shape[0], shape[1]), strict=True):
                 out[i] = res
         self.last_infer_ms = (time.perf_counter() - start) * 1000

@@ -309,7 +309,7 @@ def _check_compatible(run: Location, cfg: Config) -> None:
         raise ConfigError(f"run {run} distils {old.distill.teacher} (step {old.distill.teacher_step}), "
                           f"not {cfg.distill.teacher} (step {cfg.distill.teacher_step}); resume it with "
                           f"that teacher checkpoint or pick a new --style name")
-    for section in ("model", "loss", "data", "distill", "fast"):
+    for section in ("model", "loss", "data", "distill", "fast", "adain"):
         before, now = getattr(old, section), getattr(cfg, section)
         if hasattr(before, "identity") and hasattr(now, "identity"):  # files compare by hash
             before, now = before.identity(), now.identity()

@@ -75,3 +75,39 @@ def ray_session():
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+# tiny AdaIN: 32 px crops, random VGG-19-shaped features, a decoder at 1/8 of the paper's width,
+# the identity loss on (as in adain-small)
+ADAIN_TINY = ["adain.features=random", "adain.decoder_width=0.125", "adain.style_size=64", "adain.identity_weight=1",
+              "data.load_size=36", "data.crop_size=32", "data.loader_workers=0", "train.batch_size=2",
+              "train.lr=0.001", "train.log_every=2", "train.checkpoint_every=2", "train.sample_every=2",
+              "cluster.max_failures=1"]
+
+
+@pytest.fixture(scope="session")
+def arbitrary_style(sample_data, tmp_path_factory):
+    """A tiny AdaIN decoder trained 30 steps (plain torch, no Ray), exported as arbitrary style
+    'anystyle' (fp32 + int8; a decoder this small and this little trained holds ~26 dB in int8,
+    so the int8 gate is lowered to 20 dB here): returns the registry.Style."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from raystyle import checkpoint as ckpt
+    from raystyle.adain import AdaINMethod, plan
+    from raystyle.data import EpochBatches, UnpairedDataset, check_dataset
+    from raystyle.export import export_style
+
+    cfg, extra = plan(overrides=ADAIN_TINY)
+    a, b = check_dataset(sample_data, cfg.data.crop_size)
+    ds = UnpairedDataset(a.files, b.files, cfg.data)
+    loader = iter(DataLoader(ds, batch_sampler=EpochBatches(len(ds), 1, 0, 2, 0)))
+    torch.set_num_threads(2)
+    model = AdaINMethod.from_config(cfg, torch.device("cpu"), 0, extra)
+    for _ in range(30):
+        model.train_step(*next(loader))
+    out = tmp_path_factory.mktemp("adain_trained") / ckpt.checkpoint_name(model.step)
+    ckpt.save_shared(out, cfg, model.nets_state(), {**model.train_state(), "world_size": 1},
+                     {"data_dir": str(sample_data), "method": "adain"})
+    return export_style(out, "anystyle", models_dir=tmp_path_factory.mktemp("adain_models"),
+                        precisions=("fp32", "int8"), overrides=["export.int8_min_psnr_db=20"])

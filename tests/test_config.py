@@ -48,7 +48,7 @@ def test_bad_values_name_the_key(overrides, message):
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ConfigError, match=r"neither a file nor a preset \['cpu', 'fast', 'fast-small', 'paper', 'student-16', 'student-8', 'tiny'\]"):
+    with pytest.raises(ConfigError, match=r"neither a file nor a preset \['adain', 'adain-small', 'cpu', 'fast', 'fast-small', 'paper', 'student-16', 'student-8', 'tiny'\]"):
         load_config("nosuch")
 
 

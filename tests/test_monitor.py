@@ -185,6 +185,18 @@ def test_snapshots_without_ray_say_so():
         client.stylize(url, "x", b"not sent")
 
 
+def test_try_it_asks_for_a_style_image_only_for_arbitrary_styles():
+    """The page's choices from GET /styles (the page itself: test_serve_arbitrary.py)."""
+    assert mon.style_kind({"kind": "arbitrary", "style_size": 256}) == "arbitrary"
+    for meta in ({"kind": "generator"}, {}, None, {"kind": None}):  # older servers send no kind
+        assert mon.style_kind(meta) == "generator"
+    assert mon.style_label("monet", {}) == "monet"
+    assert mon.style_label("any", {"kind": "arbitrary"}) == "any (any style: upload a style image)"
+    assert mon.upload_problem([("a.png", 10), ("b.png", 2**20)], 1.0) is None
+    assert mon.upload_problem([("a.png", 10), ("b.png", 3 * 2**20)], 1.0) == \
+        "b.png is 3.0 MB; the limit is 1 MB"
+
+
 def test_host_and_gpu_snapshots(tmp_path):
     host = mon.host_snapshot(tmp_path / "not" / "yet")
     assert host["cpu_count"] >= 1 and 0 <= host["cpu_percent"] <= 100

@@ -247,28 +247,46 @@ def try_section() -> None:
         return
     upload = st.file_uploader(f"A photo (up to {MAX_UPLOAD_MB:g} MB)", type=UPLOAD_TYPES, key="photo")
     c = st.columns(4)
-    style = c[0].selectbox("Style", sorted(styles), key="style")
+    style = c[0].selectbox("Style", sorted(styles), key="style",
+                           format_func=lambda name: mon.style_label(name, styles.get(name)))
     strength = c[1].slider("Strength", 0.0, 1.0, 1.0, 0.05, key="strength")
     max_side = c[2].number_input("Longest side (px)", 64, 4096, 1024, 64, key="max_side")
     preserve = c[3].checkbox("Keep the photo's colours", key="preserve")
-    if st.button("Stylize", type="primary", disabled=upload is None, key="go"):
+    arbitrary = mon.style_kind(styles.get(style)) == "arbitrary"
+    style_uploads, alpha = [], None
+    if arbitrary:  # AdaIN: the style comes from the visitor's own painting(s)
+        cols = st.columns([3, 1])
+        style_uploads = cols[0].file_uploader(
+            f"Style image: a painting whose style to copy (several are blended equally; up to "
+            f"{MAX_UPLOAD_MB:g} MB each)", type=UPLOAD_TYPES, accept_multiple_files=True,
+            key="style_images") or []
+        alpha = cols[1].slider("Style amount (alpha)", 0.0, 1.0, 1.0, 0.05, key="alpha",
+                            help="0 keeps the photo's own features, 1 takes the style image's")
+    ready = upload is not None and (not arbitrary or bool(style_uploads))
+    if st.button("Stylize", type="primary", disabled=not ready, key="go"):
         data = upload.getvalue()
-        if len(data) > MAX_UPLOAD_MB * 2**20:
-            st.error(f"{upload.name} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB:g} MB")
+        style_data = [u.getvalue() for u in style_uploads]
+        problem = mon.upload_problem([(upload.name, len(data))] + [
+            (u.name, len(d)) for u, d in zip(style_uploads, style_data, strict=True)], MAX_UPLOAD_MB)
+        if problem:
+            st.error(problem)
             return
         try:
             out, headers = client.stylize(serve_url, style, data, strength=strength,
-                                          preserve_color=preserve, max_side=int(max_side))
+                                          preserve_color=preserve, max_side=int(max_side),
+                                          style_images=style_data or None, alpha=alpha)
         except client.ApiError as exc:
             st.error(f"Serve refused {upload.name}: {exc}")
             return
         st.session_state["result"] = {"name": upload.name, "input": data, "output": out,
-                                      "style": style, "ms": headers.get("x-raystyle-inference-ms")}
+                                      "style": style, "ms": headers.get("x-raystyle-inference-ms"),
+                                      "style_images": [u.name for u in style_uploads]}
     res = st.session_state.get("result")
     if res:
         before, after = st.columns(2)
         before.image(Image.open(io.BytesIO(res["input"])), caption=f"before: {res['name']}")
-        after.image(res["output"], caption=f"after: style {res['style']}, {res['ms']} ms inference")
+        painted = f" from {', '.join(res['style_images'])}" if res.get("style_images") else ""
+        after.image(res["output"], caption=f"after: style {res['style']}{painted}, {res['ms']} ms inference")
         st.download_button("Download the result", res["output"], key="download",
                            file_name=f"{Path(res['name']).stem}_{res['style']}.png", mime="image/png")
 

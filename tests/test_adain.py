@@ -1,0 +1,323 @@
+"""Arbitrary style transfer (raystyle.adain, raystyle.arbitrary, raystyle.export_adain): the AdaIN
+layer, the decoder's training, its plan and bad input; a run on Ray Train (2 DDP workers, resumed),
+the export's graphs and gates, exact tiles, style blending and the CLI. Random features: nothing
+is downloaded. Serve and the batch job: test_serve_arbitrary.py, test_batch_arbitrary.py."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from raystyle import checkpoint as ckpt
+from raystyle import runlog
+from raystyle.adain import AdaINMethod, adain, mean_std, plan
+from raystyle.data import EpochBatches, UnpairedDataset, check_dataset, sample_photo_dir
+from raystyle.images import load_rgb
+
+from .conftest import ADAIN_TINY
+
+
+def test_the_adain_layer_gives_each_channel_the_styles_mean_and_std():
+    torch.manual_seed(0)
+    content = torch.randn(2, 16, 9, 13) * 3 + 2
+    style = torch.randn(2, 16, 7, 5) * torch.rand(1, 16, 1, 1) * 4 - 1
+    sm, ss = mean_std(style)
+    out = adain(content, sm, ss)
+    om, os_ = mean_std(out)
+    assert torch.allclose(om, sm, atol=1e-5) and torch.allclose(os_, ss, rtol=1e-3, atol=1e-4)
+    # the content's spatial pattern is kept: per channel, an increasing affine map of it
+    flat_c, flat_o = content[0, 3].flatten(), out[0, 3].flatten()
+    assert torch.equal(flat_c.argsort(), flat_o.argsort())
+    assert torch.allclose(adain(content, sm, ss, alpha=0.0), content)  # alpha 0: the content itself
+
+
+def test_training_lowers_the_losses(sample_data):
+    """Sixty steps on the sample photos (trainA) and paintings (trainB): the loss of the last 20
+    steps is well below that of the first 10 (measured: 1.28 -> 0.85; style 0.71 -> 0.55, content
+    0.57 -> 0.30); the grid is photo | stylized | painting."""
+    cfg, extra = plan(overrides=ADAIN_TINY)
+    assert cfg.method == "adain" and extra["features"] is None
+    a, b = check_dataset(sample_data, 32)
+    loader = iter(torch.utils.data.DataLoader(UnpairedDataset(a.files, b.files, cfg.data),
+                                              batch_sampler=EpochBatches(len(a.files), 1, 0, 2, 0)))
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = AdaINMethod.from_config(cfg, torch.device("cpu"), 0, extra)
+    losses = [model.train_step(*next(loader)) for _ in range(60)]
+    total = [float(x["total"]) for x in losses]
+    assert np.mean(total[-20:]) < 0.8 * np.mean(total[:10])
+    assert np.mean([float(x["style"]) for x in losses[-20:]]) < np.mean([float(x["style"]) for x in losses[:10]])
+    grid = model.sample_rows()
+    assert len(grid) == 1 and [t.shape[-2:] for t in grid[0]] == [torch.Size([32, 32])] * 3
+    assert sorted(model.nets_state()) == ["decoder", "encoder"]
+
+
+def test_plan_checks_the_config_and_the_features_before_anything_runs(tmp_path):
+    from raystyle.config import ConfigError
+    from raystyle.perceptual import FeatureError
+
+    with pytest.raises(ConfigError, match="below the 16 px"):
+        plan(overrides=[*ADAIN_TINY, "data.load_size=12", "data.crop_size=8"])
+    with pytest.raises(ConfigError, match="not used by an adain run"):
+        plan(overrides=[*ADAIN_TINY, "train.ema=0.99"])
+    with pytest.raises(ConfigError, match="random features need no file"):
+        plan(overrides=[*ADAIN_TINY, "adain.vgg_weights=x.pth"])
+    with pytest.raises(FeatureError):  # a VGG file that is not there: one line, no download attempted
+        plan(overrides=[*ADAIN_TINY[1:], "adain.features=vgg19", f"adain.vgg_weights={tmp_path / 'vgg19-00000000.pth'}"])
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(sample_data, tmp_path, capsys):
+    from raystyle.cli import main
+
+    photos_only = tmp_path / "photos"
+    (photos_only / "trainA").mkdir(parents=True)
+    load_rgb(sample_photo_dir() / "coffee.png").resize((48, 48)).save(photos_only / "trainA" / "a.png")
+    storage = tmp_path / "runs"
+    sets = [a for item in ADAIN_TINY for a in ("--set", item)]
+    cases = [
+        (str(sample_data), ["--style-image", str(tmp_path / "p.png")], "DATA/trainB, not --style-image"),
+        (str(photos_only), [], "trainB"),  # paintings are missing
+        (str(sample_data), ["--vgg-weights", "x.pth"], "random features need no file"),
+    ]
+    for data, extra, message in cases:
+        code = main(["train", "--method", "adain", "--data", data, "--style", "bad", "--storage", str(storage),
+                     *sets, *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("raystyle: error:") and "\n" not in err, err
+        assert message in err, err
+    assert not storage.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# On Ray
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, sample_data, tmp_path_factory):
+    """The CLI: 4 steps on 2 workers, then the same command to 6 (a resume)."""
+    from raystyle.cli import main
+
+    storage = tmp_path_factory.mktemp("adain_runs")
+    sets = [a for item in ADAIN_TINY for a in ("--set", item)]
+    argv = ["train", "--method", "adain", "--data", str(sample_data), "--style", "anynet", "--workers", "2",
+            "--storage", str(storage), *sets]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the run's lines (the workers' too, forwarded by Ray)
+        assert main([*argv, "--max-steps", "4"]) == 0
+        first = ckpt.load_shared(ckpt.latest_checkpoint(storage / "anynet"))
+        assert main([*argv, "--max-steps", "6"]) == 0
+    return storage / "anynet", first, out.getvalue()
+
+
+def test_two_workers_train_equal_decoders_and_a_rerun_resumes(run, sample_data):
+    run_dir, (_, nets4, state4), out = run
+    last = ckpt.latest_checkpoint(run_dir)
+    assert ckpt.read_manifest(last)["method"] == "adain" and ckpt.read_manifest(last)["step"] == 6
+    ranks = [ckpt.load_rank(last, r)["fingerprints"] for r in (0, 1)]
+    assert list(ranks[0]) == ["decoder"] and ranks[0]["decoder"] == pytest.approx(ranks[1]["decoder"], rel=1e-6, abs=1e-7)
+    _, nets6, state6 = ckpt.load_shared(last)
+    assert state4["step"] == 4 and state6["step"] == 6
+    for k, v in nets4["encoder"].items():  # the encoder is frozen: the same at every step
+        assert torch.equal(v, nets6["encoder"][k]), k
+    assert any(not torch.equal(v, nets6["decoder"][k]) for k, v in nets4["decoder"].items())
+    records = runlog.read_metrics(run_dir)
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all({"total", "content", "style", "identity"} <= set(r) for r in records)  # one DDP forward
+    n = len(list((sample_data / "trainA").iterdir()))
+    assert "resumed from step 4" in out and f"training 'anynet': {n} content photos, {n} style images" in out
+
+
+def test_export_writes_an_arbitrary_style_whose_graphs_match_torch(run, tmp_path, capsys):
+    from raystyle.adain import load_net, pad_to
+    from raystyle.arbitrary import ArbitraryStylizer
+    from raystyle.cli import main
+    from raystyle.export import ExportError
+    from raystyle.registry import get_style, list_styles
+
+    run_dir = run[0]
+    models = tmp_path / "models"
+    assert main(["export", str(run_dir), "--style", "anynet", "--models-dir", str(models),
+                 "--precision", "fp32", "--set", "export.int8_min_psnr_db=20"]) == 0
+    style = get_style("anynet", models)
+    meta = style.meta
+    assert style.kind == "arbitrary" and meta["method"] == "adain"
+    assert {"encoder.onnx", "decoder.onnx", "model.json"} <= {p.name for p in style.version_dir.iterdir()}
+    assert meta["arbitrary"]["halo"] == 96 and meta["arbitrary"]["features"] == "random"
+    assert meta["precisions"]["fp32"]["validated"] and meta["training"]["step"] == 6
+    assert main(["styles", "--models-dir", str(models)]) == 0
+    assert "arbitrary style (AdaIN" in capsys.readouterr().out
+
+    # ORT (encoder -> AdaIN in numpy -> decoder) against the torch network, outside the export
+    config, nets = ckpt.load_nets(ckpt.latest_checkpoint(run_dir))
+    net = load_net(nets, config)
+    photo = np.asarray(load_rgb(sample_photo_dir() / "astronaut.png").resize((72, 56)))
+    painting = np.asarray(load_rgb(sample_photo_dir() / "coffee.png").resize((64, 64)))
+    st = ArbitraryStylizer(style, provider="cpu")
+    got = st.stylize(photo, style_images=[painting])
+    with torch.no_grad():
+        x = torch.from_numpy(photo).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
+        s = torch.from_numpy(painting).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
+        y = net(pad_to(x), s)[0, :, :56, :72].permute(1, 2, 0).numpy()
+    want = np.clip((y + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+    # a gate that cannot be met registers nothing; generator-only options are refused
+    with pytest.raises(ExportError, match="int8_min_psnr_db"):
+        from raystyle.export import export_style
+
+        export_style(run_dir, "refused", models_dir=models, precisions=("fp32", "int8"),
+                     overrides=["export.int8_min_psnr_db=98"])
+    assert [s.name for s in list_styles(models)] == ["anynet"]
+    assert main(["export", str(run_dir), "--style", "ts", "--models-dir", str(models), "--torchscript"]) == 2
+    assert "arbitrary style" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# The ArbitraryStylizer (the exported fixture style: tests/conftest.py::arbitrary_style)
+
+
+def _photo(side: tuple[int, int] = (200, 152)) -> np.ndarray:
+    return np.asarray(load_rgb(sample_photo_dir() / "astronaut.png").resize(side))
+
+
+def test_tiles_are_exact_and_a_halo_too_small_is_not(arbitrary_style):
+    """Large images run in tiles of 64 px cores: equal to the whole image (>= 60 dB; measured 99,
+    i.e. identical); the same tiles with a halo of 8 px instead of 96 visibly differ."""
+    from raystyle.arbitrary import ArbitraryStylizer
+    from raystyle.export import _psnr_db
+
+    st = ArbitraryStylizer(arbitrary_style, provider="cpu")
+    stats = st.blend([sample_photo_dir() / "coffee.png"])
+    photo = _photo()
+    whole = st.stylize_batch([photo], styles=[stats], tile=256)[0]
+    tiled = st.stylize_batch([photo], styles=[stats], tile=64)[0]
+    assert whole.shape == photo.shape and _psnr_db(tiled, whole, 255.0) >= 60
+    st.halo = 8
+    assert _psnr_db(st.stylize_batch([photo], styles=[stats], tile=64)[0], whole, 255.0) < 50
+    assert arbitrary_style.meta["precisions"]["fp32"]["tiled_psnr_db"] >= 60
+
+
+def test_blending_alpha_and_the_style_cache(arbitrary_style):
+    from raystyle.arbitrary import ArbitraryStylizer
+    from raystyle.stylize import StylizeError
+
+    st = ArbitraryStylizer(arbitrary_style, provider="cpu", cache_size=2)
+    photo = _photo((96, 64))
+    a, b = sample_photo_dir() / "coffee.png", sample_photo_dir() / "chelsea.png"
+    single = st.stylize(photo, style_images=[a])
+    assert st.cache_misses == 1
+    assert np.array_equal(st.stylize(photo, style_images=[a, b], weights=[1, 0]), single)
+    assert np.array_equal(st.stylize(photo, style_images=[b, a], weights=[0, 3]), single)  # normalised
+    assert (st.cache_hits, st.cache_misses) == (3, 2)  # a and b each computed once
+    mixed = st.stylize(photo, style_images=[a, b], weights=[0.5, 0.5])
+    assert not np.array_equal(mixed, single)
+    assert not np.array_equal(st.stylize(photo, style_images=[a], alpha=0.0), single)
+    assert np.array_equal(st.stylize(photo, style_images=[a], strength=0.0), photo)
+    for bad in ([1], [-1, 2], [0, 0], ["x", 1]):
+        with pytest.raises(StylizeError):
+            st.stylize(photo, style_images=[a, b], weights=bad)
+    with pytest.raises(StylizeError, match="alpha"):
+        st.stylize(photo, style_images=[a], alpha=1.5)
+
+
+def test_cli_stylize_with_style_images(arbitrary_style, exported, tmp_path, capsys):
+    from raystyle.arbitrary import ArbitraryStylizer
+    from raystyle.cli import main
+
+    models = str(arbitrary_style.path.parent)
+    photo = tmp_path / "photo.png"
+    load_rgb(sample_photo_dir() / "astronaut.png").resize((96, 64)).save(photo)
+    a, b = str(sample_photo_dir() / "coffee.png"), str(sample_photo_dir() / "chelsea.png")
+    out = tmp_path / "out.png"
+    assert main(["stylize", str(photo), "--style", "anystyle", "--models-dir", models, "--style-image", a,
+                 "--style-image", b, "--weights", "0.7,0.3", "--alpha", "0.8", "-o", str(out)]) == 0
+    want = ArbitraryStylizer(arbitrary_style, provider="cpu").stylize(
+        photo, style_images=[a, b], weights=[0.7, 0.3], alpha=0.8)
+    assert np.abs(np.asarray(load_rgb(out)).astype(int) - want.astype(int)).max() <= 1
+    capsys.readouterr()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    cases = [([], "give --style-image"), (["--style-image", str(broken)], "style image"),
+             (["--style-image", a, "--weights", "1,x"], "--weights"),
+             (["--style-image", a, "--weights", "1,1"], "2 style weights for 1 style images"),
+             (["--style-image", str(tmp_path / "missing.png")], "missing.png")]
+    for extra, message in cases:
+        code = main(["stylize", str(photo), "--style", "anystyle", "--models-dir", models, "-o",
+                     str(tmp_path / "no.png"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("raystyle: error:") and "\n" not in err and message in err, err
+    # a generator style takes no style image
+    code = main(["stylize", str(photo), "--style", "tiny", "--models-dir", str(exported.path.parent),
+                 "--style-image", a, "-o", str(tmp_path / "no.png")])
+    assert code == 2 and "for arbitrary styles" in capsys.readouterr().err
+    assert not (tmp_path / "no.png").exists()
+
+
+@pytest.mark.parametrize("preset, gmacs, decoder_m", [("adain", 31.63, 3.505), ("adain-small", 20.10, 1.172)])
+def test_the_presets_cost_what_the_readme_says(preset, gmacs, decoder_m):
+    """README: `adain` = VGG-19 to relu4_1 (15.82 GMACs at 256 px, 3.506 M) + the paper's decoder;
+    `adain-small` = the same encoder + a decoder at half the width."""
+    from raystyle.adain import LAYERS, Decoder, Encoder
+    from raystyle.config import load_config
+    from raystyle.macs import count_macs, count_params
+    from raystyle.perceptual import FeatureNet
+
+    cfg = load_config(preset)
+    assert cfg.method == "adain" and cfg.adain.features == "vgg19"
+    encoder, decoder = Encoder(FeatureNet("random", LAYERS)), Decoder(cfg.adain.decoder_width)
+    assert round(count_macs(encoder, 256) / 1e9, 2) == 15.82 and round(count_params(encoder) / 1e6, 3) == 3.506
+    assert round(count_macs(torch.nn.Sequential(encoder, decoder), 256) / 1e9, 2) == gmacs
+    assert round(count_params(decoder) / 1e6, 3) == decoder_m
+
+
+def test_bf16_autocast_trains_and_a_vgg_encoder_travels_in_the_checkpoint():
+    """AMP (bf16 here, on the CPU): finite losses, statistics in fp32. VGG features given as a
+    state dict (random values in torchvision's layout, no file): the checkpoint's ``encoder`` is
+    exactly those weights, and load_net rebuilds the same network from the checkpoint alone."""
+    from raystyle.adain import load_net
+    from raystyle.config import Config
+    from raystyle.perceptual import _build_features
+
+    torch.manual_seed(0)
+    state = _build_features("vgg19").state_dict()
+    cfg = Config.from_dict({"adain": {"features": "vgg19", "decoder_width": 0.125},
+                            "data": {"load_size": 32, "crop_size": 32}, "train": {"amp": "bf16"}})
+    model = AdaINMethod(cfg, state)
+    losses = model.train_step(torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    nets = model.nets_state()
+    assert sorted(nets["encoder"]) == sorted(k for k in state if int(k.split(".")[0]) <= 19)  # up to conv4_1
+    assert all(torch.equal(v, state[k]) for k, v in nets["encoder"].items())
+    net = load_net(nets, cfg)
+    x, s = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        from raystyle.adain import adain as layer
+
+        m, sd = mean_std(model.encoder(s)["relu4_1"])
+        want = model.decoder(layer(model.encoder(x)["relu4_1"], m, sd))
+        assert torch.allclose(net(x, s), want, atol=1e-6)
+
+
+def test_int8_falls_back_to_the_decoder_alone_or_registers_nothing(arbitrary_style, tmp_path):
+    """A gate just above what both int8 graphs give: the decoder alone in int8 (encoder fp32) is
+    tried next, and it either holds the gate (recorded as such) or the export fails."""
+    from raystyle.export import ExportError, export_style
+    from raystyle.registry import list_styles
+
+    both = arbitrary_style.meta["precisions"]["int8"]["both_int8_psnr_vs_fp32_db"]
+    checkpoint = arbitrary_style.meta["training"]["checkpoint"]
+    try:
+        st = export_style(checkpoint, "fallback", models_dir=tmp_path, precisions=("fp32", "int8"),
+                          overrides=[f"export.int8_min_psnr_db={both + 0.01}"])
+    except ExportError as exc:
+        assert "decoder.int8.onnx" in str(exc) and "encoder fp32" in str(exc)
+        assert list_styles(tmp_path) == []
+    else:
+        e8 = st.meta["precisions"]["int8"]
+        assert e8["int8_graphs"] == ["decoder"] and e8["encoder"] == "encoder.onnx"
+        assert e8["psnr_vs_fp32_db"] >= both + 0.01
+        assert not (st.version_dir / "encoder.int8.onnx").exists()
