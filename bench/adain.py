@@ -5,7 +5,8 @@
 Prints, on this machine (ONNX Runtime CPU provider):
   - ms/image through the ArbitraryStylizer at 256, 512 and 1024 px, fp32 and int8, with the
     style image's statistics cached (a style seen before) and without (cache off: one more
-    encoder pass over the 256 px style image per call);
+    encoder pass over the style image per call, at the style's size: the training's load size,
+    120 px at the default --side);
   - decoder training on Ray Train: images/s with 1 worker x 2 CPUs and 2 workers x 1 CPU
     (`adain-small`, --side px crops, batch 4 per worker);
 and writes DIR/adain_grid.png: content | painting A | A | 2/3 A + 1/3 B | 1/3 A + 2/3 B | B | painting B

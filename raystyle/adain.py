@@ -108,13 +108,12 @@ def receptive_radius(arch: str = "vgg19") -> int:
     reach, plus one code cell of alignment slack, rounded up to MULTIPLE (96 for VGG-19)."""
     from .perceptual import _CFGS
 
-    radius, jump, convs = 0, 1, 0
+    radius, jump = 0, 1
     for v in _CFGS[arch]:  # the encoder, up to conv4_1
         if v == "M":
             radius, jump = radius + jump, jump * 2
         else:
             radius += jump
-            convs += 1
             if jump == MULTIPLE:
                 break
     # the decoder, from its output back: 2 convs at 1, 2 at 1/2, 4 at 1/4, 1 at 1/8; each
@@ -246,7 +245,6 @@ class AdaINMethod(PerceptualMethod):
         return {"decoder": self.decoder.state_dict(), "encoder": encoder_state(self.encoder)}
 
 
-
 def load_net(nets: dict[str, Any], cfg: Config) -> AdaINNet:
     """A checkpoint's nets (``decoder``, ``encoder``) as an AdaINNet in eval mode."""
     ac = cfg.adain
@@ -288,8 +286,12 @@ def plan(config: str | Path | None = None, overrides: list[str] | None = None,
         state, info = vgg_state(ac.features, ac.vgg_weights)
         cfg = cfg.replace(adain={"features_sha256": info["sha256"]})
     need = min_side(ac.features, LAYERS)
-    if cfg.data.crop_size < need:
-        raise ConfigError(f"data.crop_size {cfg.data.crop_size} is below the {need} px the features need")
+    if cfg.data.crop_size < need or cfg.data.crop_size % MULTIPLE:
+        raise ConfigError(f"data.crop_size must be a multiple of {MULTIPLE} and at least the {need} px the "
+                          f"features need (relu4_1 is at 1/8 scale), got {cfg.data.crop_size}")
+    if ac.style_size is None and cfg.data.load_size % MULTIPLE:
+        raise ConfigError(f"adain.style_size defaults to data.load_size, which must then be a multiple of "
+                          f"{MULTIPLE} (got {cfg.data.load_size}); set adain.style_size")
     return cfg, {"features": state}
 
 

@@ -18,6 +18,7 @@ bounded by one window; the cores form the whole image's output (the export check
 from __future__ import annotations
 
 import hashlib
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,7 @@ def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
         raise StylizeError(f"style weights must be numbers, got {weights!r}") from None
     if len(w) != n:
         raise StylizeError(f"{len(w)} style weights for {n} style images")
-    if any(not np.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+    if any(not np.isfinite(x) or x < 0 for x in w) or not 0 < sum(w) < float("inf"):
         raise StylizeError(f"style weights must be >= 0 with a positive sum, got {','.join(f'{x:g}' for x in w)}")
     total = sum(w)
     return [x / total for x in w]
@@ -111,21 +112,26 @@ def image_key(image: ImageInput) -> str:
         return h.hexdigest()
     if isinstance(image, bytes | bytearray):
         return hashlib.sha256(image).hexdigest()
+    if isinstance(image, Image.Image):  # its RGB pixels (a palette image's indices are not enough)
+        image = image.convert("RGB")
     a = np.ascontiguousarray(np.asarray(image))
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
 
 
 def style_array(image: ImageInput, side: int, max_pixels: int | None = None) -> np.ndarray:
     """A style image as the encoder sees it: shorter side ``side`` px, the longer at most 4x
-    that (centre crop), both cropped to multiples of 8. ImageError (one line) if unreadable."""
+    that (centre crop), both cropped to multiples of 8. ImageError (one line) if unreadable.
+    The crop is taken in the source's pixels and only it is resampled, so a long, thin
+    painting never becomes a huge intermediate image."""
     img = decode(image, name="style image") if max_pixels is None else decode(image, max_pixels, "style image")
     w, h = img.size
     scale = side / min(w, h)
-    nw, nh = max(MULTIPLE, round(w * scale)), max(MULTIPLE, round(h * scale))
-    img = img.resize((nw, nh), Image.BICUBIC if scale > 1 else Image.LANCZOS)
-    cw, ch = min(nw, 4 * side) // MULTIPLE * MULTIPLE, min(nh, 4 * side) // MULTIPLE * MULTIPLE
-    left, top = (nw - cw) // 2, (nh - ch) // 2
-    return np.asarray(img.crop((left, top, left + cw, top + ch)))
+    cw = max(MULTIPLE, min(round(w * scale), 4 * side) // MULTIPLE * MULTIPLE)
+    ch = max(MULTIPLE, min(round(h * scale), 4 * side) // MULTIPLE * MULTIPLE)
+    sw, sh = min(w, cw / scale), min(h, ch / scale)  # the crop, in source pixels
+    left, top = (w - sw) / 2, (h - sh) / 2
+    resample = Image.BICUBIC if scale > 1 else Image.LANCZOS
+    return np.asarray(img.resize((cw, ch), resample, box=(left, top, left + sw, top + sh)))
 
 
 class ArbitraryStylizer:
@@ -133,7 +139,7 @@ class ArbitraryStylizer:
 
     ``style`` is a registry name (resolved to ONE version: both graphs from the same folder) or
     a ``registry.Style``. ``style_size``: a style image's shorter side when its statistics are
-    taken (default: model.json's, the training crop). ``cache_size``: style statistics kept.
+    taken (default: model.json's ``style_size``, the training's load size). ``cache_size``: style statistics kept.
     """
 
     kind = KIND
@@ -217,7 +223,7 @@ class ArbitraryStylizer:
                       max_side: int | None = None, tile: int | None = None) -> list[np.ndarray]:
         """Several photos, each with its own style statistics (``styles[i]``, from ``blend`` or
         ``style_stats``) and ``alpha``; equal shapes share one encoder and one decoder call."""
-        alphas = [float(alpha)] * len(images) if isinstance(alpha, int | float) else [float(a) for a in alpha]
+        alphas = [float(alpha)] * len(images) if isinstance(alpha, numbers.Real) else [float(a) for a in alpha]
         if len(styles) != len(images) or len(alphas) != len(images):
             raise StylizeError(f"{len(images)} images need as many styles and alphas")
         if any(not 0.0 <= a <= 1.0 for a in alphas):

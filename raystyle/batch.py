@@ -417,7 +417,7 @@ def read_style_images(style_images: Sequence[str | Path]) -> list[tuple[str, byt
 
 
 def _arbitrary_options(style: Any, style_images: Sequence[str | Path] | None,
-                       weights: Sequence[float] | None, alpha: float, tile: int
+                       weights: Sequence[float] | None, alpha: float, tile: int, max_side: int | None = None
                        ) -> tuple[list[tuple[str, bytes]] | None, list[float] | None, dict[str, Any]]:
     """Check the style-image options against the style's kind; for an arbitrary style read the
     paintings -> (their (name, bytes), normalised weights, the record for BatchResult.style)."""
@@ -435,6 +435,8 @@ def _arbitrary_options(style: Any, style_images: Sequence[str | Path] | None,
         raise BatchError(f"--alpha must be between 0 and 1, got {alpha}")
     if tile % MULTIPLE:
         raise BatchError(f"--tile must be a multiple of {MULTIPLE} for an arbitrary style, got {tile}")
+    if max_side is not None and max_side < MULTIPLE:
+        raise BatchError(f"--max-side must be at least {MULTIPLE} for an arbitrary style, got {max_side}")
     from .stylize import StylizeError
 
     try:
@@ -472,7 +474,7 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
     models = registry.models_dir(models_dir)
     st = registry.get_style(style, models)
     st.file(precision, "encoder" if st.kind == "arbitrary" else "model")  # no such precision: now
-    paintings, norm, record = _arbitrary_options(st, style_images, weights, alpha, tile)
+    paintings, norm, record = _arbitrary_options(st, style_images, weights, alpha, tile, max_side)
     work = plan(input, output, fmt)
     skipped = len(work.inputs) - len(work.todo)
     if record:

@@ -249,13 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flag_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    """The --set items with the flags' own after them, and the string flags (storage, address)."""
+def _flag_overrides(args: argparse.Namespace, features: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The --set items with the flags' own after them, and the string flags (storage, address);
+    ``features``: the config section --features sets (fast, adain; None: not used)."""
     overrides = list(args.overrides)
-    method = getattr(args, "method", "fast")
     for flag, key in (("workers", "cluster.workers"), ("cpus_per_worker", "cluster.cpus_per_worker"),
-                      ("max_steps", "train.max_steps"), ("features", f"{method}.features")):
-        value = getattr(args, flag, None) if flag != "features" or method in ("fast", "adain") else None
+                      ("max_steps", "train.max_steps"), ("features", f"{features}.features")):
+        value = getattr(args, flag, None) if flag != "features" or features else None
         if value is not None:
             overrides.append(f"{key}={value}")
     if getattr(args, "gpu", False):
@@ -279,7 +279,7 @@ def _fast_config(args: argparse.Namespace):
 
     if not args.style_image:
         raise ValueError("--method fast needs --style-image PAINTING")
-    overrides, strings = _flag_overrides(args)
+    overrides, strings = _flag_overrides(args, "fast")
     settings: dict = {"cluster": strings} if strings else {}
     if args.vgg_weights:
         settings["fast"] = {"vgg_weights": str(Path(args.vgg_weights).expanduser().resolve())}
@@ -293,7 +293,7 @@ def _adain_config(args: argparse.Namespace):
 
     if args.style_image:
         raise ValueError("--method adain takes its paintings from DATA/trainB, not --style-image")
-    overrides, strings = _flag_overrides(args)
+    overrides, strings = _flag_overrides(args, "adain")
     settings: dict = {"cluster": strings} if strings else {}
     if args.vgg_weights:
         settings["adain"] = {"vgg_weights": str(Path(args.vgg_weights).expanduser().resolve())}

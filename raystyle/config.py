@@ -260,8 +260,8 @@ class AdaINConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "adain", "decoder_width", "style_weight")
-        if self.style_size is not None and self.style_size < 16:
-            raise ConfigError(f"adain.style_size must be at least 16 px, got {self.style_size!r}")
+        if self.style_size is not None and (self.style_size < 16 or self.style_size % 8):
+            raise ConfigError(f"adain.style_size must be a multiple of 8 and at least 16 px, got {self.style_size!r}")
         for name in ("content_weight", "identity_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"adain.{name} must be >= 0, got {getattr(self, name)!r}")

@@ -220,7 +220,6 @@ class FastStyle(PerceptualMethod):
         return {"g_ab": self.g_ab.state_dict(), "style_image": self.style_u8.clone()}
 
 
-
 # ---------------------------------------------------------------------------------------
 # The run's configuration, style image and features (driver side; still no Ray)
 

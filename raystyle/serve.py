@@ -114,6 +114,7 @@ class AppArgs(BaseModel):
     styles: list[str] | None = None  # default: every style in the registry
     max_body_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)  # per request; ImageTooLarge -> 413
+    max_style_images: int = Field(8, gt=0)  # style_image parts per request of an arbitrary style; more -> 422
     max_pending: int = Field(32, gt=0)  # stylize requests one ingress replica holds; more -> 503
     ort_spinning: bool = False  # ORT's idle threads spin (ORT's default); off for shared cores
     deployment: dict[str, Any] = Field(default_factory=dict)  # merged over DEFAULT_DEPLOYMENT
@@ -449,6 +450,9 @@ class Gateway:
                 return _invalid(request, "style_image", f"style {name!r} is an arbitrary style: send "
                                 "one or more style images as multipart file fields 'style_image' "
                                 "(and the photo as 'image')")
+            if len(style_data) > self.args.max_style_images:
+                return _invalid(request, "style_image", f"{len(style_data)} style images; at most "
+                                f"{self.args.max_style_images} per request (max_style_images)")
             if style_data and not arbitrary:
                 return _invalid(request, "style_image", f"style {name!r} is a {meta['kind']} style: "
                                 "it takes no style_image")

@@ -60,8 +60,12 @@ def test_plan_checks_the_config_and_the_features_before_anything_runs(tmp_path):
     from raystyle.config import ConfigError
     from raystyle.perceptual import FeatureError
 
-    with pytest.raises(ConfigError, match="below the 16 px"):
+    with pytest.raises(ConfigError, match="at least the 16 px"):
         plan(overrides=[*ADAIN_TINY, "data.load_size=12", "data.crop_size=8"])
+    with pytest.raises(ConfigError, match="multiple of 8"):  # relu4_1 would floor it: outputs smaller than photos
+        plan(overrides=[*ADAIN_TINY, "data.crop_size=36"])
+    with pytest.raises(ConfigError, match="adain.style_size"):
+        plan(overrides=[*ADAIN_TINY, "adain.style_size=60"])
     with pytest.raises(ConfigError, match="not used by an adain run"):
         plan(overrides=[*ADAIN_TINY, "train.ema=0.99"])
     with pytest.raises(ConfigError, match="random features need no file"):
@@ -154,14 +158,19 @@ def test_export_writes_an_arbitrary_style_whose_graphs_match_torch(run, tmp_path
     # ORT (encoder -> AdaIN in numpy -> decoder) against the torch network, outside the export
     config, nets = ckpt.load_nets(ckpt.latest_checkpoint(run_dir))
     net = load_net(nets, config)
-    photo = np.asarray(load_rgb(sample_photo_dir() / "astronaut.png").resize((72, 56)))
-    painting = np.asarray(load_rgb(sample_photo_dir() / "coffee.png").resize((64, 64)))
+    photo = np.array(load_rgb(sample_photo_dir() / "astronaut.png").resize((72, 56)))  # writable copies
+    painting = np.array(load_rgb(sample_photo_dir() / "coffee.png").resize((64, 64)))
     st = ArbitraryStylizer(style, provider="cpu")
     got = st.stylize(photo, style_images=[painting])
     with torch.no_grad():
         x = torch.from_numpy(photo).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
         s = torch.from_numpy(painting).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
         y = net(pad_to(x), s)[0, :, :56, :72].permute(1, 2, 0).numpy()
+    want = np.clip((y + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    got = st.stylize(photo, style_images=[painting], alpha=0.4)  # alpha: numpy's affine map vs torch
+    with torch.no_grad():
+        y = net(pad_to(x), s, alpha=0.4)[0, :, :56, :72].permute(1, 2, 0).numpy()
     want = np.clip((y + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
@@ -213,6 +222,13 @@ def test_blending_alpha_and_the_style_cache(arbitrary_style):
     assert np.array_equal(st.stylize(photo, style_images=[a, b], weights=[1, 0]), single)
     assert np.array_equal(st.stylize(photo, style_images=[b, a], weights=[0, 3]), single)  # normalised
     assert (st.cache_hits, st.cache_misses) == (3, 2)  # a and b each computed once
+    c = sample_photo_dir() / "rocket.jpg"
+    st.stylize(photo, style_images=[c])  # a third painting: b, the least recently used, is evicted
+    assert (st.cache_hits, st.cache_misses) == (3, 3)
+    st.stylize(photo, style_images=[a])  # a was used after b: still cached
+    assert (st.cache_hits, st.cache_misses) == (4, 3)
+    st.stylize(photo, style_images=[b])  # computed again
+    assert (st.cache_hits, st.cache_misses) == (4, 4)
     mixed = st.stylize(photo, style_images=[a, b], weights=[0.5, 0.5])
     assert not np.array_equal(mixed, single)
     assert not np.array_equal(st.stylize(photo, style_images=[a], alpha=0.0), single)
@@ -321,3 +337,53 @@ def test_int8_falls_back_to_the_decoder_alone_or_registers_nothing(arbitrary_sty
         assert e8["int8_graphs"] == ["decoder"] and e8["encoder"] == "encoder.onnx"
         assert e8["psnr_vs_fp32_db"] >= both + 0.01
         assert not (st.version_dir / "encoder.int8.onnx").exists()
+
+
+def test_the_identity_loss_costs_one_decoder_forward_per_step():
+    """README: with the identity loss the decoder runs once per step on both batches (DDP
+    allows one forward per backward), and the reconstruction term is logged."""
+    cfg, extra = plan(overrides=ADAIN_TINY)
+    assert cfg.adain.identity_weight == 1
+    model = AdaINMethod.from_config(cfg, torch.device("cpu"), 0, extra)
+    calls = []
+    model.decoder.register_forward_hook(lambda m, inputs, out: calls.append(inputs[0].shape[0]))
+    losses = model.train_step(torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert calls == [4] and float(losses["identity"]) > 0  # one forward of 2 targets + 2 photos
+    assert AdaINMethod.loss_keys(cfg) == ["total", "content", "style", "identity"]
+
+
+def test_style_images_of_any_shape_and_mode(arbitrary_style, tmp_path):
+    """Long, thin, grey, palette and RGBA paintings; tiny and one-pixel-wide photos."""
+    from PIL import Image
+
+    from raystyle.arbitrary import ArbitraryStylizer, style_array
+
+    thin = style_array(Image.new("RGB", (4, 100_000), "red"), 64)  # cropped in the source, then resized
+    assert thin.shape == (256, 64, 3)
+    st = ArbitraryStylizer(arbitrary_style, provider="cpu")
+    rgb = np.asarray(load_rgb(sample_photo_dir() / "coffee.png").resize((80, 64)))
+    for mode in ("L", "P", "RGBA"):
+        img = Image.fromarray(rgb).convert(mode)
+        out = st.stylize(_photo((40, 24)), style_images=[img])
+        assert out.shape == (24, 40, 3)
+    for shape in ((1, 30), (7, 5), (16, 1)):
+        photo = np.full((*shape, 3), 128, np.uint8)
+        assert st.stylize(photo, style_images=[rgb]).shape == (*shape, 3)
+
+
+def test_features_flag_applies_when_the_method_comes_from_the_config(tmp_path):
+    """`--config adain-small --features random` (no --method): the preset makes it an adain run
+    and --features sets adain.features (as `--config fast` sets fast.features)."""
+    from raystyle import cli
+
+    args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config",
+                                          "adain-small", "--features", "random"])
+    assert args.method == "cyclegan"
+    cfg, extra = cli._adain_config(args)
+    assert cfg.adain.features == "random" and extra["features"] is None
+    painting = tmp_path / "p.png"
+    load_rgb(sample_photo_dir() / "coffee.png").save(painting)
+    args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config", "fast",
+                                          "--style-image", str(painting), "--features", "random"])
+    cfg, _ = cli._fast_config(args)
+    assert cfg.fast.features == "random"

@@ -77,8 +77,10 @@ def test_served_output_is_the_local_stylizers(server, local, photos, paintings):
     r = _post(url, _png(photos[0]), [paintings[0]], alpha=0.8)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.headers["x-raystyle-style"] == "anystyle" and float(r.headers["x-raystyle-inference-ms"]) > 0
-    assert r.headers["x-raystyle-style-cache"] in ("hit", "miss")
+    first = r.headers["x-raystyle-style-cache"]
     _close(r.content, local.stylize(photos[0], style_images=[paintings[0]], alpha=0.8))
+    again = _post(url, _png(photos[1]), [paintings[0]])
+    assert again.headers["x-raystyle-style-cache"] == "hit" and first in ("hit", "miss")  # one replica
     # strength, colours and size as for every style (applied by the ingress)
     r = _post(url, _png(photos[1]), [paintings[1]], strength=0.5, preserve_color="true", max_side=32)
     _close(r.content, local.stylize(photos[1], style_images=[paintings[1]], strength=0.5,
@@ -167,6 +169,8 @@ def _ppm() -> bytes:
     (["ok", "ok"], {"weights": "0,0"}, 422, "invalid parameter"),
     (["ok"], {"weights": "nan"}, 422, "invalid parameter"),
     (["ok"], {"alpha": 1.5}, 422, "invalid parameter"),
+    (["ok"] * 9, {}, 422, "invalid parameter"),  # over max_style_images (8)
+    ([b"x" * 900] * 9, {}, 422, "invalid parameter"),  # counted before any is decoded
 ])
 def test_hostile_style_images_and_bad_weights_are_json_errors(server, photos, paintings, styles, params,
                                                               status, error):
