@@ -37,6 +37,7 @@ from .stylize import (
     check_options,
     make_session,
     release_options,
+    run_grouped,
 )
 
 KIND = "arbitrary"
@@ -242,7 +243,8 @@ class ArbitraryStylizer:
         def tiled(i: int, a: np.ndarray) -> np.ndarray:
             return self._tiled(a, styles[i], alphas[i], tile)
 
-        return Stylizer._run(self, arrays, tile, tiled, whole, strength, preserve_color)
+        results, self.last_infer_ms = run_grouped(arrays, tile, tiled, whole, strength, preserve_color)
+        return results
 
     # -- exact tiles ------------------------------------------------------------------------------
     def _tiled(self, a: np.ndarray, style: Stats, alpha: float, tile: int) -> np.ndarray:

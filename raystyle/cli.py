@@ -512,7 +512,6 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     from .stylize import Stylizer
 
     style = get_style(args.style, args.models_dir)
-    options: dict = {}
     if style.kind == "arbitrary":
         from .arbitrary import ArbitraryStylizer, parse_weights
 
@@ -521,18 +520,19 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         stylizer = ArbitraryStylizer(args.style, models_dir=args.models_dir, precision=args.precision,
                                      provider=args.provider, tile=args.tile)
         weights = parse_weights(args.weights)
-        try:
-            options = {"style_images": [Path(p) for p in args.style_images], "weights": weights,
-                       "alpha": args.alpha}
-            stylizer.blend(options["style_images"], weights)  # a bad painting fails here, once
+        try:  # the paintings are read and encoded once, for every input (a bad one fails here)
+            stats = stylizer.blend([Path(p) for p in args.style_images], weights)
         except (ImageError, OSError) as exc:
             raise ValueError(f"style image: {exc}") from None
+
+        def stylize(image, **kw):
+            return stylizer.stylize_batch([image], styles=[stats], alpha=args.alpha, **kw)[0]
     else:
         if args.style_images or args.weights or args.alpha != 1.0:
             raise ValueError(f"--style-image, --weights and --alpha are for arbitrary styles; "
                              f"{args.style!r} is a {style.kind} style")
-        stylizer = Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
-                            provider=args.provider, tile=args.tile)
+        stylize = Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
+                           provider=args.provider, tile=args.tile).stylize
     items = _expand_inputs(args.inputs)
     if not items:
         raise ValueError("no input images found")
@@ -546,8 +546,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             data = sys.stdin.buffer.read() if src == "-" else Path(src)
-            result = stylizer.stylize(data, strength=args.strength, preserve_color=args.preserve_color,
-                                      max_side=args.max_side, **options)
+            result = stylize(data, strength=args.strength, preserve_color=args.preserve_color,
+                             max_side=args.max_side)
         except ImageError as exc:
             failed += 1
             print(f"raystyle: error: {exc}", file=sys.stderr)

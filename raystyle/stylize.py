@@ -145,6 +145,35 @@ def check_options(strength: float, max_side: int | None, tile: int, multiple: in
     return tile
 
 
+def run_grouped(arrays: list[np.ndarray], tile: int, tiled, whole, strength: float,
+                preserve_color: bool) -> tuple[list[np.ndarray], float]:
+    """(outputs, ms of the networks): the images over ``tile`` px through ``tiled(i, a)`` ->
+    uint8, the others grouped by shape through ``whole(indices, (B, H, W, 3) batch)`` ->
+    (B, 3, H', W') in [-1, 1]; then colour and strength. Order is kept. Both stylizers run
+    their batches through this (raystyle.arbitrary too)."""
+    if strength == 0.0:
+        return [a.copy() for a in arrays], 0.0
+    out: list[np.ndarray | None] = [None] * len(arrays)
+    start = time.perf_counter()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(arrays):
+        if max(a.shape[:2]) > tile:
+            out[i] = tiled(i, a)
+        else:
+            groups.setdefault(a.shape, []).append(i)
+    for shape, idx in groups.items():
+        y = whole(idx, np.stack([arrays[i] for i in idx]))
+        for i, res in zip(idx, _to_uint8(y, shape[0], shape[1]), strict=True):
+            out[i] = res
+    ms = (time.perf_counter() - start) * 1000
+    results = []
+    for a, s in zip(arrays, out, strict=True):
+        if preserve_color:
+            s = keep_colour(s, a)
+        results.append(blend_strength(s, a, strength))
+    return results, ms
+
+
 def open_stylizer(style: str | registry.Style, *, models_dir: str | Path | None = None, **options):
     """The stylizer a registry style needs: ``Stylizer`` for a generator, ``ArbitraryStylizer``
     (raystyle.arbitrary) for an arbitrary style. ``options`` are the constructors' own."""
@@ -335,34 +364,10 @@ class Stylizer:
         def whole(idx: list[int], batch: np.ndarray) -> np.ndarray:
             return self.session.run(None, {self._input: _to_input(batch)})[0]
 
-        return self._run(arrays, tile, lambda i, a: self._tiled(a, tile), whole, strength, preserve_color)
-
-    def _run(self, arrays: list[np.ndarray], tile: int, tiled, whole, strength: float,
-             preserve_color: bool) -> list[np.ndarray]:
-        """The images over ``tile`` px through ``tiled(i, a)`` -> uint8, the others grouped by
-        shape through ``whole(indices, (B, H, W, 3) batch)`` -> (B, 3, H', W') in [-1, 1]; then
-        colour and strength. Order is kept; ``last_infer_ms`` is the networks' time."""
-        if strength == 0.0:
-            return [a.copy() for a in arrays]
-        out: list[np.ndarray | None] = [None] * len(arrays)
-        start = time.perf_counter()
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, a in enumerate(arrays):
-            if max(a.shape[:2]) > tile:
-                out[i] = tiled(i, a)
-            else:
-                groups.setdefault(a.shape, []).append(i)
-        for shape, idx in groups.items():
-            y = whole(idx, np.stack([arrays[i] for i in idx]))
-            for i, res in zip(idx, _to_uint8(y, shape[0], shape[1]), strict=True):
-                out[i] = res
-        self.last_infer_ms = (time.perf_counter() - start) * 1000
-        results = []
-        for a, s in zip(arrays, out, strict=True):
-            if preserve_color:
-                s = keep_colour(s, a)
-            results.append(blend_strength(s, a, strength))
+        results, self.last_infer_ms = run_grouped(arrays, tile, lambda i, a: self._tiled(a, tile), whole,
+                                                  strength, preserve_color)
         return results
+
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod
