@@ -229,7 +229,7 @@ class ArbitraryStylizer:
             raise StylizeError(f"{len(images)} images need as many styles and alphas")
         if any(not 0.0 <= a <= 1.0 for a in alphas):
             raise StylizeError(f"alpha must be between 0 and 1, got {alphas}")
-        tile = check_options(strength, max_side, tile or self.tile, MULTIPLE)
+        tile = check_options(strength, max_side, self.tile if tile is None else tile, MULTIPLE)
         arrays = [np.asarray(fit_within(decode(img, max_side=max_side), max_side)) for img in images]
 
         def whole(idx: list[int], batch: np.ndarray) -> np.ndarray:

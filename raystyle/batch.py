@@ -69,10 +69,11 @@ class BatchResult:
     skipped: int  # already had an output when the job started
     stylized: int
     errors: list[dict[str, str]] = field(default_factory=list)  # {path, error}
-    seconds: float = 0.0  # the Ray Data job, actor start-up included
+    seconds: float = 0.0  # the Ray Data jobs, actor start-up included
     manifest: str = ""
     # arbitrary styles: {"alpha": A, "style_images": [{"image", "sha256", "weight"}, ...]}
     style: dict[str, Any] = field(default_factory=dict)
+    frames: int = 0  # video frames written
 
     @property
     def todo(self) -> int:
@@ -84,8 +85,10 @@ class BatchResult:
 
     def summary(self) -> str:
         errors = f"{len(self.errors)} errors" + (f" (see {self.manifest})" if self.errors else "")
-        return (f"{self.stylized} stylized, {errors}, {self.skipped} skipped, "
-                f"{self.images_per_s:.2f} images/s ({self.seconds:.1f} s)")
+        frames = f", {self.frames} video frames" if self.frames else ""
+        unit = "files/s" if self.frames else "images/s"  # a video is one file of many frames
+        return (f"{self.stylized} stylized{frames}, {errors}, {self.skipped} skipped, "
+                f"{self.images_per_s:.2f} {unit} ({self.seconds:.1f} s)")
 
 
 # -- filesystems ------------------------------------------------------------------------
@@ -154,10 +157,16 @@ def output_name(rel: str, fmt: str | None = None) -> tuple[str, str]:
     """(output relative path, encode format): same path and name, the format's extension.
 
     ``fmt`` None keeps the input's format when it is png, jpeg or webp, else png. A name
-    that already has the format's extension (.jpg for jpeg, .PNG) is kept as it is.
+    that already has the format's extension (.jpg for jpeg, .PNG) is kept as it is. A video
+    keeps its name in .mp4, .mov and .mkv, else becomes .mp4 (format "video"; ``fmt`` is for
+    images only).
     """
     from .images import ENCODE_FORMATS
+    from .video import is_video
+    from .video import output_name as video_output_name
 
+    if is_video(rel):
+        return video_output_name(rel), "video"
     stem, _, suffix = rel.rpartition(".")
     suffix = suffix.lower()
     fmt = (fmt or (suffix if suffix in ENCODE_FORMATS else "png")).lower()
@@ -175,11 +184,14 @@ class Plan:
     todo: list[str]  # inputs without an output yet
 
 
-def plan(input_uri: str, output_uri: str, fmt: str | None = None) -> Plan:
-    """List the input images and the outputs that exist; removes stale temporary files."""
+def plan(input_uri: str, output_uri: str, fmt: str | None = None, videos: bool = True) -> Plan:
+    """List the input images (and videos) and the outputs that exist; removes stale temporary files."""
     from pyarrow import fs as pafs
 
     from .images import IMAGE_SUFFIXES
+    from .video import VIDEO_SUFFIXES
+
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES if videos else IMAGE_SUFFIXES
 
     in_fs, in_root = resolve(input_uri)
     out_fs, out_root = resolve(output_uri)
@@ -197,11 +209,12 @@ def plan(input_uri: str, output_uri: str, fmt: str | None = None) -> Plan:
     if in_fs.type_name == out_fs.type_name and out_root.startswith(in_root.rstrip("/") + "/"):
         nested = out_root[len(in_root.rstrip("/")) + 1:].rstrip("/") + "/"
     inputs = sorted(rel for rel in _files_under(in_fs, in_root)
-                    if os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES
+                    if os.path.splitext(rel)[1].lower() in suffixes
                     and not (nested and rel.startswith(nested)))
     if not inputs:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise BatchError(f"no images in {input_uri} (looked for {suffixes}, in subfolders too)")
+        what = "images or videos" if videos else "images"
+        raise BatchError(f"no {what} in {input_uri} (looked for {', '.join(sorted(suffixes))}, "
+                         "in subfolders too)")
     outputs: dict[str, tuple[str, str]] = {}
     claimed: dict[str, str] = {}
     for rel in inputs:
@@ -454,51 +467,83 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
               cpus_per_worker: int = 1, gpu: bool = False, models_dir: str | Path | None = None,
               precision: str = "fp32", strength: float = 1.0, preserve_color: bool = False,
               max_side: int | None = None, fmt: str | None = None, batch_size: int = 8,
-              tile: int = 1024, address: str | None = None,
+              tile: int | None = None, address: str | None = None,
               style_images: Sequence[str | Path] | None = None,
               weights: Sequence[float] | None = None, alpha: float = 1.0,
-              echo: Callable[[str], None] | None = print) -> BatchResult:
-    """Stylize every image under ``input`` into ``output`` with a Ray Data actor pool.
+              smooth: float | None = None, fps: float | None = None, chunk_frames: int | None = None,
+              crf: int = 18, echo: Callable[[str], None] | None = print) -> BatchResult:
+    """Stylize every image and video under ``input`` into ``output`` with Ray Data actor pools.
 
     ``workers`` actors (default: as many as the cluster's CPUs / GPUs allow) each hold one
     stylizer with ``cpus_per_worker`` ONNX Runtime threads (and one GPU with ``gpu``).
     Inputs whose output exists are skipped; with nothing to do, Ray is not even started.
     An arbitrary style needs ``style_images`` (paths or URIs, read here once and shared with
     the actors), blended by ``weights`` (default equal), at ``alpha``; a generator takes none.
+    Videos (raystyle.video_batch) are cut into chunks of ``chunk_frames`` frames, smoothed
+    with ``smooth`` (default 0.6) and resampled to ``fps`` when given; one H.264 file each at
+    quality ``crf`` (0: lossless).
     """
     from . import registry
+    from .video import DEFAULT_SMOOTH, VIDEO_TILE, VideoError, check_crf, check_fps, check_smooth
 
     say = echo or (lambda _msg: None)
     input, output = str(input), str(output)
-    _check_options(workers, cpus_per_worker, batch_size, strength, max_side, tile, fmt)
+    image_tile = 1024 if tile is None else tile  # videos: VIDEO_TILE (frames up to 2048 px whole)
+    _check_options(workers, cpus_per_worker, batch_size, strength, max_side, image_tile, fmt)
+    smooth = DEFAULT_SMOOTH if smooth is None else smooth
+    try:
+        check_smooth(smooth)  # a bad --smooth, --fps or --crf fails here, before anything starts
+        check_fps(fps)
+        check_crf(crf)
+    except VideoError as exc:
+        raise BatchError(str(exc)) from None
+    if chunk_frames is not None and chunk_frames < 1:
+        raise BatchError(f"--chunk-frames must be at least 1, got {chunk_frames}")
     models = registry.models_dir(models_dir)
     st = registry.get_style(style, models)
     st.file(precision, "encoder" if st.kind == "arbitrary" else "model")  # no such precision: now
-    paintings, norm, record = _arbitrary_options(st, style_images, weights, alpha, tile, max_side)
+    paintings, norm, record = _arbitrary_options(st, style_images, weights, alpha, image_tile, max_side)
     work = plan(input, output, fmt)
     skipped = len(work.inputs) - len(work.todo)
     if record:
         say(f"[raystyle] arbitrary style {style}: " + ", ".join(
             f"{i['image']} (sha256 {i['sha256'][:12]}, weight {i['weight']:.3g})"
             for i in record["style_images"]) + f"; alpha {alpha:g}")
-    say(f"[raystyle] {len(work.inputs)} images in {input}: {skipped} already done, "
-        f"{len(work.todo)} to do")
+    n_videos = sum(1 for rel in work.inputs if work.outputs[rel][1] == "video")
+    n_images = len(work.inputs) - n_videos
+    what = " and ".join(f"{n} {kind}{'s' if n != 1 else ''}" for n, kind in
+                        ((n_images, "image"), (n_videos, "video")) if n or kind == "image" and not n_videos)
+    say(f"[raystyle] {what} in {input}: {skipped} already done, {len(work.todo)} to do")
     errors: list[dict[str, str]] = []
-    seconds, stylized = 0.0, 0
+    seconds, stylized, frames = 0.0, 0, 0
     if work.todo:
         extra: dict[str, Any] = {}
         if paintings is not None:
             extra = dict(style_images=[data for _, data in paintings], weights=norm, alpha=alpha)
-        rows, seconds = _run_dataset(work, input, output, style, str(models.resolve()),
-                                     workers=workers, cpus_per_worker=cpus_per_worker, gpu=gpu,
-                                     batch_size=batch_size, address=address, say=say,
-                                     actor_kwargs=dict(precision=precision, tile=tile,
-                                                       strength=strength,
-                                                       preserve_color=preserve_color,
-                                                       max_side=max_side, **extra))
+        actor_kwargs = dict(precision=precision, tile=image_tile, strength=strength,
+                            preserve_color=preserve_color, max_side=max_side, **extra)
+        videos = [rel for rel in work.todo if work.outputs[rel][1] == "video"]
+        images = [rel for rel in work.todo if work.outputs[rel][1] != "video"]
+        rows: list[dict[str, Any]] = []
+        if images:
+            rows, seconds = _run_dataset(replace(work, todo=images), input, output, style,
+                                         str(models.resolve()), workers=workers,
+                                         cpus_per_worker=cpus_per_worker, gpu=gpu,
+                                         batch_size=batch_size, address=address, say=say,
+                                         actor_kwargs=actor_kwargs)
+        if videos:
+            from .video_batch import DEFAULT_CHUNK, run_videos
+
+            video_rows, video_seconds, frames = run_videos(
+                videos, {rel: work.outputs[rel][0] for rel in videos}, input, output, style,
+                str(models.resolve()), workers=workers, cpus_per_worker=cpus_per_worker, gpu=gpu,
+                address=address, say=say, actor_kwargs={**actor_kwargs, "tile": VIDEO_TILE if tile is None else tile},
+                smooth=smooth, fps=fps,
+                max_side=max_side, chunk_frames=chunk_frames or DEFAULT_CHUNK, crf=crf)
+            rows, seconds = rows + video_rows, seconds + video_seconds
         stylized, errors = _reconcile(work, output, rows)
     manifest = write_manifest(output, errors)
-    result = BatchResult(len(work.inputs), skipped, stylized, errors, seconds, manifest, record)
+    result = BatchResult(len(work.inputs), skipped, stylized, errors, seconds, manifest, record, frames)
     say(f"[raystyle] {result.summary()}")
     return result
 
@@ -634,7 +679,7 @@ def run_nst_batch(input: str | Path, output: str | Path, style_image: str | Path
     _check_options(workers, cpus_per_worker, 1, 1.0, None, 1024, fmt)
     style = load_rgb(style_image)  # unreadable: one ImageError line, before anything starts
     check_style(style, options)
-    work = plan(input, output, fmt)
+    work = plan(input, output, fmt, videos=False)
     skipped = len(work.inputs) - len(work.todo)
     say(f"[raystyle] {len(work.inputs)} images in {input}: {skipped} already done, "
         f"{len(work.todo)} to do")
@@ -732,10 +777,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, metavar="S", help="0 = input unchanged, 1 = full style")
     p.add_argument("--preserve-color", action="store_true", help="keep the input's colours")
     p.add_argument("--max-side", type=int, metavar="N", help="downscale inputs so the longer side is at most N")
-    p.add_argument("--tile", type=int, default=1024, metavar="N", help="tile size for large images (default 1024)")
+    p.add_argument("--tile", type=int, metavar="N",
+                   help="tile size for large images (default 1024; video frames 2048)")
     p.add_argument("--format", choices=list(FORMATS),
                    help="output format (default: the input's if png/jpeg/webp, else png)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per actor call (default 8)")
+    p.add_argument("--smooth", type=float, metavar="S",
+                   help="videos: temporal smoothing along the motion, 0 (per-frame) to below 1 (default 0.6)")
+    p.add_argument("--fps", type=float, metavar="F",
+                   help="videos: output frame rate (default: the input's own timestamps)")
+    p.add_argument("--chunk-frames", type=int, metavar="N",
+                   help="videos: frames per Ray Data chunk (default 48; each adds a few warm-up frames)")
+    p.add_argument("--crf", type=int, default=18, metavar="Q",
+                   help="videos: H.264 quality, 0 (lossless) to 51 (default 18)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
     from .nst import add_options as add_nst_options  # torch: the CLI has it loaded already
 
@@ -750,9 +804,10 @@ def _nst_args(args: argparse.Namespace) -> NSTOptions:
     ignored = [flag for flag, value, default in (
         ("--models-dir", args.models_dir, None), ("--precision", args.precision, "fp32"),
         ("--strength", args.strength, 1.0), ("--max-side", args.max_side, None),
-        ("--tile", args.tile, 1024), ("--batch-size", args.batch_size, 8),
+        ("--tile", args.tile, None), ("--batch-size", args.batch_size, 8),
         ("--style-image", args.style_images, None), ("--weights", args.weights, None),
-        ("--alpha", args.alpha, 1.0)) if value != default]
+        ("--alpha", args.alpha, 1.0), ("--smooth", args.smooth, None), ("--fps", args.fps, None),
+        ("--chunk-frames", args.chunk_frames, None), ("--crf", args.crf, 18)) if value != default]
     if ignored:
         raise BatchError(f"{', '.join(ignored)} only apply with --style; --nst takes --size, "
                          "--steps and the other style-transfer options")
@@ -777,6 +832,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                        strength=args.strength, preserve_color=args.preserve_color,
                        max_side=args.max_side, fmt=args.format, batch_size=args.batch_size,
                        tile=args.tile, address=args.address, style_images=args.style_images,
-                       weights=parse_weights(args.weights), alpha=args.alpha)
+                       weights=parse_weights(args.weights), alpha=args.alpha, smooth=args.smooth,
+                       fps=args.fps, chunk_frames=args.chunk_frames, crf=args.crf)
     del result  # failed inputs are listed in the manifest; they do not fail the job
     return 0

@@ -358,7 +358,7 @@ class Stylizer:
                       preserve_color: bool = False, max_side: int | None = None,
                       tile: int | None = None) -> list[np.ndarray]:
         """Several images; equal shapes share one ONNX Runtime call. Order is kept."""
-        tile = check_options(strength, max_side, tile or self.tile)
+        tile = check_options(strength, max_side, self.tile if tile is None else tile)
         arrays = [self._prepare(img, max_side) for img in images]
 
         def whole(idx: list[int], batch: np.ndarray) -> np.ndarray:

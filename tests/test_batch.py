@@ -179,7 +179,7 @@ def test_one_line_errors(capsys, photos, models, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("x")
-    assert "no images in" in one_line_error(capsys, [str(empty), str(tmp_path / "o"), *base])
+    assert "no images or videos in" in one_line_error(capsys, [str(empty), str(tmp_path / "o"), *base])
     line = one_line_error(capsys, [str(photos), str(tmp_path / "o"), "--style", "nope",
                                    "--models-dir", str(models)])
     assert "unknown style 'nope'" in line and "tiny" in line

@@ -105,7 +105,8 @@ def test_pure_modules_do_not_import_ray():
     code = ("import sys; import raystyle.nets, raystyle.losses, raystyle.cyclegan, raystyle.data, "
             "raystyle.checkpoint, raystyle.config, raystyle.runlog, raystyle.images, "
             "raystyle.export, raystyle.stylize, raystyle.registry, raystyle.evaluate, raystyle.quality, raystyle.download, "
-            "raystyle.perceptual, raystyle.nst, raystyle.fast, raystyle.distill, raystyle.methods; "
+            "raystyle.perceptual, raystyle.nst, raystyle.fast, raystyle.distill, raystyle.methods, "
+            "raystyle.adain, raystyle.arbitrary, raystyle.video; "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
