@@ -246,7 +246,10 @@ def _decode(source: Source, info: VideoInfo, first: int, last: int, raw: bool = 
     expected = first
     with _open(source, info.name) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # slice threads only: with frame threads (AUTO/FRAME), closing a decoder mid-stream (a
+        # chunk's end) deadlocks in avcodec_free_context on PyAV 14 once torchvision is imported
+        # (PyAV-Org/PyAV#1849; the floors CI hung here). Slice threads decoded H.264 as fast.
+        stream.thread_type = "SLICE"
         try:
             if first > 0 and info.seekable:
                 container.seek(info.pts[first], stream=stream, backward=True)
