@@ -310,9 +310,9 @@ def test_variable_frame_rate_keeps_every_frame_at_its_time(photo, tmp_path, suff
     assert out.frames == 11 and [round(t * 1000) for t in out.times()] == times
 
 
-def test_trimmed_late_and_odd_audio_clips_are_read(photo, clip, tmp_path):
-    """Valid files that look odd: a lossless trim (an edit list discards the first frames), a
-    Matroska video track starting at 0.5 s, an audio track FFmpeg does not know (left out)."""
+def test_a_lossless_trim_is_read_as_players_show_it(clip, tmp_path):
+    """A lossless trim: the first 3 frames stay in the file (the next ones need them) and an
+    edit list hides them; not a truncated file."""
     trimmed = tmp_path / "trim.mp4"
     with av.open(str(clip)) as src, av.open(str(trimmed), "w") as out:
         vs = src.streams.video[0]
@@ -322,9 +322,18 @@ def test_trimmed_late_and_odd_audio_clips_are_read(photo, clip, tmp_path):
             if p.dts is not None:
                 p.pts, p.dts, p.stream = p.pts - shift, p.dts - shift, o
                 out.mux(p)
+    with av.open(str(trimmed)) as c:
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+    if len(packets) != 24 or not packets[0].is_keyframe:  # PyAV 14's mp4 muxer loses the keyframe flag
+        pytest.skip(f"PyAV {av.__version__} cannot write the trimmed test file (its reader handles one)")
+    assert sum(p.is_discard for p in packets) == 3
     assert V.probe(trimmed).frames == 21
     assert V.stylize_video(trimmed, tmp_path / "o1.mp4", lambda fs: fs).frames == 21
 
+
+def test_late_tracks_and_unknown_audio_are_read(photo, tmp_path):
+    """Valid files that look odd: a Matroska video track starting at 0.5 s (not truncated),
+    an audio track FFmpeg does not know (left out, the video still made)."""
     late = tmp_path / "late.mkv"
     vfr_clip(late, photo, [500 + 40 * k for k in range(12)])
     assert V.probe(late).frames == 12
