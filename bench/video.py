@@ -14,7 +14,7 @@
    The Ray figure is the whole job as a user sees it (actor start-up included; Ray itself
    already running).
 
-    python bench/video.py                                  # random-init fast-small net
+    python bench/video.py                                  # random-init generator of the cpu preset
     python bench/video.py --style NAME --models-dir DIR    # an exported style
 """
 
@@ -33,26 +33,14 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from batch import random_style  # noqa: E402  (bench/batch.py: a random-init style)
 
 from raystyle import video as V  # noqa: E402
 from raystyle.stylize import Stylizer  # noqa: E402
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
-
-
-def random_style(folder: Path, preset: str) -> Path:
-    """A random-init generator of ``preset`` exported as style 'bench'; returns the models dir."""
-    from raystyle import checkpoint as ckpt
-    from raystyle.config import load_config
-    from raystyle.cyclegan import CycleGAN
-    from raystyle.export import export_style
-
-    cfg = load_config(preset)
-    model = CycleGAN(cfg.model, cfg.loss, cfg.train)
-    source = folder / "checkpoint_00000000"
-    ckpt.save_shared(source, cfg, model.nets_state(), {**model.train_state(), "world_size": 1})
-    export_style(source, "bench", models_dir=folder / "models", precisions=("fp32",))
-    return folder / "models"
 
 
 def big_photo(side: int) -> np.ndarray:
@@ -113,7 +101,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--style", help="registry style (default: a random-init generator of --preset)")
     ap.add_argument("--models-dir", type=Path)
-    ap.add_argument("--preset", default="fast-small", help="preset of the random-init generator")
+    ap.add_argument("--preset", default="cpu", help="CycleGAN preset of the random-init generator")
     ap.add_argument("--flicker-size", default="320x240", help="W x H of the flicker clip")
     ap.add_argument("--flicker-frames", type=int, default=48)
     ap.add_argument("--strengths", default="0.3,0.5,0.6,0.8")
