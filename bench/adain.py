@@ -46,7 +46,7 @@ def painting(seed: int, palette=None) -> Image.Image:
 
 def _dataset(root: Path) -> Path:
     """The sample dataset (trainA photos, trainB painterly photos) plus 12 procedural paintings in trainB."""
-    from raystyle.data import write_sample_dataset
+    from raystyle.data.datasets import write_sample_dataset
 
     if not (root / "trainA").is_dir():
         write_sample_dataset(root, size=160)
@@ -59,9 +59,9 @@ def _dataset(root: Path) -> Path:
 
 def _train(data: Path, storage: Path, name: str, features: str, side: int, steps: int, workers: int, cpus: int,
            extra_sets: list[str] | None = None):
-    from raystyle.adain import plan
+    from raystyle.methods.adain import plan
     from raystyle.runlog import read_metrics
-    from raystyle.train import fit
+    from raystyle.train.loop import fit
 
     sets = [f"adain.features={features}", f"data.load_size={side + side // 4}", f"data.crop_size={side}",
             "train.log_every=10", f"train.checkpoint_every={max(steps, 10)}", f"train.sample_every={max(steps, 10)}",
@@ -100,12 +100,12 @@ def main() -> int:
 
     import torch
 
-    from raystyle.arbitrary import ArbitraryStylizer
-    from raystyle.data import sample_photo_dir
-    from raystyle.export import export_style
-    from raystyle.images import load_rgb
+    from raystyle.data.datasets import sample_photo_dir
+    from raystyle.data.images import load_rgb
+    from raystyle.export.generator import export_style
+    from raystyle.infer.arbitrary import ArbitraryStylizer
     from raystyle.registry import get_style
-    from raystyle.train import connect
+    from raystyle.train.loop import connect
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -29,13 +29,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raystyle import checkpoint as ckpt  # noqa: E402
-from raystyle.batch import run_batch  # noqa: E402
+from raystyle.batch.images import run_batch  # noqa: E402
 from raystyle.config import load_config  # noqa: E402
-from raystyle.cyclegan import CycleGAN  # noqa: E402
-from raystyle.data import SAMPLE_PHOTOS, sample_photo_dir  # noqa: E402
-from raystyle.export import export_style  # noqa: E402
-from raystyle.images import IMAGE_SUFFIXES, decode, encode  # noqa: E402
-from raystyle.stylize import Stylizer  # noqa: E402
+from raystyle.data.datasets import SAMPLE_PHOTOS, sample_photo_dir  # noqa: E402
+from raystyle.data.images import IMAGE_SUFFIXES, decode, encode  # noqa: E402
+from raystyle.export.generator import export_style  # noqa: E402
+from raystyle.infer.generator import Stylizer  # noqa: E402
+from raystyle.methods.cyclegan import CycleGAN  # noqa: E402
 
 
 def random_style(folder: Path, preset: str) -> Path:

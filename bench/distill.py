@@ -4,7 +4,7 @@
                             [--steps 600] [--workers 1] [--cpus-per-worker 2] [--out DIR]
 
 For the teacher and each student preset it prints:
-  - parameters and GMACs at 256 px (raystyle.macs; the ONNX graph's own count is checked at export);
+  - parameters and GMACs at 256 px (raystyle.core.macs; the ONNX graph's own count is checked at export);
   - distillation: steps, minutes (Ray start-up included) and the student's PSNR/SSIM against the
     teacher on the held-out test images (the run's validation log: the final figure and the best);
   - ms/image through ONNX Runtime (CPU provider, this machine's threads) at 256, 512 and 1024 px,
@@ -79,12 +79,12 @@ def main() -> int:
 
     from raystyle import runlog
     from raystyle.config import Config
-    from raystyle.distill import load_teacher, plan
-    from raystyle.export import export_style
-    from raystyle.macs import count_macs, count_params
-    from raystyle.nets import build_generator
+    from raystyle.core.macs import count_macs, count_params
+    from raystyle.core.nets import build_generator
+    from raystyle.export.generator import export_style
+    from raystyle.methods.distill import load_teacher, plan
     from raystyle.registry import get_style
-    from raystyle.train import fit
+    from raystyle.train.loop import fit
 
     models, runs = args.out / "models", args.out / "runs"
     sides = [int(s) for s in args.sides.split(",")]

@@ -3,7 +3,7 @@
     python bench/fast.py [--out DIR] [--features random] [--train-steps 1500] [--side 128]
 
 Prints, on this machine:
-  - Gatys (raystyle.nst): seconds per step at 256 and 512 px, L-BFGS and Adam;
+  - Gatys (raystyle.methods.nst): seconds per step at 256 and 512 px, L-BFGS and Adam;
   - fast nets (the `fast` and `fast-small` presets): parameters, GMACs at 256 px, ms/image through
     ONNX Runtime (CPU) at 256, 512 and 1024 px, fp32 and int8;
   - fast-net training on Ray Train: images/s with 1 worker x 2 CPUs and 2 workers x 1 CPU
@@ -14,7 +14,7 @@ and writes DIR/fast_grid.png: content | style | Gatys | fast net (the fast-small
 The style image is drawn by ``strokes_painting`` (short brush strokes in a fixed palette): no
 painting ships with any package here. With --features random (the default here: no VGG weights
 can be downloaded on this machine) both methods use the fixed-seed random VGG-19-shaped features
-of raystyle.perceptual; they cost the same per step as VGG-19's.
+of raystyle.core.perceptual; they cost the same per step as VGG-19's.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def strokes_painting(side: int = 384, seed: int = 7) -> Image.Image:
 
 
 def _gatys_seconds_per_step(content, style, side: int, optimizer: str, features: str, steps: int) -> float:
-    from raystyle.nst import NSTOptions, run_nst
+    from raystyle.methods.nst import NSTOptions, run_nst
 
     _, report = run_nst(content, style, NSTOptions(size=side, steps=steps, optimizer=optimizer,
                                                    features=features, device="cpu"))
@@ -64,9 +64,9 @@ def _gatys_seconds_per_step(content, style, side: int, optimizer: str, features:
 
 def _train(painting: Path, data: Path, storage: Path, name: str, preset: str, features: str,
            side: int, steps: int, workers: int, cpus: int, extra_sets: list[str] | None = None):
-    from raystyle.fast import plan
+    from raystyle.methods.fast import plan
     from raystyle.runlog import read_metrics
-    from raystyle.train import fit
+    from raystyle.train.loop import fit
 
     sets = [f"fast.features={features}", f"data.load_size={side}", f"data.crop_size={side}",
             "train.log_every=10", f"train.checkpoint_every={max(steps, 10)}",
@@ -94,15 +94,15 @@ def main() -> int:
 
     import torch
 
-    from raystyle.data import sample_photo_dir, write_sample_dataset
-    from raystyle.export import export_style
-    from raystyle.images import load_rgb
-    from raystyle.macs import count_macs, count_params
-    from raystyle.nets import build_generator
-    from raystyle.nst import NSTOptions, run_nst
+    from raystyle.core.macs import count_macs, count_params
+    from raystyle.core.nets import build_generator
+    from raystyle.data.datasets import sample_photo_dir, write_sample_dataset
+    from raystyle.data.images import load_rgb
+    from raystyle.export.generator import export_style
+    from raystyle.infer.generator import Stylizer
+    from raystyle.methods.nst import NSTOptions, run_nst
     from raystyle.registry import get_style
-    from raystyle.stylize import Stylizer
-    from raystyle.train import connect
+    from raystyle.train.loop import connect
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raystyle import checkpoint as ckpt  # noqa: E402
 from raystyle.config import Config, load_config  # noqa: E402
-from raystyle.cyclegan import CycleGAN  # noqa: E402
-from raystyle.data import sample_photo_dir  # noqa: E402
-from raystyle.export import export_style, load_generator  # noqa: E402
-from raystyle.images import decode, encode  # noqa: E402
+from raystyle.data.datasets import sample_photo_dir  # noqa: E402
+from raystyle.data.images import decode, encode  # noqa: E402
+from raystyle.export.generator import export_style, load_generator  # noqa: E402
+from raystyle.infer.generator import Stylizer, _to_input, make_session  # noqa: E402
+from raystyle.methods.cyclegan import CycleGAN  # noqa: E402
 from raystyle.registry import get_style  # noqa: E402
-from raystyle.stylize import Stylizer, _to_input, make_session  # noqa: E402
 
 
 def photo(side: int) -> np.ndarray:
@@ -71,7 +71,7 @@ PEAK_SCRIPT = """
 import sys, time
 import numpy as np
 from PIL import Image
-from raystyle.stylize import Stylizer
+from raystyle.infer.generator import Stylizer
 s = Stylizer(sys.argv[1], models_dir=sys.argv[2], precision=sys.argv[4], tile=int(sys.argv[5]))
 start = time.perf_counter()
 out = s.stylize(sys.argv[3])

@@ -2,7 +2,7 @@
 
 Each preset is trained for real (Ray Train, the preset's workers, this machine's cores) with
 validation every ``--every`` steps; the figures are the held-out ones training logs
-(raystyle.quality): the ground-truth PSNR gain over the photo itself (the sample data's test
+(raystyle.methods.quality): the ground-truth PSNR gain over the photo itself (the sample data's test
 split is paired), the domain score and content SSIM. Time is wall clock from the ``fit`` call
 (Ray's worker start-up included). Prints a table per preset, the time validation adds per
 step, and writes a PNG plot of the gain over time.
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raystyle import runlog  # noqa: E402
 from raystyle.config import load_config  # noqa: E402
-from raystyle.data import write_sample_dataset  # noqa: E402
-from raystyle.train import connect, fit, total_steps  # noqa: E402
+from raystyle.data.datasets import write_sample_dataset  # noqa: E402
+from raystyle.train.loop import connect, fit, total_steps  # noqa: E402
 
 
 def run(preset: str, data: Path, storage: Path, minutes: float, every: int, overrides: list[str]):

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from batch import random_style  # noqa: E402
 
-from raystyle.data import sample_photo_dir  # noqa: E402
-from raystyle.images import decode, encode  # noqa: E402
-from raystyle.stylize import Stylizer  # noqa: E402
+from raystyle.data.datasets import sample_photo_dir  # noqa: E402
+from raystyle.data.images import decode, encode  # noqa: E402
+from raystyle.infer.generator import Stylizer  # noqa: E402
 
 
 def payloads(side: int, n: int = 8) -> list[bytes]:
@@ -110,7 +110,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from raystyle.serve import app_builder
+    from raystyle.serve.app import app_builder
 
     cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="raystyle_serve_bench_"))
@@ -168,7 +168,7 @@ def healthz_drill(port: int, models: Path, style: str) -> list[float]:
 
     from ray import serve
 
-    from raystyle.serve import app_builder
+    from raystyle.serve.app import app_builder
 
     serve.run(app_builder({"models_dir": str(models), "provider": "cpu", "styles": [style],
                            "max_pixels": 30_000_000}), name="drill", route_prefix="/drill")

@@ -1,6 +1,6 @@
 """Training throughput: a plain PyTorch loop vs Ray Train (1 and 2 workers), side by side.
 
-All three run the same CycleGAN step (raystyle.cyclegan) on the same data pipeline and
+All three run the same CycleGAN step (raystyle.methods.cyclegan) on the same data pipeline and
 the same cores, one after another in this process, interleaved for ``--rounds`` rounds
 (small shared machines are noisy: each figure is the median over rounds). Steady-state
 images/s excludes the first ``--warmup`` steps; Ray's fixed start-up cost (worker group,
@@ -27,8 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raystyle import runlog  # noqa: E402
 from raystyle.config import Config, load_config  # noqa: E402
-from raystyle.cyclegan import CycleGAN  # noqa: E402
-from raystyle.data import EpochBatches, UnpairedDataset, check_dataset, write_sample_dataset  # noqa: E402
+from raystyle.data.datasets import (  # noqa: E402
+    EpochBatches,
+    UnpairedDataset,
+    check_dataset,
+    write_sample_dataset,
+)
+from raystyle.methods.cyclegan import CycleGAN  # noqa: E402
 
 
 def plain_loop(cfg: Config, data: Path, steps: int, warmup: int, device: str) -> float:
@@ -54,7 +59,7 @@ def plain_loop(cfg: Config, data: Path, steps: int, warmup: int, device: str) ->
 def ray_train(cfg: Config, data: Path, workers: int, cpus: int, steps: int, warmup: int,
               storage: Path, use_gpu: bool) -> tuple[float, float]:
     """(steady images/s from the run's metrics log, wall-clock seconds of the whole fit)."""
-    from raystyle.train import fit
+    from raystyle.train.loop import fit
 
     log_every = max(1, steps // 10)
     total = warmup + steps
@@ -103,7 +108,7 @@ def main() -> None:
     walls: dict[str, list[float]] = {}
     ray_setups = []
     if not args.skip_ray:
-        from raystyle.train import connect
+        from raystyle.train.loop import connect
 
         connect()  # the local Ray exactly as `raystyle train` starts it
         per_worker = cores if not args.gpu else max(1, cores // 2)

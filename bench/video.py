@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from batch import random_style  # noqa: E402  (bench/batch.py: a random-init style)
 
-from raystyle import video as V  # noqa: E402
-from raystyle.stylize import Stylizer  # noqa: E402
+from raystyle.infer import video as V  # noqa: E402
+from raystyle.infer.generator import Stylizer  # noqa: E402
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
 
@@ -76,7 +76,7 @@ def flicker_table(clip: Path, stylizer: Stylizer, strengths: list[float]) -> dic
 
 
 def throughput(clip: Path, style: str, models: Path, workers: int, chunk: int, work: Path) -> dict:
-    from raystyle.batch import run_batch
+    from raystyle.batch.images import run_batch
 
     stylizer = Stylizer(style, models_dir=models)  # every core
     start = time.perf_counter()

@@ -7,7 +7,7 @@ actors through the object store), so a painting in the working dir or any URI wi
 
 import sys
 
-from raystyle.cli import main
+from raystyle.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["batch", *sys.argv[1:]]))

@@ -5,7 +5,7 @@ Takes exactly the options of `raystyle distill` (see `python jobs/distill.py --h
 
 import sys
 
-from raystyle.cli import main
+from raystyle.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["distill", *sys.argv[1:]]))

@@ -5,7 +5,7 @@ Runs `raystyle export --ray` (the export is a Ray task on the cluster); same opt
 
 import sys
 
-from raystyle.cli import main
+from raystyle.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["export", "--ray", *sys.argv[1:]]))

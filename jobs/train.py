@@ -5,7 +5,7 @@ Takes exactly the options of `raystyle train` (see `python jobs/train.py --help`
 
 import sys
 
-from raystyle.cli import main
+from raystyle.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,3 +1,3 @@
-from .cli import entrypoint
+from raystyle.cli.main import entrypoint
 
 entrypoint()

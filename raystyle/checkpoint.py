@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 
-from . import storage
-from .config import Config
-from .storage import Location
+from raystyle.config import Config
+from raystyle.util import storage
+from raystyle.util.storage import Location
 
 if TYPE_CHECKING:
     import torch

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import MODELS_ENV, default_models_dir  # noqa: F401  (MODELS_ENV re-exported)
+from raystyle.config import MODELS_ENV, default_models_dir  # noqa: F401  (MODELS_ENV re-exported)
 
 METADATA = "model.json"
 PRECISIONS = ("fp32", "fp16", "int8")

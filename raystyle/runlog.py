@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 
-from . import storage
-from .storage import Location
+from raystyle.util import storage
+from raystyle.util.storage import Location
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ VALIDATION = "validation.json"
 
 LOSS_KEYS = ("g_total", "g_gan_ab", "g_gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "d_a", "d_b")
 # Which way is better, for ranking checkpoints (retention, `export --best`): the held-out
-# figures of raystyle.quality that grow with quality; anything else (losses) is better lower.
+# figures of raystyle.methods.quality that grow with quality; anything else (losses) is better lower.
 HIGHER_IS_BETTER = frozenset({"val_cycle_psnr", "val_content_ssim", "val_domain_score",
                               "val_gt_psnr", "val_gt_gain_db", "val_domain_content",
                               "val_teacher_psnr", "val_teacher_ssim"})

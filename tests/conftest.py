@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from raystyle.config import Config, load_config
-from raystyle.data import write_sample_dataset
+from raystyle.data.datasets import write_sample_dataset
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-# Domain classifiers (raystyle.quality) are cached here, not in ~/.cache, and shared by the session
+# Domain classifiers (raystyle.methods.quality) are cached here, not in ~/.cache, and shared by the session
 os.environ.setdefault("RAYSTYLE_CACHE", tempfile.mkdtemp(prefix="raystyle_test_cache_"))
 
 
@@ -40,8 +40,8 @@ def trained_checkpoint(sample_data, tmp_path_factory) -> Path:
     from torch.utils.data import DataLoader
 
     from raystyle import checkpoint as ckpt
-    from raystyle.cyclegan import CycleGAN
-    from raystyle.data import EpochBatches, UnpairedDataset, check_dataset
+    from raystyle.data.datasets import EpochBatches, UnpairedDataset, check_dataset
+    from raystyle.methods.cyclegan import CycleGAN
 
     cfg = tiny_config(tmp_path_factory.mktemp("unused")).replace(
         model={"ngf": 8, "ndf": 8, "n_blocks": 2}, train={"lr": 1e-3, "pool_size": 10})
@@ -61,7 +61,7 @@ def trained_checkpoint(sample_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(trained_checkpoint, tmp_path_factory):
     """The trained tiny checkpoint exported as style 'tiny' (fp32, int8, fp16, TorchScript)."""
-    from raystyle.export import export_style
+    from raystyle.export.generator import export_style
 
     models = tmp_path_factory.mktemp("models")
     return export_style(trained_checkpoint, "tiny", models_dir=models,
@@ -94,9 +94,9 @@ def arbitrary_style(sample_data, tmp_path_factory):
     from torch.utils.data import DataLoader
 
     from raystyle import checkpoint as ckpt
-    from raystyle.adain import AdaINMethod, plan
-    from raystyle.data import EpochBatches, UnpairedDataset, check_dataset
-    from raystyle.export import export_style
+    from raystyle.data.datasets import EpochBatches, UnpairedDataset, check_dataset
+    from raystyle.export.generator import export_style
+    from raystyle.methods.adain import AdaINMethod, plan
 
     cfg, extra = plan(overrides=ADAIN_TINY)
     a, b = check_dataset(sample_data, cfg.data.crop_size)

@@ -1,4 +1,4 @@
-"""Arbitrary style transfer (raystyle.adain, raystyle.arbitrary, raystyle.export_adain): the AdaIN
+"""Arbitrary style transfer (raystyle.methods.adain, raystyle.infer.arbitrary, raystyle.export.arbitrary): the AdaIN
 layer, the decoder's training, its plan and bad input; a run on Ray Train (2 DDP workers, resumed),
 the export's graphs and gates, exact tiles, style blending and the CLI. Random features: nothing
 is downloaded. Serve and the batch job: test_serve_arbitrary.py, test_batch_arbitrary.py."""
@@ -14,9 +14,9 @@ import torch
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
-from raystyle.adain import AdaINMethod, adain, mean_std, plan
-from raystyle.data import EpochBatches, UnpairedDataset, check_dataset, sample_photo_dir
-from raystyle.images import load_rgb
+from raystyle.data.datasets import EpochBatches, UnpairedDataset, check_dataset, sample_photo_dir
+from raystyle.data.images import load_rgb
+from raystyle.methods.adain import AdaINMethod, adain, mean_std, plan
 
 from .conftest import ADAIN_TINY
 
@@ -58,7 +58,7 @@ def test_training_lowers_the_losses(sample_data):
 
 def test_plan_checks_the_config_and_the_features_before_anything_runs(tmp_path):
     from raystyle.config import ConfigError
-    from raystyle.perceptual import FeatureError
+    from raystyle.core.perceptual import FeatureError
 
     with pytest.raises(ConfigError, match="at least the 16 px"):
         plan(overrides=[*ADAIN_TINY, "data.load_size=12", "data.crop_size=8"])
@@ -75,7 +75,7 @@ def test_plan_checks_the_config_and_the_features_before_anything_runs(tmp_path):
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(sample_data, tmp_path, capsys):
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     photos_only = tmp_path / "photos"
     (photos_only / "trainA").mkdir(parents=True)
@@ -103,7 +103,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(sample_data, tmp_path, cap
 @pytest.fixture(scope="module")
 def run(ray_session, sample_data, tmp_path_factory):
     """The CLI: 4 steps on 2 workers, then the same command to 6 (a resume)."""
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     storage = tmp_path_factory.mktemp("adain_runs")
     sets = [a for item in ADAIN_TINY for a in ("--set", item)]
@@ -136,10 +136,10 @@ def test_two_workers_train_equal_decoders_and_a_rerun_resumes(run, sample_data):
 
 
 def test_export_writes_an_arbitrary_style_whose_graphs_match_torch(run, tmp_path, capsys):
-    from raystyle.adain import load_net, pad_to
-    from raystyle.arbitrary import ArbitraryStylizer
-    from raystyle.cli import main
-    from raystyle.export import ExportError
+    from raystyle.cli.main import main
+    from raystyle.export.generator import ExportError
+    from raystyle.infer.arbitrary import ArbitraryStylizer
+    from raystyle.methods.adain import load_net, pad_to
     from raystyle.registry import get_style, list_styles
 
     run_dir = run[0]
@@ -176,7 +176,7 @@ def test_export_writes_an_arbitrary_style_whose_graphs_match_torch(run, tmp_path
 
     # a gate that cannot be met registers nothing; generator-only options are refused
     with pytest.raises(ExportError, match="int8_min_psnr_db"):
-        from raystyle.export import export_style
+        from raystyle.export.generator import export_style
 
         export_style(run_dir, "refused", models_dir=models, precisions=("fp32", "int8"),
                      overrides=["export.int8_min_psnr_db=98"])
@@ -196,8 +196,8 @@ def _photo(side: tuple[int, int] = (200, 152)) -> np.ndarray:
 def test_tiles_are_exact_and_a_halo_too_small_is_not(arbitrary_style):
     """Large images run in tiles of 64 px cores: equal to the whole image (>= 60 dB; measured 99,
     i.e. identical); the same tiles with a halo of 8 px instead of 96 visibly differ."""
-    from raystyle.arbitrary import ArbitraryStylizer
-    from raystyle.export import _psnr_db
+    from raystyle.export.generator import _psnr_db
+    from raystyle.infer.arbitrary import ArbitraryStylizer
 
     st = ArbitraryStylizer(arbitrary_style, provider="cpu")
     stats = st.blend([sample_photo_dir() / "coffee.png"])
@@ -211,8 +211,8 @@ def test_tiles_are_exact_and_a_halo_too_small_is_not(arbitrary_style):
 
 
 def test_blending_alpha_and_the_style_cache(arbitrary_style):
-    from raystyle.arbitrary import ArbitraryStylizer
-    from raystyle.stylize import StylizeError
+    from raystyle.infer.arbitrary import ArbitraryStylizer
+    from raystyle.infer.generator import StylizeError
 
     st = ArbitraryStylizer(arbitrary_style, provider="cpu", cache_size=2)
     photo = _photo((96, 64))
@@ -241,8 +241,8 @@ def test_blending_alpha_and_the_style_cache(arbitrary_style):
 
 
 def test_cli_stylize_with_style_images(arbitrary_style, exported, tmp_path, capsys):
-    from raystyle.arbitrary import ArbitraryStylizer
-    from raystyle.cli import main
+    from raystyle.cli.main import main
+    from raystyle.infer.arbitrary import ArbitraryStylizer
 
     models = str(arbitrary_style.path.parent)
     photo = tmp_path / "photo.png"
@@ -277,10 +277,10 @@ def test_cli_stylize_with_style_images(arbitrary_style, exported, tmp_path, caps
 def test_the_presets_cost_what_the_readme_says(preset, gmacs, decoder_m):
     """README: `adain` = VGG-19 to relu4_1 (15.82 GMACs at 256 px, 3.506 M) + the paper's decoder;
     `adain-small` = the same encoder + a decoder at half the width."""
-    from raystyle.adain import LAYERS, Decoder, Encoder
     from raystyle.config import load_config
-    from raystyle.macs import count_macs, count_params
-    from raystyle.perceptual import FeatureNet
+    from raystyle.core.macs import count_macs, count_params
+    from raystyle.core.perceptual import FeatureNet
+    from raystyle.methods.adain import LAYERS, Decoder, Encoder
 
     cfg = load_config(preset)
     assert cfg.method == "adain" and cfg.adain.features == "vgg19"
@@ -294,9 +294,9 @@ def test_bf16_autocast_trains_and_a_vgg_encoder_travels_in_the_checkpoint():
     """AMP (bf16 here, on the CPU): finite losses, statistics in fp32. VGG features given as a
     state dict (random values in torchvision's layout, no file): the checkpoint's ``encoder`` is
     exactly those weights, and load_net rebuilds the same network from the checkpoint alone."""
-    from raystyle.adain import load_net
     from raystyle.config import Config
-    from raystyle.perceptual import _build_features
+    from raystyle.core.perceptual import _build_features
+    from raystyle.methods.adain import load_net
 
     torch.manual_seed(0)
     state = _build_features("vgg19").state_dict()
@@ -311,7 +311,7 @@ def test_bf16_autocast_trains_and_a_vgg_encoder_travels_in_the_checkpoint():
     net = load_net(nets, cfg)
     x, s = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        from raystyle.adain import adain as layer
+        from raystyle.methods.adain import adain as layer
 
         m, sd = mean_std(model.encoder(s)["relu4_1"])
         want = model.decoder(layer(model.encoder(x)["relu4_1"], m, sd))
@@ -321,7 +321,7 @@ def test_bf16_autocast_trains_and_a_vgg_encoder_travels_in_the_checkpoint():
 def test_int8_falls_back_to_the_decoder_alone_or_registers_nothing(arbitrary_style, tmp_path):
     """A gate just above what both int8 graphs give: the decoder alone in int8 (encoder fp32) is
     tried next, and it either holds the gate (recorded as such) or the export fails."""
-    from raystyle.export import ExportError, export_style
+    from raystyle.export.generator import ExportError, export_style
     from raystyle.registry import list_styles
 
     both = arbitrary_style.meta["precisions"]["int8"]["both_int8_psnr_vs_fp32_db"]
@@ -356,7 +356,7 @@ def test_style_images_of_any_shape_and_mode(arbitrary_style, tmp_path):
     """Long, thin, grey, palette and RGBA paintings; tiny and one-pixel-wide photos."""
     from PIL import Image
 
-    from raystyle.arbitrary import ArbitraryStylizer, style_array
+    from raystyle.infer.arbitrary import ArbitraryStylizer, style_array
 
     thin = style_array(Image.new("RGB", (4, 100_000), "red"), 64)  # cropped in the source, then resized
     assert thin.shape == (256, 64, 3)
@@ -374,7 +374,7 @@ def test_style_images_of_any_shape_and_mode(arbitrary_style, tmp_path):
 def test_features_flag_applies_when_the_method_comes_from_the_config(tmp_path):
     """`--config adain-small --features random` (no --method): the preset makes it an adain run
     and --features sets adain.features (as `--config fast` sets fast.features)."""
-    from raystyle import cli
+    from raystyle.cli import main as cli
 
     args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config",
                                           "adain-small", "--features", "random"])

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raystyle import batch
-from raystyle.batch import MANIFEST, TMP_SUFFIX, BatchError, add_parser, cmd_batch, run_batch
-from raystyle.images import decode
-from raystyle.stylize import Stylizer
+from raystyle.batch import images as batch
+from raystyle.batch.images import MANIFEST, TMP_SUFFIX, BatchError, add_parser, cmd_batch, run_batch
+from raystyle.data.images import decode
+from raystyle.infer.generator import Stylizer
 
 BROKEN = "broken.png"
 
@@ -210,9 +210,9 @@ def test_cluster_problems_are_one_line_errors(capsys, ray_session, photos, model
 
 
 def test_wired_into_raystyle_main(capsys, tmp_path):
-    from raystyle import cli as cli_module
+    from raystyle.cli import main as cli_module
 
-    assert "batch" in cli_module.COMMANDS, "raystyle.cli does not wire `batch`"
+    assert "batch" in cli_module.COMMANDS, "raystyle.cli.main does not wire `batch`"
     capsys.readouterr()
     assert cli_module.main(["batch", str(tmp_path / "nope"), str(tmp_path / "o"), "--style", "x",
                             "--models-dir", str(tmp_path)]) == 2

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raystyle import cli, train
-from raystyle.arbitrary import ArbitraryStylizer
-from raystyle.batch import MANIFEST, run_batch
-from raystyle.images import decode
+from raystyle.batch.images import MANIFEST, run_batch
+from raystyle.cli import main as cli
+from raystyle.data.images import decode
+from raystyle.infer.arbitrary import ArbitraryStylizer
+from raystyle.train import loop as train
 
 BROKEN = "broken.png"
 ALPHA = 0.8

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from raystyle import perceptual
-from raystyle.batch import MANIFEST, add_parser, cmd_batch
-from raystyle.data import painterly, sample_photo_dir
-from raystyle.images import decode
-from raystyle.nst import NSTOptions, run_nst
-from raystyle.perceptual import WEIGHTS_ENV
+from raystyle.batch.images import MANIFEST, add_parser, cmd_batch
+from raystyle.core import perceptual
+from raystyle.core.perceptual import WEIGHTS_ENV
+from raystyle.data.datasets import painterly, sample_photo_dir
+from raystyle.data.images import decode
+from raystyle.methods.nst import NSTOptions, run_nst
 
 BROKEN = "broken.jpg"
 NST = ["--features", "random", "--size", "48", "--steps", "2"]

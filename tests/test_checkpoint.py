@@ -2,8 +2,8 @@ import pytest
 
 from raystyle import checkpoint as ckpt
 from raystyle.config import Config
-from raystyle.cyclegan import CycleGAN
-from raystyle.evaluate import evaluate
+from raystyle.methods.cyclegan import CycleGAN
+from raystyle.train.evaluate import evaluate
 
 
 def _save(directory, step=3, config=None):
@@ -56,8 +56,8 @@ def test_evaluate_scores_the_checkpoints_own_weights(trained_checkpoint, sample_
     paired, so the ground-truth PSNR and its gain over the photo are reported."""
     import torch
 
-    from raystyle import quality
-    from raystyle.nets import build_generator
+    from raystyle.core.nets import build_generator
+    from raystyle.methods import quality
 
     ev = evaluate(trained_checkpoint, sample_data, limit=3, grid=tmp_path / "g.png")
     config, nets, _ = ckpt.load_shared(trained_checkpoint)
@@ -86,7 +86,7 @@ def test_evaluate_scores_the_checkpoints_own_weights(trained_checkpoint, sample_
 def test_evaluate_command_prints_the_figures_side_by_side(trained_checkpoint, sample_data, capsys):
     import json
 
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     assert main(["evaluate", str(trained_checkpoint), "--data", str(sample_data), "--limit", "3"]) == 0
     out = capsys.readouterr().out

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from raystyle import checkpoint as ckpt
-from raystyle.cli import main
-from raystyle.download import DATASETS
+from raystyle.cli.main import main
+from raystyle.data.download import DATASETS
 
 # Shrinks the tiny preset further so a CLI training run takes seconds on 2 CPU cores.
 TINY = ["--config", "tiny", "--set", "data.load_size=36", "--set", "data.crop_size=32",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raystyle.cli import main
-from raystyle.images import decode
+from raystyle.cli.main import main
+from raystyle.data.images import decode
 
 
 def _one_error_line(capsys) -> str:

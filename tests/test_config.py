@@ -69,10 +69,10 @@ def test_raystyle_home_moves_every_default_path(tmp_path):
 
     code = (
         "import json\n"
-        "from raystyle.cli import build_parser\n"
+        "from raystyle.cli.main import build_parser\n"
         "from raystyle.config import load_config\n"
         "from raystyle.registry import models_dir\n"
-        "from raystyle.train import run_location\n"
+        "from raystyle.train.loop import run_location\n"
         "p = build_parser()\n"
         "print(json.dumps({'run': str(run_location(load_config('tiny'), 'x')),\n"
         "  'models': str(models_dir(None)),\n"
@@ -99,5 +99,5 @@ def test_jobs_configs_are_the_package_presets():
 
     root = Path(__file__).resolve().parents[1]
     jobs = {p.name: p.read_bytes() for p in (root / "jobs" / "configs").glob("*.yaml")}
-    package = {p.name: p.read_bytes() for p in (root / "raystyle" / "presets").glob("*.yaml")}
+    package = {p.name: p.read_bytes() for p in (root / "raystyle" / "config" / "presets").glob("*.yaml")}
     assert jobs == package and {"tiny.yaml", "cpu.yaml", "paper.yaml"} <= set(package)

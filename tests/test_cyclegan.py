@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from raystyle.config import Config
-from raystyle.cyclegan import CycleGAN, ImagePool, linear_decay, resolve_amp
+from raystyle.methods.cyclegan import CycleGAN, ImagePool, linear_decay, resolve_amp
 
 
 def tiny(**train):
@@ -102,11 +102,11 @@ def test_bf16_autocast_step_on_cpu():
 def test_pure_modules_do_not_import_ray():
     import subprocess
 
-    code = ("import sys; import raystyle.nets, raystyle.losses, raystyle.cyclegan, raystyle.data, "
-            "raystyle.checkpoint, raystyle.config, raystyle.runlog, raystyle.images, "
-            "raystyle.export, raystyle.stylize, raystyle.registry, raystyle.evaluate, raystyle.quality, raystyle.download, "
-            "raystyle.perceptual, raystyle.nst, raystyle.fast, raystyle.distill, raystyle.methods, "
-            "raystyle.adain, raystyle.arbitrary, raystyle.video; "
+    code = ("import sys; import raystyle.core.nets, raystyle.core.losses, raystyle.methods.cyclegan, raystyle.data.datasets, "
+            "raystyle.checkpoint, raystyle.config, raystyle.runlog, raystyle.data.images, "
+            "raystyle.export.generator, raystyle.infer.generator, raystyle.registry, raystyle.train.evaluate, raystyle.methods.quality, raystyle.data.download, "
+            "raystyle.core.perceptual, raystyle.methods.nst, raystyle.methods.fast, raystyle.methods.distill, raystyle.methods, "
+            "raystyle.methods.adain, raystyle.infer.arbitrary, raystyle.infer.video; "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -117,7 +117,7 @@ def test_the_command_line_loads_without_torch():
     fast` must not import torch for it (`raystyle stylize` would pay ~1 s of start-up)."""
     import subprocess
 
-    code = "import sys; from raystyle.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from raystyle.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from raystyle.config import DataConfig
-from raystyle.data import (
+from raystyle.data.datasets import (
     DataError,
     EpochBatches,
     UnpairedDataset,
@@ -12,7 +12,7 @@ from raystyle.data import (
     steps_per_epoch,
     write_sample_dataset,
 )
-from raystyle.images import load_rgb
+from raystyle.data.images import load_rgb
 
 CFG = DataConfig(load_size=36, crop_size=32, loader_workers=0)
 
@@ -131,7 +131,7 @@ def test_sample_dataset(tmp_path):
 
 def test_painterly_domain_is_warmer_and_more_saturated():
     # The filter moves colour statistics: domain B is redder / less blue than A.
-    from raystyle.data import painterly, sample_photo_dir
+    from raystyle.data.datasets import painterly, sample_photo_dir
 
     img = load_rgb(sample_photo_dir() / "astronaut.png").resize((128, 128))
     a, b = np.asarray(img, float), np.asarray(painterly(img), float)

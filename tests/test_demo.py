@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import requests
 
-from raystyle import client
-from raystyle import monitor as mon
-from raystyle.images import decode
+from raystyle.data.images import decode
+from raystyle.monitor import snapshot as mon
+from raystyle.serve import client
 
 pytestmark = pytest.mark.timeout(900)
 # The README's command: the console script pip installed (python -m raystyle where it is not).

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from raystyle import checkpoint as ckpt
-from raystyle.cli import main
-from raystyle.distill import Distiller, DistillError, plan, tap_points
+from raystyle.cli.main import main
+from raystyle.methods.distill import Distiller, DistillError, plan, tap_points
 
 STUDENT = ["model.ngf=4", "model.n_blocks=2"]  # the teacher: ngf 8, 2 blocks
 
@@ -32,8 +32,8 @@ def test_distilling_a_trained_teacher_brings_the_student_closer_on_held_out_phot
     teacher does not change and the discriminator starts as the teacher's D_b."""
     from torch.utils.data import DataLoader
 
-    from raystyle.data import EpochBatches, UnpairedDataset, check_dataset
-    from raystyle.evaluate import load_images
+    from raystyle.data.datasets import EpochBatches, UnpairedDataset, check_dataset
+    from raystyle.train.evaluate import load_images
 
     cfg, extra = plan(trained_checkpoint, overrides=["model.ngf=4", "train.lr=1e-3"])
     assert (cfg.model.ngf, cfg.model.n_blocks, cfg.model.upsample) == (4, 2, "resize")  # student-16, clamped; the teacher's upsampling
@@ -174,8 +174,8 @@ def test_the_jobs_wrapper_takes_the_distill_options():
 
 
 def test_the_monitor_draws_a_distillation_s_losses_validation_and_grids():
-    from raystyle import monitor as mon
     from raystyle.config import load_config
+    from raystyle.monitor import snapshot as mon
 
     charted = {k for _, keys in mon.VAL_CHARTS for k in keys}
     assert set(Distiller.validation_metrics(True, None)) <= charted
@@ -190,8 +190,8 @@ def test_a_student_starts_as_a_slice_of_its_teacher(upsample, residual):
     narrower one keeps the teacher's strongest channels and starts closer to its output than
     a randomly initialised one; another upsampling cannot be sliced (left random)."""
     from raystyle.config import ModelConfig
-    from raystyle.distill import transfer_weights
-    from raystyle.nets import build_generator
+    from raystyle.core.nets import build_generator
+    from raystyle.methods.distill import transfer_weights
 
     def gen(ngf, blocks, up=upsample):
         return build_generator(ModelConfig(ngf=ngf, n_blocks=blocks, upsample=up, residual=residual,

@@ -8,8 +8,8 @@ import pytest
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
-from raystyle.distill import plan
-from raystyle.train import CRASH_MARKER, fit
+from raystyle.methods.distill import plan
+from raystyle.train.loop import CRASH_MARKER, fit
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -74,7 +74,7 @@ def models(student_run, trained_checkpoint, sample_data, tmp_path_factory):
     """The same `raystyle distill` command again, two steps further, with --export: it resumes
     the run and exports the student (its best checkpoint by agreement with the teacher, fp32 +
     int8, every gate) with a Ray task."""
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     root = tmp_path_factory.mktemp("student_models")
     sets = [arg for item in OVERRIDES for arg in ("--set", item)]
@@ -87,9 +87,9 @@ def models(student_run, trained_checkpoint, sample_data, tmp_path_factory):
 
 def test_the_student_exports_serves_and_records_its_cost_and_teacher(student_run, trained_checkpoint,
                                                                      sample_data, models):
-    from raystyle.macs import count_onnx_macs
+    from raystyle.core.macs import count_onnx_macs
+    from raystyle.infer.generator import Stylizer
     from raystyle.registry import get_style
-    from raystyle.stylize import Stylizer
 
     style = get_style("student", models)
     meta = style.meta
@@ -110,8 +110,8 @@ def test_the_student_exports_serves_and_records_its_cost_and_teacher(student_run
 
     from ray import serve
 
-    from raystyle import client
-    from raystyle.serve import app_builder
+    from raystyle.serve import client
+    from raystyle.serve.app import app_builder
 
     from .test_serve import SMALL, _free_port, _png
 
@@ -122,7 +122,7 @@ def test_the_student_exports_serves_and_records_its_cost_and_teacher(student_run
                                "deployment": {**SMALL, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}),
                   name="students", route_prefix="/")
         png, _ = client.stylize(f"http://127.0.0.1:{port}", "student", _png(image))
-        from raystyle.images import decode
+        from raystyle.data.images import decode
 
         served = np.asarray(decode(png))
         assert served.shape == image.shape
@@ -132,7 +132,7 @@ def test_the_student_exports_serves_and_records_its_cost_and_teacher(student_run
 
 
 def test_styles_shows_the_students_cost_and_agreement(models, capsys):
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     assert main(["styles", "--models-dir", str(models)]) == 0
     out = capsys.readouterr().out
@@ -141,7 +141,7 @@ def test_styles_shows_the_students_cost_and_agreement(models, capsys):
 
 
 def test_evaluate_reads_a_student_without_a_cycle(student_run, sample_data, capsys):
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     assert main(["evaluate", str(student_run.checkpoint), "--data", str(sample_data), "--no-classifier",
                  "--limit", "4"]) == 0

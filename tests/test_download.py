@@ -1,4 +1,4 @@
-"""Tests for raystyle.download against a real HTTP server on 127.0.0.1 (no network access)."""
+"""Tests for raystyle.data.download against a real HTTP server on 127.0.0.1 (no network access)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from raystyle import download as dl
-from raystyle.download import DATASETS, DEFAULT_BASE_URL, DownloadError, download_dataset
+from raystyle.data import download as dl
+from raystyle.data.download import DATASETS, DEFAULT_BASE_URL, DownloadError, download_dataset
 
 NAME = "horse2zebra"
 SPLITS = ("trainA", "trainB", "testA", "testB")
@@ -424,7 +424,7 @@ def test_cli_download_with_base_url_and_no_progress(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # README: raystyle data download [--base-url URL] [--sha256 HEX] [--no-progress] NAME OUT
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     data = _serve(server, _zip(_members()))
     out = tmp_path / "datasets"

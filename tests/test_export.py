@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from raystyle import registry
-from raystyle.evaluate import load_images
-from raystyle.export import ExportError, export_style, load_generator, pick_checkpoint
-from raystyle.quality import psnr
+from raystyle.export.generator import ExportError, export_style, load_generator, pick_checkpoint
+from raystyle.methods.quality import psnr
+from raystyle.train.evaluate import load_images
 
 
 def test_registry_entry_describes_itself(exported, trained_checkpoint):
@@ -105,7 +105,7 @@ def test_best_checkpoint_by_metric(tmp_path, trained_checkpoint):
 
     # README: raystyle export RUN_DIR --style S --best cycle_a --precision fp32,fp16,int8
     # --torchscript, through the CLI (RUN_DIR with default precisions: test_cli_styles.py).
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     models = tmp_path / "models"  # not a checkpoint_* folder: the run dir stays valid
     assert main(["export", str(tmp_path), "--style", "best", "--models-dir", str(models),
@@ -162,7 +162,7 @@ def test_model_json_records_calibration_and_every_validation_figure(exported, sa
 
 
 def _nan_tile(monkeypatch):
-    from raystyle import export
+    from raystyle.export import generator as export
 
     class NaNTile(export.TileModel):  # e.g. a variance read from the wrong slot: sqrt(negative)
         def forward(self, x, stats):
@@ -172,7 +172,7 @@ def _nan_tile(monkeypatch):
 
 
 def _shifted_tile(monkeypatch):
-    from raystyle import export
+    from raystyle.export import generator as export
 
     class ShiftedTile(export.TileModel):  # finite, agrees with its own torch source, wrong
         def forward(self, x, stats):
@@ -204,7 +204,7 @@ def test_int8_below_its_threshold_refuses_and_the_previous_version_stays(trained
     assert _registry_state(tmp_path, "gate") == before == (first.version, [first.version], [])
     assert registry.get_style("gate", tmp_path).meta == first.meta  # fp32 only, as before
     # The same through the CLI, on a style that does not exist yet: exit 2, one line, nothing at all.
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     assert main(["export", str(trained_checkpoint), "--style", "fresh", "--models-dir", str(tmp_path),
                  "--precision", "int8", "--set", "export.int8_min_psnr_db=99"]) == 2
@@ -214,7 +214,7 @@ def test_int8_below_its_threshold_refuses_and_the_previous_version_stays(trained
 
 
 def test_fp16_that_this_machine_cannot_run_is_refused_unless_allowed(trained_checkpoint, tmp_path, monkeypatch):
-    from raystyle import export
+    from raystyle.export import generator as export
 
     real_session = export.session
 
@@ -237,7 +237,7 @@ def test_fp16_that_this_machine_cannot_run_is_refused_unless_allowed(trained_che
 
 def test_export_settings_come_from_the_checkpoint_with_overrides():
     from raystyle.config import Config, ConfigError, ExportConfig
-    from raystyle.export import export_settings
+    from raystyle.export.generator import export_settings
 
     old = Config().to_dict()
     del old["export"]  # a checkpoint written before the export section existed
@@ -258,7 +258,7 @@ def test_fp16_conversion_handles_float_list_constants(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from raystyle.export import convert_fp16
+    from raystyle.export.generator import convert_fp16
 
     graph = helper.make_graph(
         [helper.make_node("Constant", [], ["c"], value_floats=[0.5, -1.0, 2.0]),
@@ -279,7 +279,7 @@ def test_a_residual_generator_exports_and_tiles_exactly(trained_checkpoint, tmp_
     import shutil
 
     from raystyle import checkpoint as ckpt
-    from raystyle.nets import build_generator
+    from raystyle.core.nets import build_generator
 
     config, nets = ckpt.load_nets(trained_checkpoint)
     config = config.replace(model={"residual": True})
@@ -301,8 +301,8 @@ def test_a_residual_generator_exports_and_tiles_exactly(trained_checkpoint, tmp_
 def test_the_averaged_generator_is_what_export_and_evaluate_use(trained_checkpoint, tmp_path, sample_data):
     """train.ema: a checkpoint with g_ab_ema exports and evaluates that one, not g_ab."""
     from raystyle import checkpoint as ckpt
-    from raystyle.evaluate import evaluate
-    from raystyle.nets import build_generator
+    from raystyle.core.nets import build_generator
+    from raystyle.train.evaluate import evaluate
 
     config, nets = ckpt.load_nets(trained_checkpoint)
     config = config.replace(train={"ema": 0.99})

@@ -1,4 +1,4 @@
-"""Fast per-style networks (raystyle.fast): the pure-torch method, its plan and bad input;
+"""Fast per-style networks (raystyle.methods.fast): the pure-torch method, its plan and bad input;
 then a run on Ray Train (2 DDP workers, a worker killed mid-run, a rerun), export, Serve over
 HTTP and the batch job with the trained net. Random features: nothing is downloaded."""
 
@@ -11,9 +11,15 @@ from PIL import Image
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
-from raystyle.data import EpochBatches, UnpairedDataset, check_photos, painterly, sample_photo_dir
-from raystyle.fast import FastStyle, StyleImageError, plan
-from raystyle.images import load_rgb
+from raystyle.data.datasets import (
+    EpochBatches,
+    UnpairedDataset,
+    check_photos,
+    painterly,
+    sample_photo_dir,
+)
+from raystyle.data.images import load_rgb
+from raystyle.methods.fast import FastStyle, StyleImageError, plan
 
 # tiny: 32 px photos, a 4-channel transformer net with one block, random features to relu3_1
 TINY = ["fast.features=random", "data.load_size=36", "data.crop_size=32", "data.loader_workers=0",
@@ -52,7 +58,7 @@ def test_training_brings_the_photos_style_statistics_to_the_paintings(painting, 
 
 def test_plan_checks_the_painting_and_the_features_before_anything_runs(painting, tmp_path):
     from raystyle.config import ConfigError
-    from raystyle.perceptual import FeatureError
+    from raystyle.core.perceptual import FeatureError
 
     with pytest.raises(StyleImageError, match="does not exist"):
         plan(tmp_path / "missing.png", overrides=TINY)
@@ -71,7 +77,7 @@ def test_plan_checks_the_painting_and_the_features_before_anything_runs(painting
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(painting, sample_data, tmp_path, capsys):
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     storage = tmp_path / "runs"
     cases = [
@@ -97,7 +103,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(painting, sample_data, tmp
 def straight_run(ray_session, painting, sample_data, tmp_path_factory):
     """Six steps on 2 workers, straight through (a worker's death and restart are method-agnostic:
     test_train.py and test_distill_ray.py kill one)."""
-    from raystyle.train import fit
+    from raystyle.train.loop import fit
 
     cfg, extra = plan(painting, overrides=TINY, settings={
         "cluster": {"workers": 2, "storage": str(tmp_path_factory.mktemp("fast_runs"))},
@@ -106,7 +112,7 @@ def straight_run(ray_session, painting, sample_data, tmp_path_factory):
 
 
 def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting, sample_data, tmp_path, capsys):
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     run = straight_run.run_dir
     assert straight_run.step == 6
@@ -142,7 +148,7 @@ def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting,
     assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b, strict=True))
 
     # the same painting from another folder resumes (files compare by hash); another one is refused
-    from raystyle.train import _check_compatible, run_location
+    from raystyle.train.loop import _check_compatible, run_location
 
     moved = tmp_path / "moved" / "copy.png"
     moved.parent.mkdir()
@@ -157,7 +163,7 @@ def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting,
 
 @pytest.fixture(scope="module")
 def models(straight_run, tmp_path_factory):
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     root = tmp_path_factory.mktemp("fast_models")
     assert main(["export", str(straight_run.run_dir), "--style", "fastnet", "--models-dir", str(root),
@@ -168,12 +174,12 @@ def models(straight_run, tmp_path_factory):
 def test_export_records_the_painting_and_serves_over_http(models, straight_run, painting, capsys):
     from ray import serve
 
-    from raystyle import client
-    from raystyle.fast import file_sha256
-    from raystyle.images import decode
+    from raystyle.data.images import decode
+    from raystyle.infer.generator import Stylizer
+    from raystyle.methods.fast import file_sha256
     from raystyle.registry import get_style
-    from raystyle.serve import app_builder
-    from raystyle.stylize import Stylizer
+    from raystyle.serve import client
+    from raystyle.serve.app import app_builder
 
     from .test_serve import SMALL, _free_port, _png
 
@@ -189,7 +195,7 @@ def test_export_records_the_painting_and_serves_over_http(models, straight_run, 
     assert max(thumb.size) == 128
     assert meta["precisions"]["int8"]["validated"] is True and meta["precisions"]["fp32"]["tiled_psnr_db"] >= 60
 
-    assert __import__("raystyle.cli", fromlist=["main"]).main(["styles", "--models-dir", str(models)]) == 0
+    assert __import__("raystyle.cli.main", fromlist=["main"]).main(["styles", "--models-dir", str(models)]) == 0
     assert "fast style net of" in capsys.readouterr().out
 
     image = np.asarray(load_rgb(sample_photo_dir() / "astronaut.png").resize((96, 64)))
@@ -208,8 +214,8 @@ def test_export_records_the_painting_and_serves_over_http(models, straight_run, 
 
 
 def test_the_batch_job_stylizes_a_folder_with_the_fast_net(models, tmp_path):
-    from raystyle.batch import run_batch
-    from raystyle.stylize import Stylizer
+    from raystyle.batch.images import run_batch
+    from raystyle.infer.generator import Stylizer
 
     photos = tmp_path / "in"
     photos.mkdir()
@@ -224,7 +230,7 @@ def test_the_batch_job_stylizes_a_folder_with_the_fast_net(models, tmp_path):
 
 
 def test_the_monitor_names_a_fast_runs_sample_columns_and_charts_its_losses():
-    from raystyle.monitor import LOSS_KEYS, sample_layout
+    from raystyle.monitor.snapshot import LOSS_KEYS, sample_layout
 
     record = {"step": 2, "total": 1.0, "content": 0.5, "style": 0.1, "tv": 0.2}
     assert sample_layout([record]) == "columns: photo | stylized | style image"
@@ -235,8 +241,8 @@ def test_the_monitor_names_a_fast_runs_sample_columns_and_charts_its_losses():
 def test_the_presets_cost_what_the_readme_says(preset, gmacs, params):
     """README: `fast` is Johnson et al.'s net (10.08 GMACs at 256 px), `fast-small` 2.17."""
     from raystyle.config import load_config
-    from raystyle.macs import count_macs, count_params
-    from raystyle.nets import build_generator
+    from raystyle.core.macs import count_macs, count_params
+    from raystyle.core.nets import build_generator
 
     cfg = load_config(preset)
     assert cfg.method == "fast" and cfg.fast.features == "vgg16" and cfg.model.edge_kernel == 9
@@ -248,7 +254,7 @@ def test_the_presets_cost_what_the_readme_says(preset, gmacs, params):
 def test_bf16_autocast_keeps_the_grams_in_fp32(painting, sample_data):
     """AMP (train.amp bf16 here on the CPU; fp16 on CUDA) runs the nets in low precision but the
     Grams in fp32: an fp16 Gram of a 256 px relu1_1 overflows to inf and no step would train."""
-    from raystyle.perceptual import gram
+    from raystyle.core.perceptual import gram
 
     cfg, extra = plan(painting, overrides=TINY + ["train.amp=bf16"])
     model = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)

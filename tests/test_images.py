@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raystyle.images import (
+from raystyle.data.images import (
     CorruptImage,
     ImageTooLarge,
     UnsupportedFormat,
@@ -142,7 +142,7 @@ def test_jpeg_is_decoded_at_a_reduced_scale_when_max_side_allows():
     import numpy as np
     from PIL import Image
 
-    from raystyle.images import decode, fit_within
+    from raystyle.data.images import decode, fit_within
 
     y, x = np.mgrid[0:1600, 0:2400]
     arr = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)

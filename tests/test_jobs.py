@@ -294,7 +294,7 @@ def test_the_monitor_sends_the_token_to_the_configured_dashboard_only(ray_head, 
     and with it the page draws the token-auth cluster."""
     from streamlit.testing.v1 import AppTest
 
-    from raystyle import monitor as mon
+    from raystyle.monitor import snapshot as mon
 
     proxy = _CaptureProxy()
     elsewhere = _CaptureProxy()  # stands for the Serve URL: another origin on 127.0.0.1

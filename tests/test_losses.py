@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from raystyle.losses import cycle_loss, discriminator_loss, gan_loss, identity_loss
+from raystyle.core.losses import cycle_loss, discriminator_loss, gan_loss, identity_loss
 
 
 def test_lsgan_values():

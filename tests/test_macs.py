@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 from raystyle.config import ModelConfig
-from raystyle.export import export_onnx
-from raystyle.macs import count_macs, count_onnx_macs, count_params
-from raystyle.nets import build_generator
+from raystyle.core.macs import count_macs, count_onnx_macs, count_params
+from raystyle.core.nets import build_generator
+from raystyle.export.generator import export_onnx
 
 
 def test_hand_counted_layers():

@@ -1,4 +1,4 @@
-"""raystyle.monitor and the page without a live Ray: metrics parsing, runs, token, Ray absent.
+"""raystyle.monitor.snapshot and the page without a live Ray: metrics parsing, runs, token, Ray absent.
 
 The page against a real local Ray, a real finished run and real Serve is in test_demo.py.
 """
@@ -17,8 +17,9 @@ import psutil
 import pytest
 import requests
 
-from raystyle import client, runlog
-from raystyle import monitor as mon
+from raystyle import runlog
+from raystyle.monitor import snapshot as mon
+from raystyle.serve import client
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 

@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from raystyle.config import ModelConfig
-from raystyle.nets import PatchDiscriminator, ResnetGenerator, build_discriminator, build_generator
+from raystyle.core.nets import (
+    PatchDiscriminator,
+    ResnetGenerator,
+    build_discriminator,
+    build_generator,
+)
 
 
 @pytest.mark.parametrize("upsample", ["deconv", "resize"])

@@ -1,4 +1,4 @@
-"""raystyle.nst: Gatys optimisation on random features (tiny images, few steps) and `raystyle nst`."""
+"""raystyle.methods.nst: Gatys optimisation on random features (tiny images, few steps) and `raystyle nst`."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from torchvision.models.vgg import cfgs, make_layers
 
-from raystyle import perceptual
-from raystyle.cli import main
-from raystyle.data import painterly, sample_photo_dir
-from raystyle.images import decode
-from raystyle.nst import NSTError, NSTOptions, run_nst
-from raystyle.perceptual import WEIGHTS_ENV, FeatureNet
+from raystyle.cli.main import main
+from raystyle.core import perceptual
+from raystyle.core.perceptual import WEIGHTS_ENV, FeatureNet
+from raystyle.data.datasets import painterly, sample_photo_dir
+from raystyle.data.images import decode
+from raystyle.methods.nst import NSTError, NSTOptions, run_nst
 
 RANDOM = dict(features="random", size=64)
 

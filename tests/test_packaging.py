@@ -21,9 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = Path(raystyle.__file__).resolve().parent
 
 
+APP = PACKAGE / "monitor" / "dashboard" / "app.py"  # a Streamlit script, not a module
+
+
 def _modules() -> list[str]:
-    return sorted("raystyle" if p.stem == "__init__" else f"raystyle.{p.stem}"
-                  for p in PACKAGE.glob("*.py") if p.stem != "__main__")
+    """Every module of the package (subpackages included), by dotted name."""
+    names = []
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        if p == APP or parts[-1] == "__main__":
+            continue
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(names)
 
 
 def _imports(path: Path) -> set[str]:
@@ -50,7 +59,7 @@ def _declared() -> set[str]:
 def test_every_module_and_the_dashboard_imports_in_a_clean_interpreter(tmp_path):
     """A fresh `python -I` outside the clone (no tests on sys.path, no cwd import): each module
     of raystyle and every module the monitor page imports, each reported on its own."""
-    app_imports = sorted(_imports(PACKAGE / "dashboard" / "app.py"))
+    app_imports = sorted(_imports(APP))
     code = (
         "import importlib, json, sys\n"
         f"names = {(_modules() + app_imports)!r}\n"
@@ -69,13 +78,13 @@ def test_every_module_and_the_dashboard_imports_in_a_clean_interpreter(tmp_path)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["bad"] == {}
     assert Path(report["file"]).resolve().parent == PACKAGE
-    assert report["n"] >= 25 and "raystyle.export" in _modules() and "streamlit" in app_imports
+    assert report["n"] >= 60 and "raystyle.export.generator" in _modules() and "streamlit" in app_imports
 
 
 def test_every_third_party_import_is_a_declared_dependency():
     """Each distribution that raystyle/ or the monitor page imports is in [project]
     dependencies (the dev extra does not count: users do not install it)."""
-    files = [*PACKAGE.glob("*.py"), PACKAGE / "dashboard" / "app.py"]
+    files = [*PACKAGE.rglob("*.py")]  # the monitor page (APP) included
     stdlib = set(sys.stdlib_module_names)
     dists = packages_distributions()
     declared = _declared()
@@ -98,9 +107,9 @@ def test_the_onnx_exporter_dependencies_torch_does_not_declare_are_declared():
 
 
 def test_run_time_files_are_found_inside_the_package():
-    from raystyle.cli import SERVE_CONFIG
+    from raystyle.cli.main import SERVE_CONFIG
     from raystyle.config import PRESETS_DIR, preset_path
-    from raystyle.monitor import app_path
+    from raystyle.monitor.snapshot import app_path
 
     for path in (PRESETS_DIR, SERVE_CONFIG, app_path(), preset_path("tiny")):
         assert PACKAGE in path.resolve().parents, path
@@ -117,10 +126,10 @@ def test_the_built_wheel_carries_presets_serve_configs_and_the_monitor(tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = tmp_path.glob("raystyle-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    needed = {f"raystyle/presets/{p.name}" for p in (PACKAGE / "presets").glob("*.yaml")}
-    needed |= {f"raystyle/serve_configs/{p.name}" for p in (PACKAGE / "serve_configs").glob("*.yaml")}
-    needed |= {"raystyle/dashboard/app.py", "raystyle/cli.py"}
-    assert {"raystyle/presets/tiny.yaml", "raystyle/serve_configs/local.yaml"} <= needed
+    needed = {f"raystyle/config/presets/{p.name}" for p in (PACKAGE / "config" / "presets").glob("*.yaml")}
+    needed |= {f"raystyle/serve/configs/{p.name}" for p in (PACKAGE / "serve" / "configs").glob("*.yaml")}
+    needed |= {"raystyle/monitor/dashboard/app.py", "raystyle/cli/main.py"}
+    assert {"raystyle/config/presets/tiny.yaml", "raystyle/serve/configs/local.yaml"} <= needed
     assert needed <= names, sorted(needed - names)
     assert not [n for n in names if n.startswith(("tests/", "bench/", "jobs/"))]
 

@@ -1,4 +1,4 @@
-"""raystyle.perceptual: VGG taps by name, weights resolution and checks, Gram and the losses."""
+"""raystyle.core.perceptual: VGG taps by name, weights resolution and checks, Gram and the losses."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torchvision.models.vgg import cfgs, make_layers
 
-from raystyle import perceptual
-from raystyle.perceptual import (
+from raystyle.core import perceptual
+from raystyle.core.perceptual import (
     DEFAULT_LAYERS,
     WEIGHTS_ENV,
     FeatureError,

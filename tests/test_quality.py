@@ -1,4 +1,4 @@
-"""raystyle.quality: held-out splits, the figures, the domain classifier and its cache, and the
+"""raystyle.methods.quality: held-out splits, the figures, the domain classifier and its cache, and the
 ground truth of the sample data. (Validation inside real training runs: test_train.py.)"""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from raystyle import quality
 from raystyle.config import DataConfig
-from raystyle.data import painterly, write_sample_dataset
+from raystyle.data.datasets import painterly, write_sample_dataset
+from raystyle.methods import quality
 
 CFG = DataConfig(load_size=40, crop_size=32)
 
@@ -139,7 +139,7 @@ def test_the_classifier_is_cached_per_dataset(split, tmp_path, monkeypatch):
 
 def test_validation_does_not_touch_the_nets_state():
     from raystyle.config import ModelConfig
-    from raystyle.nets import build_generator
+    from raystyle.core.nets import build_generator
 
     torch.manual_seed(0)
     g = build_generator(ModelConfig(ngf=4, n_blocks=1, norm="batch", dropout=0.5))

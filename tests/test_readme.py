@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raystyle.cli import build_parser
+from raystyle.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from raystyle import registry
-from raystyle.stylize import Stylizer
+from raystyle.infer.generator import Stylizer
 
 
 def _version(models, name, tag, files=None, grace=0.0):
@@ -131,7 +131,7 @@ def test_a_version_replaced_within_the_grace_period_is_kept(tmp_path):
 
 def test_re_export_while_serving(trained_checkpoint, tmp_path):
     """A real re-export of a style while Stylizers keep opening it: always one whole version."""
-    from raystyle.export import export_style
+    from raystyle.export.generator import export_style
 
     models = tmp_path / "models"
     first = export_style(trained_checkpoint, "live", models_dir=models)

@@ -12,7 +12,7 @@ import pytest
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
-from raystyle.cli import main
+from raystyle.cli.main import main
 from raystyle.config import load_config
 
 TRAIN_ARGS = ["--config", "tiny", "--set", "data.load_size=36", "--set", "data.crop_size=32",
@@ -37,7 +37,7 @@ def evil_run(request, tmp_path, sample_data):
     cfg = load_config("tiny", [a for a in TRAIN_ARGS if "=" in a])
     run = tmp_path / "runs" / "evil"
     target = run / ckpt.checkpoint_name(4)
-    from raystyle.cyclegan import CycleGAN
+    from raystyle.methods.cyclegan import CycleGAN
 
     model = CycleGAN(cfg.model, cfg.loss, cfg.train)
     nets, state = model.nets_state(), {**model.train_state(), "step": 4, "world_size": 2}

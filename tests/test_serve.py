@@ -14,9 +14,9 @@ import pytest
 import requests
 from PIL import Image
 
-from raystyle.images import decode
-from raystyle.serve import app_builder
-from raystyle.stylize import Stylizer
+from raystyle.data.images import decode
+from raystyle.infer.generator import Stylizer
+from raystyle.serve.app import app_builder
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 SMALL = {"ray_actor_options": {"num_cpus": 0.25}}
@@ -89,8 +89,8 @@ def test_stylize_raw_and_multipart(server, images, exported):
 
 
 def test_python_client(server, images, exported):
-    """raystyle.client (the demo's and the monitor's way in) against the real API."""
-    from raystyle import client
+    """raystyle.serve.client (the demo's and the monitor's way in) against the real API."""
+    from raystyle.serve import client
 
     url, _ = server
     assert set(client.styles(url)) == {"tiny"}
@@ -270,7 +270,7 @@ def test_autoscaling_goes_up_under_load_and_back_down(server, models, images):
 def test_redeploy_with_a_new_style_drops_no_request(server, trained_checkpoint, images, tmp_path_factory):
     from ray import serve
 
-    from raystyle.export import export_style
+    from raystyle.export.generator import export_style
 
     url, args = server
     body = _png(images[0])
@@ -301,7 +301,7 @@ def test_redeploy_with_a_new_style_drops_no_request(server, trained_checkpoint, 
 def test_the_ingress_is_bounded_and_a_config_that_would_queue_at_the_proxy_is_refused(models):
     """README: the ingress holds max_pending, its max_ongoing_requests stays above that, its
     queue is bounded and it autoscales 1..2."""
-    from raystyle.serve import Gateway
+    from raystyle.serve.app import Gateway
 
     assert Gateway.max_queued_requests == 64 and Gateway.max_ongoing_requests == 64
     auto = Gateway._deployment_config.autoscaling_config
@@ -318,7 +318,7 @@ def test_serve_configs_are_valid_and_bind_localhost(name):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from raystyle.serve import AppArgs, load_serve_config
+    from raystyle.serve.app import AppArgs, load_serve_config
 
     path = Path(__file__).resolve().parent.parent / "serve_configs" / name
     ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
@@ -334,7 +334,7 @@ def test_kuberay_rayservice_carries_the_same_application():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from raystyle.serve import AppArgs, load_serve_config
+    from raystyle.serve.app import AppArgs, load_serve_config
 
     root = Path(__file__).resolve().parent.parent / "serve_configs"
     doc = yaml.safe_load((root / "kuberay-rayservice.yaml").read_text())

@@ -9,11 +9,11 @@ import pytest
 import requests
 from PIL import Image
 
-from raystyle import client
-from raystyle import monitor as mon
-from raystyle.arbitrary import ArbitraryStylizer, style_array
-from raystyle.images import decode
-from raystyle.serve import app_builder
+from raystyle.data.images import decode
+from raystyle.infer.arbitrary import ArbitraryStylizer, style_array
+from raystyle.monitor import snapshot as mon
+from raystyle.serve import client
+from raystyle.serve.app import app_builder
 
 from .test_serve import SMALL, _free_port, _png
 
@@ -203,7 +203,7 @@ def test_a_generator_style_refuses_a_style_image(server, arbitrary_style, photos
     is a generator style, listed as such, and a ``style_image`` sent to it is a 422."""
     from ray import serve
 
-    from raystyle.serve import AppArgs, Gateway, StyleModel
+    from raystyle.serve.app import AppArgs, Gateway, StyleModel
 
     url, args = server
     model = StyleModel.options(name="style-alias", **ONE).bind(
@@ -227,7 +227,7 @@ def test_a_generator_style_refuses_a_style_image(server, arbitrary_style, photos
 def test_the_ingress_shrinks_style_images_exactly_as_the_replica_would():
     """serve._prepare_styles sends style_array's result; style_array leaves that unchanged,
     so the replica's statistics are those of the original upload."""
-    from raystyle.serve import _prepare_styles
+    from raystyle.serve.app import _prepare_styles
 
     rng = np.random.default_rng(0)
     for shape in [(48, 48), (37, 91), (1000, 10), (10, 700), (5, 3), (300, 200), (63, 65)]:

@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from raystyle.serve import app_builder
+from raystyle.serve.app import app_builder
 from tests.test_serve import SMALL, _free_port
 
 pytestmark = pytest.mark.usefixtures("ray_session")

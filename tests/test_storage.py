@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from raystyle import checkpoint as ckpt
-from raystyle import monitor as mon
-from raystyle import runlog, storage
-from raystyle.storage import StorageError
+from raystyle import runlog
+from raystyle.monitor import snapshot as mon
+from raystyle.util import storage
+from raystyle.util.storage import StorageError
 
 from .conftest import tiny_config
 
@@ -156,7 +157,7 @@ def test_train_on_s3_and_resume_from_the_bucket(s3, sample_data, tmp_path, monke
             train={"log_every": 1, "checkpoint_every": 2, "sample_every": 2},
             cluster={"storage": uri})
 
-    from raystyle.train import fit
+    from raystyle.train.loop import fit
 
     first = fit(cfg(2), sample_data, "remote", verbose=False)
     assert (first.run_dir, first.checkpoint, first.step) == (
@@ -183,7 +184,7 @@ def test_train_on_s3_and_resume_from_the_bucket(s3, sample_data, tmp_path, monke
     assert config.model.ngf == 8 and set(nets) == {"g_ab", "g_ba", "d_a", "d_b"} and state["step"] == 4
     assert ckpt.load_rank(second.checkpoint, 1)["fingerprints"]["d_b"]
     assert [r["step"] for r in runlog.read_metrics(f"{uri}/remote")] == [1, 2, 3, 4]
-    from raystyle.evaluate import evaluate
+    from raystyle.train.evaluate import evaluate
 
     ev = evaluate(f"{uri}/remote", sample_data, limit=2)  # the run's URI -> its latest checkpoint
     assert (ev.step, ev.images) == (4, 2)
@@ -213,7 +214,7 @@ def test_train_on_s3_and_resume_from_the_bucket(s3, sample_data, tmp_path, monke
 
 
 def test_train_export_to_a_bucket_is_refused_before_training(sample_data, capsys):
-    from raystyle.cli import main
+    from raystyle.cli.main import main
 
     rc = main(["train", "--data", str(sample_data), "--style", "x", "--storage", "s3://b/runs",
                "--export", "x"])

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raystyle.data import sample_photo_dir
-from raystyle.images import decode
-from raystyle.stylize import ProviderError, StylizeError, Stylizer, make_session, tile_boxes
+from raystyle.data.datasets import sample_photo_dir
+from raystyle.data.images import decode
+from raystyle.infer.generator import ProviderError, StylizeError, Stylizer, make_session, tile_boxes
 
 
 @pytest.fixture(scope="module")

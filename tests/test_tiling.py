@@ -6,10 +6,18 @@ import torch
 from PIL import Image
 
 from raystyle.config import ModelConfig
-from raystyle.data import sample_photo_dir
-from raystyle.images import decode
-from raystyle.nets import build_generator
-from raystyle.stylize import (
+from raystyle.core.nets import build_generator
+from raystyle.core.tiling import (
+    StatsModel,
+    SumsModel,
+    TileModel,
+    halo_for,
+    norm_layout,
+    receptive_radius,
+)
+from raystyle.data.datasets import sample_photo_dir
+from raystyle.data.images import decode
+from raystyle.infer.generator import (
     StylizeError,
     Stylizer,
     _combine,
@@ -18,14 +26,6 @@ from raystyle.stylize import (
     _to_uint8,
     make_session,
     tile_boxes,
-)
-from raystyle.tiling import (
-    StatsModel,
-    SumsModel,
-    TileModel,
-    halo_for,
-    norm_layout,
-    receptive_radius,
 )
 
 
@@ -166,8 +166,8 @@ def test_generator_without_instancenorm_tiles_exactly(tmp_path, big):
     """norm=none: no tiling graphs, the plain model runs cores + halo, still equal to the whole."""
     from raystyle import checkpoint as ckpt
     from raystyle.config import Config
-    from raystyle.cyclegan import CycleGAN
-    from raystyle.export import export_style
+    from raystyle.export.generator import export_style
+    from raystyle.methods.cyclegan import CycleGAN
 
     cfg = Config().replace(model={"ngf": 4, "ndf": 4, "n_blocks": 1, "norm": "none"},
                            data={"load_size": 36, "crop_size": 32})

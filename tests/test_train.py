@@ -13,7 +13,7 @@ from PIL import Image
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
 from raystyle.config import ConfigError
-from raystyle.train import CRASH_MARKER, ClusterError, fit
+from raystyle.train.loop import CRASH_MARKER, ClusterError, fit
 
 from .conftest import tiny_config
 
@@ -136,7 +136,7 @@ def test_validation_does_not_change_training(full_run, sample_data, tmp_path):
 
 
 def test_the_best_checkpoint_survives_rotation(sample_data, tmp_path):
-    from raystyle.export import pick_checkpoint
+    from raystyle.export.generator import pick_checkpoint
 
     # keep 1: Ray keeps the best by best_metric and, always, the newest. cycle_a (a loss: lower is
     # better) is best early in this deterministic run, so the two differ.
@@ -206,7 +206,7 @@ EXPORT_DRIVER = textwrap.dedent("""
 
     import ray
 
-    from raystyle.train import export_on_cluster
+    from raystyle.train.loop import export_on_cluster
 
     checkpoint, worker_home = sys.argv[1:3]
     # Every task of this job runs with another RAYSTYLE_HOME than the driver's.
@@ -243,8 +243,8 @@ def _no_test_split(sample_data, tmp_path):
 def test_a_resumed_run_keeps_its_held_back_images_and_metric(sample_data, trained_checkpoint, tmp_path, capsys):
     import shutil
 
-    from raystyle.data import check_dataset
-    from raystyle.train import plan_validation, run_location
+    from raystyle.data.datasets import check_dataset
+    from raystyle.train.loop import plan_validation, run_location
 
     data = _no_test_split(sample_data, tmp_path)
     cfg = tiny_config(tmp_path / "runs", max_steps=4)
@@ -277,9 +277,9 @@ def test_averaged_colour_skip_generators_are_what_validation_judges(sample_data,
     """The `cpu` recipe's train.ema and model.colour_skip on Ray Train: the checkpoint keeps
     the averaged generators, the validation logged at a step is the average's figure (not the
     trained weights'), both ranks hold the same average, and evaluate agrees with the log."""
-    from raystyle.evaluate import evaluate
-    from raystyle.nets import build_generator
-    from raystyle.quality import centre_tensor, psnr
+    from raystyle.core.nets import build_generator
+    from raystyle.methods.quality import centre_tensor, psnr
+    from raystyle.train.evaluate import evaluate
 
     cfg = tiny_config(tmp_path, max_steps=6, **SCHEDULE).replace(
         model={"residual": True, "colour_skip": True}, train={"ema": 0.5, "lr": 2e-3})

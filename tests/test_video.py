@@ -1,4 +1,4 @@
-"""raystyle.video and `raystyle stylize clip.mp4`: real clips written by the test (a pan across a
+"""raystyle.infer.video and `raystyle stylize clip.mp4`: real clips written by the test (a pan across a
 photo, so the true motion is known), decoded and encoded with PyAV, stylized with real styles."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from raystyle import cli
-from raystyle import video as V
-from raystyle.stylize import Stylizer
+from raystyle.cli import main as cli
+from raystyle.infer import video as V
+from raystyle.infer.generator import Stylizer
 
 SPEED = (1.5, 0.5)  # px per frame: sub-pixel, both axes
 
@@ -502,6 +502,6 @@ def test_cli_arbitrary_style_video(arbitrary_style, clip, photo, tmp_path, capsy
 
 def test_video_module_needs_neither_torch_nor_ray():
     """Serve replicas and batch actors run it with ONNX Runtime only."""
-    code = "import sys, raystyle.video; print('torch' in sys.modules, 'ray' in sys.modules)"
+    code = "import sys, raystyle.infer.video; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

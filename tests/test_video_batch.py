@@ -1,5 +1,5 @@
 """`raystyle batch` over a folder with videos: a real Ray Data job cutting each video into chunks
-(raystyle.video_batch); chunked output against the single-machine path, bad videos, reruns."""
+(raystyle.batch.videos); chunked output against the single-machine path, bad videos, reruns."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from raystyle import cli
-from raystyle import video as V
-from raystyle.batch import MANIFEST, run_batch
-from raystyle.stylize import Stylizer
+from raystyle.batch.images import MANIFEST, run_batch
+from raystyle.cli import main as cli
+from raystyle.infer import video as V
+from raystyle.infer.generator import Stylizer
 
 
 @pytest.fixture(scope="module")

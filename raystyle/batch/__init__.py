@@ -1,0 +1,1 @@
+"""[ray] Ray Data batch jobs: images, videos, NST."""

@@ -1,0 +1,1 @@
+"""The `raystyle` command line: argparse and one function per command; the demo."""

@@ -1,0 +1,140 @@
+"""`raystyle demo`: the whole flow on the bundled sample data, from nothing (orchestration only).
+
+Every step is a call into the module that owns it (data, train, evaluate, export, serve,
+monitor); the command line (cli.py) parses the flags and calls ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from raystyle.cli.main import (
+    DEMO_STYLE,
+    SERVE_CONFIG,
+    _print_evaluation,
+    _run_training,
+    _stop_on_signals,
+)
+from raystyle.util.ports import port_free
+
+
+def run(args: argparse.Namespace) -> int:
+    """`raystyle demo`: sample data -> train -> pick the best checkpoint -> evaluate -> export ->
+    serve -> stylize the held-out photos over HTTP -> monitor; waits until Ctrl-C."""
+    from raystyle.config import load_config
+    from raystyle.data.datasets import write_sample_dataset
+    from raystyle.methods.quality import is_paired
+    from raystyle.train.loop import connect
+
+    home: Path = args.home.expanduser()
+    if not args.no_monitor:
+        from raystyle.monitor.snapshot import app_path
+
+        app_path()  # an incomplete installation: say so now, not after training
+    ports = [("--serve-port", args.serve_port)] + ([] if args.no_monitor else [("--monitor-port", args.monitor_port)])
+    for flag, port in ports:  # before minutes of training, not after
+        if not port_free(port):
+            raise ValueError(f"port {port} on 127.0.0.1 is in use (another demo, `raystyle serve` "
+                             f"or monitor?); stop it or pass {flag}")
+    data = home / "data" / "sample"
+    if (data / "trainA").is_dir() and is_paired(data):
+        print(f"[raystyle] sample dataset: {data} (exists)")
+    else:  # none yet, or one from before the test split was paired (ground truth)
+        counts = write_sample_dataset(data)
+        print(f"[raystyle] sample dataset written to {data}: {counts}")
+    overrides = []
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.workers is not None:
+        overrides.append(f"cluster.workers={args.workers}")
+    cfg = load_config(args.preset, overrides).replace(cluster={"storage": str(home / "runs")})
+    dashboard = connect(cfg.cluster.address, dashboard_port=args.dashboard_port)
+    result = _run_training(cfg, data, DEMO_STYLE if args.preset == "tiny" else f"{DEMO_STYLE}-{args.preset}")
+    from raystyle.export.generator import ExportError, pick_checkpoint
+    from raystyle.train import evaluate
+
+    try:  # the best checkpoint by held-out validation (ground truth on the sample data)
+        chosen = pick_checkpoint(result.run_dir, "auto")
+    except ExportError:
+        chosen = result.checkpoint
+    if str(chosen) != str(result.checkpoint):
+        print(f"[raystyle] best checkpoint by validation: {chosen}")
+    out = home / "outputs"
+    out.mkdir(parents=True, exist_ok=True)
+    ev = evaluate(chosen, data, grid=out / "demo_grid.png")
+    _print_evaluation(ev)
+    print(f"sample translations (rows: photo | G_ab(photo) | the filter itself): {out / 'demo_grid.png'}")
+
+    # Export the trained photo -> painting generator, serve it, stylize the held-out photos
+    # through the HTTP API.
+    from raystyle.export.generator import export_style
+    from raystyle.registry import get_style
+
+    models = home / "models"
+    try:
+        style = get_style(DEMO_STYLE, models)
+        fresh = style.meta["training"]["checkpoint"] != str(chosen)
+    except ValueError:
+        fresh = True
+    if fresh:
+        style = export_style(chosen, DEMO_STYLE, models_dir=models,
+                             precisions=("fp32", "int8"))
+    print(f"style {DEMO_STYLE!r} in {models}{' (exported)' if fresh else ' (exists)'}")
+
+    from ray import serve
+
+    from raystyle.monitor import snapshot as mon
+    from raystyle.serve import client
+    from raystyle.serve.app import run_from_config
+
+    monitor_proc = None
+    try:
+        serve_url = run_from_config(SERVE_CONFIG, models_dir=models, port=args.serve_port)
+        print(f"[raystyle] serving style {DEMO_STYLE!r} at {serve_url}")
+        stylized = out / "stylized"
+        stylized.mkdir(exist_ok=True)
+        photos = sorted(p for p in (data / "testA").iterdir() if p.is_file())
+        for src in photos:
+            png, _ = client.stylize(serve_url, DEMO_STYLE, src.read_bytes())
+            (stylized / src.name).with_suffix(".png").write_bytes(png)
+        print(f"[raystyle] {len(photos)} sample photos stylized through {serve_url}/styles/{DEMO_STYLE}")
+        monitor_url = None
+        if not args.no_monitor:
+            monitor_url = f"http://127.0.0.1:{args.monitor_port}"
+            (home / "logs").mkdir(exist_ok=True)
+            monitor_proc = mon.launch(port=args.monitor_port, dashboard=dashboard, serve_url=serve_url,
+                                      storage=home / "runs", log=home / "logs" / "monitor.log")
+            mon.wait_ready(monitor_url, monitor_proc)
+        print()
+        print("raystyle demo is ready")
+        print(f"  stylized photos   {stylized}")
+        print(f"  sample grid       {out / 'demo_grid.png'}")
+        print(f"  Serve (HTTP API)  {serve_url}  (docs {serve_url}/docs)")
+        print(f"  Ray dashboard     {dashboard or 'not running (needs ray[default])'}")
+        print(f"  monitor           {monitor_url or 'not started (--no-monitor)'}")
+        print(f"  try:  curl --data-binary @PHOTO.jpg {serve_url}/styles/{DEMO_STYLE} -o out.png")
+        if args.no_wait:
+            return 0
+        _stop_on_signals()
+        print("Ctrl-C stops Serve, the monitor and this Ray instance.", flush=True)
+        try:
+            while monitor_proc is None or monitor_proc.poll() is None:
+                time.sleep(1)
+            print(f"raystyle: the monitor exited (code {monitor_proc.returncode}); see "
+                  f"{home / 'logs' / 'monitor.log'}. Serve keeps running until Ctrl-C.", file=sys.stderr)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\nraystyle: demo stopped; `raystyle demo` brings it back (everything is reused)")
+        return 0
+    finally:
+        if monitor_proc is not None and monitor_proc.poll() is None:
+            monitor_proc.terminate()
+            try:
+                monitor_proc.wait(10)
+            except Exception:
+                monitor_proc.kill()
+        serve.shutdown()

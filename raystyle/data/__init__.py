@@ -1,0 +1,1 @@
+"""Datasets, the bundled sample data, dataset download, safe image decode/encode."""

@@ -1,0 +1,1 @@
+"""Checkpoint -> validated ONNX styles."""

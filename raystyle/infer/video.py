@@ -1,0 +1,798 @@
+"""Video: decode, stylize frame by frame with motion-guided temporal smoothing, encode.
+No torch, no Ray: the CLI (``raystyle stylize clip.mp4``) and the Ray Data chunk actors
+(raystyle.batch.images) run this with any stylizer (generator, student, fast net, arbitrary style).
+
+- Decoding and encoding are PyAV's (FFmpeg ships in its wheel): H.264 (libx264, yuv420p) in
+  .mp4, .mov or .mkv; the input's frame timestamps are kept (so its rate and duration are), or
+  frames are picked by time for ``fps``; the audio track is copied (transcoded to AAC only where
+  the output container cannot hold its codec). Frames stream one by one: memory does not grow
+  with the video's length. Phone clips with a rotation flag are turned upright.
+- Temporal smoothing (after Ruder et al., "Artistic style transfer for videos", 2016, in its
+  cheap, feed-forward form): DIS optical flow (OpenCV) between consecutive *input* frames;
+  the previous *output* frame is warped along it and blended with the new stylized frame,
+  ``out = (1 - s m) new + s m warped``, where ``m`` is 1 where the flow is reliable (the
+  forward-backward check of Sundaram et al.: the two flows cancel, the pixel stays in the
+  frame) and 0 at occlusions and disocclusions; ``s`` = ``smooth``. ``smooth=0`` is plain
+  per-frame stylization. Exponential blending without motion (``mode="blend"``) is kept as
+  the baseline the benchmark compares against: it trades shimmer for smearing.
+- The flicker figure (``FlickerMeter``): the mean absolute difference between each output
+  frame and the previous output warped onto it along the same input flow, over the reliable
+  pixels, in 0-255 levels (Lai et al.'s warping error). ``sharpness`` is the mean gradient
+  magnitude, to compare smoothings at equal sharpness.
+- Chunks (for Ray Data): output frames ``[start, stop)`` can be produced on their own
+  (``stylized_frames(start=, stop=, warmup=)``): decoding seeks to the keyframe before the
+  chunk, and smoothing starts ``warmup`` frames early, so the chunk's first frame carries the
+  same history as in one sequential pass, to within ``smooth ** warmup`` (``warmup_frames``).
+
+Bad input (not a video, truncated or damaged data, a codec FFmpeg cannot decode, no frames,
+frames over the pixel cap) raises ``VideoError`` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import av
+import cv2
+import numpy as np
+
+from raystyle.data.images import DEFAULT_MAX_PIXELS
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+OUTPUT_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}  # H.264 in these
+# Audio codecs each output container takes as they are (others are transcoded to AAC).
+COPY_AUDIO: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"}),
+    "mov": frozenset({"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s24le", "pcm_f32le",
+                      "pcm_s16be", "pcm_s24be"}),
+    "matroska": None,  # anything
+}
+DEFAULT_SMOOTH = 0.6
+# Frames up to this side run whole (1080p included); only larger ones run in exact tiles. (The
+# images' 1024 px default would tile every 720p frame, with the statistics passes that costs.)
+VIDEO_TILE = 2048
+MAX_FPS = 240.0
+TMP_SUFFIX = ".raystyle-tmp"  # as raystyle.batch.images's: never taken for a finished output
+
+Source = str | Path | BinaryIO
+FrameFn = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+class VideoError(ValueError):
+    """A file is not a usable video, or bad video options; the message says which and why."""
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(str(path)).suffix.lower() in VIDEO_SUFFIXES
+
+
+def output_format(path: str | Path) -> str:
+    """The container (FFmpeg muxer name) for an output file name; VideoError for others."""
+    fmt = OUTPUT_FORMATS.get(Path(str(path)).suffix.lower())
+    if fmt is None:
+        raise VideoError(f"{path}: a stylized video is written as .mp4, .mov or .mkv (H.264)")
+    return fmt
+
+
+def output_name(rel: str) -> str:
+    """A video's output name: the same, or with .mp4 where the container cannot hold H.264."""
+    stem, dot, suffix = rel.rpartition(".")
+    return rel if dot and f".{suffix.lower()}" in OUTPUT_FORMATS else f"{stem}.mp4"
+
+
+# -- reading ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ``probe`` learnt: the frames' presentation timestamps (from a pass over the packets,
+    no decoding), the stored frame size and rotation, rate, codec and audio codec."""
+
+    name: str
+    width: int  # as stored (before rotation)
+    height: int
+    rotation: int  # degrees counter-clockwise to turn a decoded frame upright: 0, 90, 180, 270
+    pts: tuple[int, ...]  # every frame's timestamp in time_base units, in presentation order
+    time_base: Fraction
+    rate: Fraction  # average frame rate
+    seekable: bool  # every packet has a timestamp (else frames are counted from the start)
+    codec: str
+    audio: str | None  # the first audio stream's codec, if any
+
+    @property
+    def frames(self) -> int:
+        return len(self.pts)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) upright."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+
+    def times(self) -> list[float]:
+        """Each frame's time in seconds from the first frame."""
+        if not self.seekable:
+            return [i / float(self.rate) for i in range(self.frames)]
+        return [float((p - self.pts[0]) * self.time_base) for p in self.pts]
+
+    @property
+    def duration(self) -> float:
+        return self.times()[-1] + 1.0 / float(self.rate)
+
+
+def _open(source: Source, name: str, mode: str = "r", **kw):
+    try:
+        return av.open(str(source) if isinstance(source, Path) else source, mode, **kw)
+    except FileNotFoundError:
+        raise VideoError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise VideoError(f"{name}: is a directory") from None
+    except av.error.FFmpegError as exc:
+        if mode != "r":
+            raise VideoError(f"{name}: cannot write ({_why(exc)})") from None
+        raise VideoError(f"{name}: not a video, or damaged ({_why(exc)})") from None
+
+
+def _why(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    """Degrees counter-clockwise that make the frame upright (its display matrix), 0/90/180/270."""
+    angle = getattr(frame, "rotation", 0) or 0  # PyAV: counter-clockwise degrees of the matrix
+    return int(round(angle / 90.0)) % 4 * 90
+
+
+def probe(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> VideoInfo:
+    """Open ``source`` (a path or a seekable binary file), list its frames' timestamps from the
+    packets and decode the first frame (so a codec FFmpeg cannot decode fails here, not later).
+    VideoError (one line) for anything that is not a readable video within ``max_pixels``."""
+    name = name or str(getattr(source, "name", source))
+    with _open(source, name) as container:
+        if not container.streams.video:
+            raise VideoError(f"{name}: no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        codec = ctx.name if ctx is not None else "unknown"
+        if ctx is None or codec == "none":
+            raise VideoError(f"{name}: its video codec is not one FFmpeg can decode")
+        width, height = ctx.width, ctx.height
+        if width * height > max_pixels:
+            raise VideoError(f"{name}: {width}x{height} frames ({width * height:,} pixels) are over "
+                             f"the {max_pixels:,}-pixel limit (RAYSTYLE_MAX_PIXELS)")
+        if width < 1 or height < 1:
+            raise VideoError(f"{name}: no frame size in the stream (damaged)")
+        stamps: list[int | None] = []
+        stored = 0  # packets in the file, those an edit list discards included (the index counts them)
+        try:
+            for packet in container.demux(stream):
+                # the demuxer's last, empty packet is a flush marker; a discarded one (before an
+                # edit list's start: a lossless trim) is in the file but never shown
+                if not packet.size:
+                    continue
+                stored += 1
+                if not getattr(packet, "is_discard", False):
+                    stamps.append(packet.pts if packet.pts is not None else packet.dts)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{name}: damaged ({_why(exc)})") from None
+        if not stamps:
+            raise VideoError(f"{name}: no video frames")
+        declared = stream.frames  # from the container's index where it has one (mp4, mov)
+        if declared and stored < declared:
+            raise VideoError(f"{name}: truncated ({stored} of {declared} frames are in the file)")
+        seekable = None not in stamps
+        pts = tuple(sorted(set(stamps))) if seekable else tuple(range(len(stamps)))
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        audio = _audio_codec(container)
+        time_base = stream.time_base or Fraction(1, 90000)
+        said = _declared_seconds(stream)  # the stream's own duration, or Matroska's track end
+        if said is not None and seekable:
+            said, from_zero = said
+            first = float(pts[0] * time_base) if from_zero else 0.0  # a track starting late
+            found = first + float((pts[-1] - pts[0]) * time_base) + 2.0 / float(rate)
+            if found + 0.05 < said:
+                raise VideoError(f"{name}: truncated (the file says {said - first:.2f} s of video; "
+                                 f"{found - first - 1.0 / float(rate):.2f} s are in it)")
+    if hasattr(source, "seek"):
+        source.seek(0)
+    rotation = 0
+    info = VideoInfo(name, width, height, 0, pts, Fraction(time_base), Fraction(rate), seekable, codec, audio)
+    for _, frame in _decode(source, info, 0, 1, raw=True):
+        rotation = _rotation(frame)
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return VideoInfo(name, width, height, rotation, pts, Fraction(time_base), Fraction(rate), seekable,
+                     codec, audio)
+
+
+def _audio_codec(container) -> str | None:
+    """The first audio stream's codec; None without one, or with one FFmpeg does not know
+    (that track is left out rather than failing the video)."""
+    if not container.streams.audio:
+        return None
+    ctx = container.streams.audio[0].codec_context
+    return ctx.name if ctx is not None and ctx.name != "none" else None
+
+
+def _declared_seconds(stream) -> tuple[float, bool] | None:
+    """(seconds, counted from time 0) of the video stream as its container declares it: the
+    stream's duration (from its first frame), else Matroska's DURATION tag (the track's end
+    time); None where neither is there."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base), False
+    tag = (stream.metadata or {}).get("DURATION")  # Matroska: "HH:MM:SS.nnnnnnnnn"
+    try:
+        h, m, sec = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec), True
+    except (AttributeError, ValueError):
+        return None
+
+
+def _decode(source: Source, info: VideoInfo, first: int, last: int, raw: bool = False,
+            convert: Callable[[av.VideoFrame], np.ndarray] | None = None,
+            wanted: Callable[[int], bool] | None = None) -> Iterator[tuple[int, Any]]:
+    """(index, frame) of input frames ``first .. last - 1`` in order: decoding seeks to the
+    keyframe before ``first``. ``convert`` makes the arrays (frames ``wanted`` refuses yield
+    None). A missing frame or a decoder error is a VideoError."""
+    index_of = {p: i for i, p in enumerate(info.pts)} if info.seekable else None
+    expected = first
+    with _open(source, info.name) as container:
+        stream = container.streams.video[0]
+        # slice threads only: with frame threads (AUTO/FRAME), closing a decoder mid-stream (a
+        # chunk's end) deadlocks in avcodec_free_context on PyAV 14 once torchvision is imported
+        # (PyAV-Org/PyAV#1849; the floors CI hung here). Slice threads decoded H.264 as fast.
+        stream.thread_type = "SLICE"
+        try:
+            if first > 0 and info.seekable:
+                container.seek(info.pts[first], stream=stream, backward=True)
+            counted = 0
+            for frame in container.decode(stream):
+                if index_of is not None and frame.pts is not None:
+                    i = index_of.get(frame.pts)
+                else:
+                    i, counted = counted, counted + 1
+                    if index_of is not None:  # a frame without a timestamp: take it as the next
+                        i = expected
+                if i is None or i < first:
+                    continue
+                if i != expected:
+                    raise VideoError(f"{info.name}: frame {expected} of {info.frames} is missing "
+                                     "(damaged data)")
+                expected += 1
+                if raw:
+                    yield i, frame
+                else:
+                    yield i, convert(frame) if wanted is None or wanted(i) else None
+                if expected >= last:
+                    return
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{info.name}: cannot decode frame {expected} ({_why(exc)})") from None
+    if expected < last:
+        raise VideoError(f"{info.name}: decoded {expected} of {info.frames} frames (truncated or damaged)")
+
+
+def _converter(info: VideoInfo, width: int, height: int) -> Callable[[av.VideoFrame], np.ndarray]:
+    """Decoded frame -> upright (height, width, 3) uint8 RGB at the output size."""
+    turns = info.rotation // 90
+    sw, sh = (height, width) if turns % 2 else (width, height)  # the size before turning upright
+    shrink = sw * sh < info.width * info.height
+
+    def convert(frame: av.VideoFrame) -> np.ndarray:
+        if (frame.width, frame.height) == (sw, sh):
+            a = frame.to_ndarray(format="rgb24")
+        else:
+            a = frame.reformat(width=sw, height=sh, format="rgb24",
+                               interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+        return np.ascontiguousarray(np.rot90(a, turns)) if turns else a
+
+    return convert
+
+
+# -- what to produce --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FramePlan:
+    """The output: its (even) size, which input frame each output frame shows, its timestamps."""
+
+    width: int
+    height: int
+    source: tuple[int, ...]  # input frame index of each output frame (non-decreasing)
+    pts: tuple[int, ...]  # output timestamps, in time_base units
+    time_base: Fraction
+    rate: Fraction
+
+    @property
+    def frames(self) -> int:
+        return len(self.source)
+
+
+def output_size(width: int, height: int, max_side: int | None = None) -> tuple[int, int]:
+    """(width, height) within ``max_side``, both even (H.264 in yuv420p needs it)."""
+    scale = 1.0 if max_side is None or max(width, height) <= max_side else max_side / max(width, height)
+
+    def even(n: float) -> int:
+        return max(2, int(n) // 2 * 2)
+
+    return even(round(width * scale)), even(round(height * scale))
+
+
+def plan_frames(info: VideoInfo, max_side: int | None = None, fps: float | None = None) -> FramePlan:
+    """Every input frame with its own timestamp (``fps`` None: rate and duration kept exactly),
+    or frames at ``fps`` over the same duration, each showing the latest input frame by then."""
+    if max_side is not None and max_side < 16:
+        raise VideoError(f"--max-side must be at least 16 for a video, got {max_side}")
+    width, height = output_size(*info.size, max_side)
+    if fps is None:
+        if info.seekable:
+            return FramePlan(width, height, tuple(range(info.frames)), info.pts, info.time_base, info.rate)
+        return FramePlan(width, height, tuple(range(info.frames)), tuple(range(info.frames)),
+                         1 / info.rate, info.rate)
+    check_fps(fps)
+    rate = Fraction(fps).limit_denominator(1001)
+    times = info.times()
+    count = max(1, round(info.duration * rate))
+    source = tuple(max(0, bisect.bisect_right(times, float(i / rate) + 1e-6) - 1) for i in range(count))
+    start = float(info.pts[0] * info.time_base) if info.seekable else 0.0
+    offset = round(start * rate)
+    return FramePlan(width, height, source, tuple(offset + i for i in range(count)), 1 / rate, rate)
+
+
+# -- motion -----------------------------------------------------------------------------------
+def grey(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+class Motion:
+    """Optical flow between consecutive frames (OpenCV's DIS, ``preset`` fast) and the warp of
+    the previous frame onto the current one, with its reliability mask."""
+
+    def __init__(self, preset: str = "fast"):
+        presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                   "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST, "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+        self.dis = cv2.DISOpticalFlow_create(presets[preset])
+        self._grid: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _xy(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._grid is None or self._grid[0].shape != (h, w):
+            ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+            self._grid = (xs, ys)
+        return self._grid
+
+    def between(self, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grey ``prev`` and ``cur`` -> (map_x, map_y, mask): ``cur(x) ~ prev(map(x))``, and mask
+        (float32 0/1) where the backward flow is confirmed by the forward flow and stays inside."""
+        back = self.dis.calc(cur, prev, None)  # cur(x) ~ prev(x + back(x))
+        fwd = self.dis.calc(prev, cur, None)  # prev(y) ~ cur(y + fwd(y))
+        h, w = cur.shape
+        xs, ys = self._xy(h, w)
+        map_x, map_y = xs + back[..., 0], ys + back[..., 1]
+        fwd_at = cv2.remap(fwd, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        loop = back + fwd_at  # ~0 where the two flows agree
+        agree = (loop * loop).sum(-1) <= 0.01 * ((back * back).sum(-1) + (fwd_at * fwd_at).sum(-1)) + 0.5
+        inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+        return map_x, map_y, (agree & inside).astype(np.float32)
+
+    @staticmethod
+    def warp(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def check_crf(crf: int) -> int:
+    """``crf`` if it is a usable x264 quality (0 lossless .. 51), else VideoError (one line)."""
+    if not 0 <= crf <= 51:
+        raise VideoError(f"--crf must be between 0 (lossless) and 51, got {crf}")
+    return crf
+
+
+def check_fps(fps: float | None) -> float | None:
+    """``fps`` if it is a usable --fps (None: the input's timestamps), else VideoError (one line)."""
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise VideoError(f"--fps must be above 0 and at most {MAX_FPS:g}, got {fps:g}")
+    return fps
+
+
+def check_smooth(strength: float) -> float:
+    """``strength`` if it is a usable --smooth (0 <= s < 1), else VideoError (one line)."""
+    if not (math.isfinite(strength) and 0.0 <= strength < 1.0):
+        raise VideoError(f"--smooth must be at least 0 and below 1, got {strength:g}")
+    return strength
+
+
+class Smoother:
+    """Temporal smoothing of stylized frames, fed in order: ``smooth(frame, stylized) -> out``.
+
+    ``mode="motion"``: the previous output warped along the input's flow, blended where the
+    flow is reliable (``strength`` s: ``out = (1 - s m) new + s m warped``); ``mode="blend"``:
+    plain exponential blending with the previous output (no motion; the baseline);
+    ``strength`` 0: the stylized frame as it is."""
+
+    def __init__(self, strength: float = DEFAULT_SMOOTH, mode: str = "motion", motion: Motion | None = None):
+        check_smooth(strength)
+        if mode not in ("motion", "blend"):
+            raise VideoError(f"smoothing mode must be motion or blend, got {mode!r}")
+        self.strength, self.mode = strength, mode
+        self.motion = motion or (Motion() if mode == "motion" and strength > 0 else None)
+        self.reliable = 1.0  # share of reliable pixels at the last frame
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None  # (grey input, output)
+
+    def reset(self) -> None:
+        self._prev = None
+
+    def __call__(self, frame: np.ndarray, stylized: np.ndarray) -> np.ndarray:
+        if self.strength == 0.0:
+            return stylized
+        g = grey(frame) if self.mode == "motion" else None
+        out = stylized
+        if self._prev is not None and self._prev[1].shape == stylized.shape:
+            prev_grey, prev_out = self._prev
+            s = self.strength
+            if self.mode == "blend":
+                mixed = (1 - s) * stylized.astype(np.float32) + s * prev_out.astype(np.float32)
+            else:
+                map_x, map_y, mask = self.motion.between(prev_grey, g)
+                warped = Motion.warp(prev_out, map_x, map_y).astype(np.float32)
+                w = (s * mask)[..., None]
+                mixed = stylized.astype(np.float32) * (1 - w) + warped * w
+                self.reliable = float(mask.mean())
+            out = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        self._prev = (g, out)
+        return out
+
+
+def warmup_frames(smooth: float, tolerance: float = 0.01, cap: int = 32) -> int:
+    """Frames of history a chunk needs so its first frame's smoothing state matches one
+    sequential pass to within ``tolerance`` (the history fades as ``smooth ** n``), at most
+    ``cap`` (above ``smooth`` 0.87 the history left out is then over 1 %: 3.4 % at 0.9)."""
+    if smooth <= 0:
+        return 0
+    return min(cap, math.ceil(math.log(tolerance) / math.log(smooth)))
+
+
+class FlickerMeter:
+    """The warping error of an output video: feed (input frame, output frame) pairs in order;
+    ``value`` is the mean over consecutive pairs of mean |out_t - warp(out_t-1)| (0-255 levels)
+    over the pixels where the input's flow is reliable. ``sharpness``: mean gradient magnitude."""
+
+    def __init__(self, motion: Motion | None = None):
+        self.motion = motion or Motion()
+        self.errors: list[float] = []
+        self.sharp: list[float] = []
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, frame: np.ndarray, out: np.ndarray) -> None:
+        g = grey(frame)
+        self.sharp.append(sharpness(out))
+        if self._prev is not None:
+            map_x, map_y, mask = self.motion.between(self._prev[0], g)
+            warped = Motion.warp(self._prev[1], map_x, map_y).astype(np.float32)
+            diff = np.abs(out.astype(np.float32) - warped).mean(-1)
+            self.errors.append(float((diff * mask).sum() / max(mask.sum(), 1.0)))
+        self._prev = (g, out)
+
+    @property
+    def value(self) -> float:
+        return float(np.mean(self.errors)) if self.errors else 0.0
+
+    @property
+    def sharpness(self) -> float:
+        return float(np.mean(self.sharp)) if self.sharp else 0.0
+
+
+def sharpness(frame: np.ndarray) -> float:
+    """Mean gradient magnitude (Sobel on grey, 0-255 levels per pixel)."""
+    g = grey(frame).astype(np.float32)
+    return float(np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3),
+                          cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)).mean() / 8.0)
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+def stylized_frames(source: Source, info: VideoInfo, plan: FramePlan, stylize: FrameFn, *,
+                    smooth: float = DEFAULT_SMOOTH, start: int = 0, stop: int | None = None,
+                    warmup: int = 0, batch: int = 1, mode: str = "motion",
+                    inputs: list[np.ndarray] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(output index, stylized and smoothed frame) for output frames ``[start, stop)`` in order.
+    Smoothing starts ``warmup`` input frames before ``start``'s (those are stylized, not
+    yielded). ``stylize`` takes a list of RGB frames (up to ``batch``, equal sizes) and returns
+    theirs. An input frame shown by several output frames is stylized once. ``inputs``: a list
+    the input frame of each yielded output is appended to (for a FlickerMeter)."""
+    stop = plan.frames if stop is None else min(stop, plan.frames)
+    if not 0 <= start < stop:
+        return
+    if batch < 1:
+        raise VideoError(f"batch must be at least 1, got {batch}")
+    first, steps = start, 0  # back until ``warmup`` earlier input frames (smoothing steps) are in
+    while first > 0 and steps < warmup:
+        first -= 1
+        steps += plan.source[first] != plan.source[first + 1]
+    need = plan.source[first:stop]
+    wanted = set(need)
+    smoother = Smoother(smooth, mode)
+    convert = _converter(info, plan.width, plan.height)
+    k = first  # the next output index
+    last: np.ndarray | None = None
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> Iterator[tuple[int, np.ndarray]]:
+        nonlocal k, last
+        results = stylize([f for _, f in pending])
+        if len(results) != len(pending):
+            raise VideoError(f"the stylizer returned {len(results)} frames for {len(pending)}")
+        for (si, frame), styl in zip(pending, results, strict=True):
+            fresh = True
+            while k < stop and plan.source[k] == si:
+                if fresh:
+                    last, fresh = smoother(frame, np.asarray(styl)), False
+                if k >= start:
+                    if inputs is not None:
+                        inputs.append(frame)
+                    yield k, last
+                k += 1
+        pending.clear()
+
+    for si, frame in _decode(source, info, need[0], need[-1] + 1, convert=convert, wanted=wanted.__contains__):
+        if frame is None:
+            continue
+        pending.append((si, frame))
+        if len(pending) >= batch:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+class VideoWriter:
+    """H.264 (libx264, yuv420p, ``crf``) frames with their timestamps into .mp4/.mov/.mkv; the
+    first audio track of ``audio`` (a path or binary file: the input video) is copied along,
+    interleaved by time (transcoded to AAC if the container cannot hold its codec)."""
+
+    def __init__(self, path: str | Path, plan: FramePlan, fmt: str, audio: Source | None = None,
+                 crf: int = 18, preset: str = "medium", name: str | None = None):
+        self.name = name or str(path)
+        self.container = _open(path, self.name, "w", format=fmt)
+        self.time_base = plan.time_base
+        try:
+            stream = self.container.add_stream("libx264", rate=plan.rate)
+            stream.width, stream.height, stream.pix_fmt = plan.width, plan.height, "yuv420p"
+            stream.time_base = plan.time_base
+            stream.codec_context.time_base = plan.time_base  # else pts are rounded to 1/rate: VFR frames merge
+            stream.options = {"crf": str(crf), "preset": preset}
+            self.stream = stream
+            self.audio = _AudioCopy(self.container, audio, fmt, self.name) if audio is not None else None
+        except BaseException:
+            self.abort()
+            raise
+        self.frames = 0
+
+    def write(self, frame: np.ndarray, pts: int) -> None:
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts, vf.time_base = pts, self.time_base
+        with self._errors():
+            for packet in self.stream.encode(vf):
+                self.container.mux(packet)
+        self.frames += 1
+        if self.audio is not None:
+            self.audio.until(float(pts * self.time_base) + 0.5)
+
+    def close(self) -> None:
+        with self._errors():
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            if self.audio is not None:
+                self.audio.until(math.inf)
+                self.audio.close()
+            self.container.close()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Encoder and muxer failures (a full disk, a rejected timestamp) as one-line errors."""
+        try:
+            yield
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{self.name}: cannot encode ({_why(exc)})") from None
+        except OSError as exc:
+            raise VideoError(f"{self.name}: cannot write ({_why(exc)})") from None
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if getattr(self, "audio", None) is not None:
+                self.audio.close()
+        with contextlib.suppress(Exception):
+            self.container.close()
+
+
+class _AudioCopy:
+    """The input's first audio stream, muxed into ``out`` up to a given time (copied packets,
+    or decoded and encoded as AAC when ``fmt`` cannot hold the codec)."""
+
+    def __init__(self, out, source: Source, fmt: str, name: str):
+        self.input = _open(source, name)
+        self.name = name
+        if not self.input.streams.audio:
+            self.input.close()
+            raise VideoError(f"{name}: no audio stream to copy")
+        self.src = self.input.streams.audio[0]
+        if _audio_codec(self.input) is None:
+            self.input.close()
+            raise VideoError(f"{name}: its audio codec is not one FFmpeg knows")
+        codec = self.src.codec_context.name
+        allowed = COPY_AUDIO.get(fmt)
+        self.copy = allowed is None or codec in allowed
+        if self.copy:
+            self.dst = out.add_stream_from_template(self.src)
+        else:
+            rate = self.src.codec_context.sample_rate or 48000
+            self.rate, self.next_pts = rate, None  # samples: the track keeps its start time
+            self.dst = out.add_stream("aac", rate=rate)
+            self.resampler = av.AudioResampler(format="fltp", layout=self.dst.codec_context.layout, rate=rate)
+        self.packets = self.input.demux(self.src)
+        self.pending = None
+        self.done = False
+
+    def until(self, seconds: float) -> None:
+        out = self.dst.container
+        try:
+            while not self.done:
+                packet = self.pending or next(self.packets, None)
+                self.pending = None
+                if packet is None:
+                    self.done = True
+                    if not self.copy:
+                        self._encode(None)
+                    return
+                if packet.size == 0 or packet.dts is None:
+                    continue
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if float(ts * packet.time_base) > seconds:
+                    self.pending = packet
+                    return
+                if self.copy:
+                    packet.stream = self.dst
+                    out.mux(packet)
+                else:
+                    for frame in packet.decode():
+                        self._encode(frame)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{self.name}: cannot copy the audio track ({_why(exc)})") from None
+
+    def _encode(self, frame) -> None:
+        if frame is not None and self.next_pts is None and frame.pts is not None and frame.time_base:
+            self.next_pts = round(float(frame.pts * frame.time_base) * self.rate)
+        frames = self.resampler.resample(frame)
+        for f in frames:
+            if self.next_pts is None:
+                f.pts = None
+            else:  # consecutive samples from the first decoded frame's time
+                f.pts, f.time_base = self.next_pts, Fraction(1, self.rate)
+                self.next_pts += f.samples
+            for packet in self.dst.encode(f):
+                self.dst.container.mux(packet)
+        if frame is None:
+            for packet in self.dst.encode(None):
+                self.dst.container.mux(packet)
+
+    def close(self) -> None:
+        self.input.close()
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    input: str
+    output: str
+    frames: int
+    width: int
+    height: int
+    rate: float  # output frames per second of video
+    duration: float  # seconds of video
+    seconds: float  # wall time
+    audio: bool
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def temp_path(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
+def stylize_video(source: str | Path, dest: str | Path, stylize: FrameFn, *, smooth: float = DEFAULT_SMOOTH,
+                  max_side: int | None = None, fps: float | None = None, batch: int = 1, crf: int = 18,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, on_start: Callable[[VideoInfo, FramePlan], None] | None = None,
+                  progress: Callable[[int], None] | None = None) -> VideoResult:
+    """Stylize the video file ``source`` into ``dest`` (.mp4/.mov/.mkv) frame by frame, streaming.
+    ``on_start(info, plan)`` is called once probed (a progress bar's total), ``progress(1)`` per
+    frame. The output appears at ``dest`` only when complete (written under a temporary name)."""
+    began = time.perf_counter()
+    dest = Path(dest)
+    fmt = output_format(dest)
+    check_smooth(smooth)  # before anything is opened
+    check_crf(crf)
+    info = probe(source, max_pixels)
+    plan = plan_frames(info, max_side, fps)
+    if on_start is not None:
+        on_start(info, plan)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(dest)
+    writer = VideoWriter(tmp, plan, fmt, audio=source if info.audio else None, crf=crf, name=str(dest))
+    try:
+        for i, frame in stylized_frames(source, info, plan, stylize, smooth=smooth, batch=batch):
+            writer.write(frame, plan.pts[i])
+            if progress is not None:
+                progress(1)
+        writer.close()
+        os.replace(tmp, dest)
+    except BaseException:
+        writer.abort()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return VideoResult(str(source), str(dest), plan.frames, plan.width, plan.height, float(plan.rate),
+                       info.duration, time.perf_counter() - began, info.audio is not None)
+
+
+def read_video(path: str | Path) -> tuple[VideoInfo, list[np.ndarray]]:
+    """Every frame of a (short) video as RGB arrays, upright: for tests and benchmarks."""
+    info = probe(path)
+    convert = _converter(info, *info.size)
+    return info, [f for _, f in _decode(path, info, 0, info.frames, convert=convert)]
+
+
+def flicker(inputs: Iterable[np.ndarray], outputs: Iterable[np.ndarray]) -> tuple[float, float]:
+    """(warping error, sharpness) of ``outputs`` along the motion of ``inputs`` (FlickerMeter)."""
+    meter = FlickerMeter()
+    for frame, out in zip(inputs, outputs, strict=True):
+        meter.add(frame, out)
+    return meter.value, meter.sharpness
+
+
+def write_pan_clip(path: str | Path, image: np.ndarray, *, frames: int = 24, size: tuple[int, int] = (160, 120),
+                   speed: tuple[float, float] = (1.5, 0.5), fps: int = 24, audio: bool = True, crf: int = 20,
+                   options: dict[str, str] | None = None, keyframe_every: int | None = None) -> tuple[float, float]:
+    """A test clip with known motion: a ``size`` window panning across ``image`` (RGB, larger
+    than the window plus the path) by ``speed`` px per frame (sub-pixel, bilinear), H.264 at
+    ``fps``, with a 440 Hz AAC tone for the clip's duration when ``audio``. Returns the true
+    backward flow (dx, dy): frame t at x shows frame t-1 at x + (dx, dy). ``keyframe_every``: a
+    keyframe each N frames, with B-frames (else libx264's default: one keyframe in a short clip)."""
+    w, h = size
+    dx, dy = speed
+    need = (w + abs(dx) * frames + 2, h + abs(dy) * frames + 2)
+    if image.shape[1] < need[0] or image.shape[0] < need[1]:
+        raise VideoError(f"the image must be at least {need[0]:.0f}x{need[1]:.0f} for this pan")
+    fmt = OUTPUT_FORMATS.get(Path(str(path)).suffix.lower())
+    out = av.open(str(path), "w", format=fmt, options=options or {})
+    stream = out.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.options = {"crf": str(crf)}
+    if keyframe_every:
+        stream.options = {**stream.options, "g": str(keyframe_every), "keyint_min": str(keyframe_every),
+                          "bf": "3", "sc_threshold": "0"}
+    tone = out.add_stream("aac", rate=44100) if audio else None
+    x0 = w / 2 + 1 + (abs(dx) * frames if dx < 0 else 0)
+    y0 = h / 2 + 1 + (abs(dy) * frames if dy < 0 else 0)
+    for t in range(frames):
+        crop = cv2.getRectSubPix(image, (w, h), (x0 + dx * t, y0 + dy * t))
+        for packet in stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    if tone is not None:
+        rate, size_ = 44100, 1024
+        n = int(rate * frames / fps)
+        wave = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
+        for k in range(0, n, size_):
+            part = np.zeros((1, size_), np.float32)
+            part[0, : min(size_, n - k)] = wave[k : k + size_]
+            frame = av.AudioFrame.from_ndarray(part, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, k
+            for packet in tone.encode(frame):
+                out.mux(packet)
+        for packet in tone.encode():
+            out.mux(packet)
+    out.close()
+    return dx, dy

@@ -1,0 +1,1 @@
+"""The monitor: a snapshot of Ray, Serve, GPUs and runs, and its Streamlit page."""

@@ -1,0 +1,1 @@
+"""[ray] Ray Train: the loop, fit, evaluation."""

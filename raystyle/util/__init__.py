@@ -1,0 +1,1 @@
+"""Leaf helpers: the filesystem layer (local paths and pyarrow URIs), ports."""
