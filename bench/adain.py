@@ -100,12 +100,12 @@ def main() -> int:
 
     import torch
 
+    from raystyle.cluster import connect
     from raystyle.data.datasets import sample_photo_dir
     from raystyle.data.images import load_rgb
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
     from raystyle.infer.arbitrary import ArbitraryStylizer
     from raystyle.registry import get_style
-    from raystyle.train.loop import connect
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

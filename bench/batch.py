@@ -29,12 +29,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raystyle import checkpoint as ckpt  # noqa: E402
-from raystyle.batch.images import run_batch  # noqa: E402
+from raystyle.batch.images import run_batch
 from raystyle.config import load_config  # noqa: E402
 from raystyle.data.datasets import SAMPLE_PHOTOS, sample_photo_dir  # noqa: E402
 from raystyle.data.images import IMAGE_SUFFIXES, decode, encode  # noqa: E402
-from raystyle.export.generator import export_style  # noqa: E402
-from raystyle.infer.generator import Stylizer  # noqa: E402
+from raystyle.export import export_style
+from raystyle.infer.generator import Stylizer
 from raystyle.methods.cyclegan import CycleGAN  # noqa: E402
 
 

@@ -81,7 +81,7 @@ def main() -> int:
     from raystyle.config import Config
     from raystyle.core.macs import count_macs, count_params
     from raystyle.core.nets import build_generator
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
     from raystyle.methods.distill import load_teacher, plan
     from raystyle.registry import get_style
     from raystyle.train.loop import fit

@@ -94,15 +94,15 @@ def main() -> int:
 
     import torch
 
+    from raystyle.cluster import connect
     from raystyle.core.macs import count_macs, count_params
     from raystyle.core.nets import build_generator
     from raystyle.data.datasets import sample_photo_dir, write_sample_dataset
     from raystyle.data.images import load_rgb
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
     from raystyle.infer.generator import Stylizer
     from raystyle.methods.nst import NSTOptions, run_nst
     from raystyle.registry import get_style
-    from raystyle.train.loop import connect
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

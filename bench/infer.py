@@ -35,8 +35,11 @@ from raystyle import checkpoint as ckpt  # noqa: E402
 from raystyle.config import Config, load_config  # noqa: E402
 from raystyle.data.datasets import sample_photo_dir  # noqa: E402
 from raystyle.data.images import decode, encode  # noqa: E402
-from raystyle.export.generator import export_style, load_generator  # noqa: E402
-from raystyle.infer.generator import Stylizer, _to_input, make_session  # noqa: E402
+from raystyle.export import export_style
+from raystyle.export.generator import load_generator
+from raystyle.infer.base import make_session
+from raystyle.infer.generator import Stylizer
+from raystyle.infer.tiles import to_input
 from raystyle.methods.cyclegan import CycleGAN  # noqa: E402
 from raystyle.registry import get_style  # noqa: E402
 
@@ -105,7 +108,7 @@ def tiled_vs_whole(models: Path, style: str, tile: int) -> None:
     whole_sess = make_session(get_style(style, models).file("fp32"), "cpu")
     base = np.asarray(decode(sample_photo_dir() / "astronaut.png").resize((1600, 1200), Image.BICUBIC))
     for label, img in (("photo", base), ("photo + 1-px texture", textured(base))):
-        y = whole_sess.run(None, {"image": _to_input(img[None])})[0][0, :, :1200, :1600]
+        y = whole_sess.run(None, {"image": to_input(img[None])})[0][0, :, :1200, :1600]
         whole = np.clip((y.transpose(1, 2, 0) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
         for passes, name in ((None, "exact (streamed statistics)"), (0, "old estimate (downscaled statistics only)")):
             s = Stylizer(style, models_dir=models, tile=tile, stats_passes=passes)
@@ -181,7 +184,7 @@ def speed(args, source: Path, style, models: Path, tmp: Path, threads: int) -> N
     print(f"{'size':>6} {'torch eager':>12} {'ORT fp32':>10} {'ORT int8':>10} {'fp32/torch':>11} "
           f"{'int8/fp32':>10} {'int8 PSNR':>10}")
     for side in (int(s) for s in args.sizes.split(",")):
-        x = _to_input(photo(side)[None])
+        x = to_input(photo(side)[None])
         xt = torch.from_numpy(x)
 
         def run_torch(xt=xt):

@@ -24,9 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raystyle import runlog  # noqa: E402
+from raystyle.cluster import connect
 from raystyle.config import load_config  # noqa: E402
 from raystyle.data.datasets import write_sample_dataset  # noqa: E402
-from raystyle.train.loop import connect, fit, total_steps  # noqa: E402
+from raystyle.train.loop import fit, total_steps
 
 
 def run(preset: str, data: Path, storage: Path, minutes: float, every: int, overrides: list[str]):

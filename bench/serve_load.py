@@ -39,7 +39,7 @@ from batch import random_style  # noqa: E402
 
 from raystyle.data.datasets import sample_photo_dir  # noqa: E402
 from raystyle.data.images import decode, encode  # noqa: E402
-from raystyle.infer.generator import Stylizer  # noqa: E402
+from raystyle.infer.generator import Stylizer
 
 
 def payloads(side: int, n: int = 8) -> list[bytes]:

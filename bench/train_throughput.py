@@ -108,7 +108,7 @@ def main() -> None:
     walls: dict[str, list[float]] = {}
     ray_setups = []
     if not args.skip_ray:
-        from raystyle.train.loop import connect
+        from raystyle.cluster import connect
 
         connect()  # the local Ray exactly as `raystyle train` starts it
         per_worker = cores if not args.gpu else max(1, cores // 2)

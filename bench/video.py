@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch import random_style  # noqa: E402  (bench/batch.py: a random-init style)
 
 from raystyle.infer import video as V  # noqa: E402
-from raystyle.infer.generator import Stylizer  # noqa: E402
+from raystyle.infer.generator import Stylizer
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
 

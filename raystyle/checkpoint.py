@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.fs as pafs
 
 from raystyle.config import Config
+from raystyle.errors import RaystyleError
 from raystyle.util import storage
 from raystyle.util.storage import Location
 
@@ -39,7 +40,7 @@ SHARED_FILES = ("config.json", "nets.pt", "train_state.pt")
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RaystyleError):
     """Not a (complete) raystyle checkpoint."""
 
 

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from raystyle.config import MODELS_ENV, default_models_dir  # noqa: F401  (MODELS_ENV re-exported)
+from raystyle.errors import RaystyleError
 
 METADATA = "model.json"
 PRECISIONS = ("fp32", "fp16", "int8")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: "$" also matches before a final newline
 VERSIONS = ".versions"  # MODELS/.versions/NAME/VERSION/
 KEEP = 3  # versions kept per style (the current one always)
 # A version replaced less than GRACE_S seconds ago is kept too, whatever KEEP says: a reader
@@ -47,7 +48,7 @@ KEEP = 3  # versions kept per style (the current one always)
 GRACE_S = 600.0
 
 
-class RegistryError(ValueError):
+class RegistryError(RaystyleError):
     """Unknown style, bad style name, or a registry entry without the asked-for file."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,30 @@ def tiny_config(tmp: Path, **train) -> Config:
         train={"pool_size": 4, "log_every": 2, "checkpoint_every": 4, "sample_every": 4, **train},
         cluster={"workers": 2, "max_failures": 1, "storage": str(tmp)},
     )
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one intra-op thread in this process for the block, then as it was. The tests'
+    tensors are tiny (32 px, 4-16 channels): a second OpenMP thread buys nothing there, and
+    while anything else runs on the 2 cores (Ray's processes, another test run) its
+    spin-waiting makes a loop of small steps 10-30x slower (measured: the domain classifier
+    2 s on one thread, 67 s on two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """The test body on one torch thread (see one_torch_thread)."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -61,20 +86,54 @@ def trained_checkpoint(sample_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(trained_checkpoint, tmp_path_factory):
     """The trained tiny checkpoint exported as style 'tiny' (fp32, int8, fp16, TorchScript)."""
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
 
     models = tmp_path_factory.mktemp("models")
-    return export_style(trained_checkpoint, "tiny", models_dir=models,
-                        precisions=("fp32", "int8", "fp16"), torchscript=True)
+    with one_torch_thread():
+        return export_style(trained_checkpoint, "tiny", models_dir=models,
+                            precisions=("fp32", "int8", "fp16"), torchscript=True)
 
 
 @pytest.fixture(scope="session")
 def ray_session():
+    """One local Ray for the whole run. Its dashboard runs and its actors are told where
+    (RAY_API_SERVER_ADDRESS, as raystyle.cluster.connect does): Ray Train's placement-group
+    cleaner asks the state API whether the controller lives, and without an address it scans
+    for local clusters, fails when a test's subprocess runs another Ray ("Found multiple
+    active Ray instances"), takes the controller for dead and kills the run. The variable is
+    set for Ray's processes only, not for the subprocesses that tests start."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    from tests.helpers import free_port
+
+    port = free_port()
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    try:
+        ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=port,
+                 logging_level="WARNING")  # a new one, even where another Ray runs here
+    finally:
+        if saved is None:
+            del os.environ["RAY_API_SERVER_ADDRESS"]
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_session):
+    """One Ray Serve instance for the whole run (HTTP on a free 127.0.0.1 port): each test
+    module deploys its own application on it and deletes it when done (starting and stopping
+    Serve per module cost more than the tests themselves)."""
+    from ray import serve
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
 
 
 # tiny AdaIN: 32 px crops, random VGG-19-shaped features, a decoder at 1/8 of the paper's width,
@@ -95,7 +154,7 @@ def arbitrary_style(sample_data, tmp_path_factory):
 
     from raystyle import checkpoint as ckpt
     from raystyle.data.datasets import EpochBatches, UnpairedDataset, check_dataset
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
     from raystyle.methods.adain import AdaINMethod, plan
 
     cfg, extra = plan(overrides=ADAIN_TINY)
@@ -109,5 +168,6 @@ def arbitrary_style(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("adain_trained") / ckpt.checkpoint_name(model.step)
     ckpt.save_shared(out, cfg, model.nets_state(), {**model.train_state(), "world_size": 1},
                      {"data_dir": str(sample_data), "method": "adain"})
-    return export_style(out, "anystyle", models_dir=tmp_path_factory.mktemp("adain_models"),
-                        precisions=("fp32", "int8"), overrides=["export.int8_min_psnr_db=20"])
+    with one_torch_thread():
+        return export_style(out, "anystyle", models_dir=tmp_path_factory.mktemp("adain_models"),
+                            precisions=("fp32", "int8"), overrides=["export.int8_min_psnr_db=20"])

@@ -18,7 +18,9 @@ from raystyle.data.datasets import EpochBatches, UnpairedDataset, check_dataset,
 from raystyle.data.images import load_rgb
 from raystyle.methods.adain import AdaINMethod, adain, mean_std, plan
 
-from .conftest import ADAIN_TINY
+from .conftest import ADAIN_TINY, one_torch_thread
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny nets: see conftest.one_torch_thread
 
 
 def test_the_adain_layer_gives_each_channel_the_styles_mean_and_std():
@@ -44,7 +46,6 @@ def test_training_lowers_the_losses(sample_data):
     a, b = check_dataset(sample_data, 32)
     loader = iter(torch.utils.data.DataLoader(UnpairedDataset(a.files, b.files, cfg.data),
                                               batch_sampler=EpochBatches(len(a.files), 1, 0, 2, 0)))
-    torch.set_num_threads(2)
     torch.manual_seed(0)
     model = AdaINMethod.from_config(cfg, torch.device("cpu"), 0, extra)
     losses = [model.train_step(*next(loader)) for _ in range(60)]
@@ -110,7 +111,8 @@ def run(ray_session, sample_data, tmp_path_factory):
     argv = ["train", "--method", "adain", "--data", str(sample_data), "--style", "anynet", "--workers", "2",
             "--storage", str(storage), *sets]
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):  # the run's lines (the workers' too, forwarded by Ray)
+    # the run's lines (the workers' too, forwarded by Ray); the driver's torch on one thread
+    with one_torch_thread(), contextlib.redirect_stdout(out):
         assert main([*argv, "--max-steps", "4"]) == 0
         first = ckpt.load_shared(ckpt.latest_checkpoint(storage / "anynet"))
         assert main([*argv, "--max-steps", "6"]) == 0
@@ -137,7 +139,7 @@ def test_two_workers_train_equal_decoders_and_a_rerun_resumes(run, sample_data):
 
 def test_export_writes_an_arbitrary_style_whose_graphs_match_torch(run, tmp_path, capsys):
     from raystyle.cli.main import main
-    from raystyle.export.generator import ExportError
+    from raystyle.export.gates import ExportError
     from raystyle.infer.arbitrary import ArbitraryStylizer
     from raystyle.methods.adain import load_net, pad_to
     from raystyle.registry import get_style, list_styles
@@ -176,7 +178,7 @@ def test_export_writes_an_arbitrary_style_whose_graphs_match_torch(run, tmp_path
 
     # a gate that cannot be met registers nothing; generator-only options are refused
     with pytest.raises(ExportError, match="int8_min_psnr_db"):
-        from raystyle.export.generator import export_style
+        from raystyle.export import export_style
 
         export_style(run_dir, "refused", models_dir=models, precisions=("fp32", "int8"),
                      overrides=["export.int8_min_psnr_db=98"])
@@ -196,7 +198,7 @@ def _photo(side: tuple[int, int] = (200, 152)) -> np.ndarray:
 def test_tiles_are_exact_and_a_halo_too_small_is_not(arbitrary_style):
     """Large images run in tiles of 64 px cores: equal to the whole image (>= 60 dB; measured 99,
     i.e. identical); the same tiles with a halo of 8 px instead of 96 visibly differ."""
-    from raystyle.export.generator import _psnr_db
+    from raystyle.export.gates import psnr_db
     from raystyle.infer.arbitrary import ArbitraryStylizer
 
     st = ArbitraryStylizer(arbitrary_style, provider="cpu")
@@ -204,15 +206,15 @@ def test_tiles_are_exact_and_a_halo_too_small_is_not(arbitrary_style):
     photo = _photo()
     whole = st.stylize_batch([photo], styles=[stats], tile=256)[0]
     tiled = st.stylize_batch([photo], styles=[stats], tile=64)[0]
-    assert whole.shape == photo.shape and _psnr_db(tiled, whole, 255.0) >= 60
+    assert whole.shape == photo.shape and psnr_db(tiled, whole, 255.0) >= 60
     st.halo = 8
-    assert _psnr_db(st.stylize_batch([photo], styles=[stats], tile=64)[0], whole, 255.0) < 50
+    assert psnr_db(st.stylize_batch([photo], styles=[stats], tile=64)[0], whole, 255.0) < 50
     assert arbitrary_style.meta["precisions"]["fp32"]["tiled_psnr_db"] >= 60
 
 
 def test_blending_alpha_and_the_style_cache(arbitrary_style):
     from raystyle.infer.arbitrary import ArbitraryStylizer
-    from raystyle.infer.generator import StylizeError
+    from raystyle.infer.base import StylizeError
 
     st = ArbitraryStylizer(arbitrary_style, provider="cpu", cache_size=2)
     photo = _photo((96, 64))
@@ -295,11 +297,11 @@ def test_bf16_autocast_trains_and_a_vgg_encoder_travels_in_the_checkpoint():
     state dict (random values in torchvision's layout, no file): the checkpoint's ``encoder`` is
     exactly those weights, and load_net rebuilds the same network from the checkpoint alone."""
     from raystyle.config import Config
-    from raystyle.core.perceptual import _build_features
+    from raystyle.core.perceptual import build_features
     from raystyle.methods.adain import load_net
 
     torch.manual_seed(0)
-    state = _build_features("vgg19").state_dict()
+    state = build_features("vgg19").state_dict()
     cfg = Config.from_dict({"adain": {"features": "vgg19", "decoder_width": 0.125},
                             "data": {"load_size": 32, "crop_size": 32}, "train": {"amp": "bf16"}})
     model = AdaINMethod(cfg, state)
@@ -321,7 +323,8 @@ def test_bf16_autocast_trains_and_a_vgg_encoder_travels_in_the_checkpoint():
 def test_int8_falls_back_to_the_decoder_alone_or_registers_nothing(arbitrary_style, tmp_path):
     """A gate just above what both int8 graphs give: the decoder alone in int8 (encoder fp32) is
     tried next, and it either holds the gate (recorded as such) or the export fails."""
-    from raystyle.export.generator import ExportError, export_style
+    from raystyle.export import export_style
+    from raystyle.export.gates import ExportError
     from raystyle.registry import list_styles
 
     both = arbitrary_style.meta["precisions"]["int8"]["both_int8_psnr_vs_fp32_db"]
@@ -375,15 +378,16 @@ def test_features_flag_applies_when_the_method_comes_from_the_config(tmp_path):
     """`--config adain-small --features random` (no --method): the preset makes it an adain run
     and --features sets adain.features (as `--config fast` sets fast.features)."""
     from raystyle.cli import main as cli
+    from raystyle.cli import train as cli_train
 
     args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config",
                                           "adain-small", "--features", "random"])
     assert args.method == "cyclegan"
-    cfg, extra = cli._adain_config(args)
+    cfg, extra = cli_train.adain_config(args)
     assert cfg.adain.features == "random" and extra["features"] is None
     painting = tmp_path / "p.png"
     load_rgb(sample_photo_dir() / "coffee.png").save(painting)
     args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config", "fast",
                                           "--style-image", str(painting), "--features", "random"])
-    cfg, _ = cli._fast_config(args)
+    cfg, _ = cli_train.fast_config(args)
     assert cfg.fast.features == "random"

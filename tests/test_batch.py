@@ -13,9 +13,12 @@ import pytest
 from PIL import Image
 
 from raystyle.batch import images as batch
-from raystyle.batch.images import MANIFEST, TMP_SUFFIX, BatchError, add_parser, cmd_batch, run_batch
+from raystyle.batch.images import MANIFEST, run_batch
+from raystyle.batch.stages import BatchError
+from raystyle.cli.batch import add_parser, cmd_batch
 from raystyle.data.images import decode
 from raystyle.infer.generator import Stylizer
+from raystyle.util.storage import TMP_SUFFIX
 
 BROKEN = "broken.png"
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from raystyle.batch.images import MANIFEST, add_parser, cmd_batch
+from raystyle.batch.images import MANIFEST
+from raystyle.cli.batch import add_parser, cmd_batch
 from raystyle.core import perceptual
 from raystyle.core.perceptual import WEIGHTS_ENV
 from raystyle.data.datasets import painterly, sample_photo_dir

@@ -101,10 +101,10 @@ def test_the_plan_layers_teacher_preset_yaml_and_overrides(trained_checkpoint, t
     yaml_file = tmp_path / "d.yaml"
     yaml_file.write_text("train:\n  lr: 0.0005\ndistill:\n  lambda_gan: 0.5\n")
     messages = []
-    cfg, _ = plan(trained_checkpoint, "student-8", yaml_file, ["distill.lambda_gan=0.25"],
+    cfg, _ = plan(trained_checkpoint, "student-8", yaml_file, ["distill.lambda_gan=0.25", "model.ngf=4"],
                   {"cluster": {"workers": 1}, "train": {"max_steps": 7}}, say=messages.append)
     teacher = ckpt.load_config(trained_checkpoint)
-    assert (cfg.model.ngf, cfg.model.n_blocks) == (8, 2) and cfg.model.ndf == teacher.model.ndf
+    assert (cfg.model.ngf, cfg.model.n_blocks) == (4, 2) and cfg.model.ndf == teacher.model.ndf
     assert "2 residual blocks" in messages[0]
     assert (cfg.train.lr, cfg.train.max_steps, cfg.cluster.workers) == (5e-4, 7, 1)
     assert cfg.train.epochs == teacher.train.epochs and cfg.train.ema == 0.0

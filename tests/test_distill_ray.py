@@ -10,6 +10,7 @@ from raystyle import checkpoint as ckpt
 from raystyle import runlog
 from raystyle.methods.distill import plan
 from raystyle.train.loop import CRASH_MARKER, fit
+from tests.helpers import SMALL, png_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -85,7 +86,7 @@ def models(student_run, trained_checkpoint, sample_data, tmp_path_factory):
     return root
 
 
-def test_the_student_exports_serves_and_records_its_cost_and_teacher(student_run, trained_checkpoint,
+def test_the_student_exports_serves_and_records_its_cost_and_teacher(serve_url, student_run, trained_checkpoint,
                                                                      sample_data, models):
     from raystyle.core.macs import count_onnx_macs
     from raystyle.infer.generator import Stylizer
@@ -113,22 +114,19 @@ def test_the_student_exports_serves_and_records_its_cost_and_teacher(student_run
     from raystyle.serve import client
     from raystyle.serve.app import app_builder
 
-    from .test_serve import SMALL, _free_port, _png
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(app_builder({"models_dir": str(models), "provider": "cpu", "ingress": SMALL,
                                "deployment": {**SMALL, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}),
                   name="students", route_prefix="/")
-        png, _ = client.stylize(f"http://127.0.0.1:{port}", "student", _png(image))
+        png, _ = client.stylize(serve_url, "student", png_bytes(image))
         from raystyle.data.images import decode
 
         served = np.asarray(decode(png))
         assert served.shape == image.shape
         assert np.abs(served.astype(int) - out.astype(int)).max() <= 1  # the same graph
     finally:
-        serve.shutdown()
+        serve.delete("students")
 
 
 def test_styles_shows_the_students_cost_and_agreement(models, capsys):

@@ -307,12 +307,12 @@ def test_short_transfer_detected_by_size_check(tmp_path: Path) -> None:
     part = tmp_path / "x.zip.part"
     part.write_bytes(b"12345")
     with pytest.raises(DownloadError, match="got 5 of 9 bytes"):
-        dl._check_size(part, 9, "http://h/x.zip")
+        dl.check_size(part, 9, "http://h/x.zip")
     assert part.exists()  # kept for resuming
     with pytest.raises(DownloadError, match="is 5 bytes, server announced 4"):
-        dl._check_size(part, 4, "http://h/x.zip")
+        dl.check_size(part, 4, "http://h/x.zip")
     assert not part.exists()  # cannot be a prefix of the file: discarded
-    dl._check_size(tmp_path / "missing", None, "http://h/x.zip")  # unknown length: no check
+    dl.check_size(tmp_path / "missing", None, "http://h/x.zip")  # unknown length: no check
 
 
 def test_corrupt_zip_is_rejected_and_deleted(server: Server, tmp_path: Path) -> None:

@@ -7,9 +7,13 @@ import pytest
 import torch
 
 from raystyle import registry
-from raystyle.export.generator import ExportError, export_style, load_generator, pick_checkpoint
+from raystyle.export import export_style, pick_checkpoint
+from raystyle.export.gates import ExportError
+from raystyle.export.generator import load_generator
 from raystyle.methods.quality import psnr
 from raystyle.train.evaluate import load_images
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny nets: see conftest.one_torch_thread
 
 
 def test_registry_entry_describes_itself(exported, trained_checkpoint):
@@ -195,14 +199,26 @@ def test_a_broken_tile_graph_is_refused_and_nothing_registered(trained_checkpoin
     assert not (tmp_path / "broken").exists() and registry.list_styles(tmp_path) == []
 
 
-def test_int8_below_its_threshold_refuses_and_the_previous_version_stays(trained_checkpoint, tmp_path, capsys):
-    first = export_style(trained_checkpoint, "gate", models_dir=tmp_path)
+def _install_copy(style, models, name):
+    """A version of ``name`` in ``models`` holding the files of ``style`` (an earlier real export)."""
+    import shutil
+
+    version, work = registry.new_version(name, models)
+    for f in style.version_dir.iterdir():
+        shutil.copy2(f, work / f.name)
+    (work / registry.METADATA).write_text(json.dumps({**style.meta, "style": name, "version": version}))
+    return registry.install(work, name, version, models)
+
+
+def test_int8_below_its_threshold_refuses_and_the_previous_version_stays(trained_checkpoint, exported, tmp_path,
+                                                                           capsys):
+    first = _install_copy(exported, tmp_path, "gate")  # the session's export stands in for an earlier one
     before = _registry_state(tmp_path, "gate")
     with pytest.raises(ExportError, match=r"model\.int8\.onnx: PSNR vs fp32 \d+\.\d+ dB < export\.int8_min_psnr_db 99 dB"):
         export_style(trained_checkpoint, "gate", models_dir=tmp_path, precisions=("fp32", "int8"),
                      overrides=["export.int8_min_psnr_db=99"])
     assert _registry_state(tmp_path, "gate") == before == (first.version, [first.version], [])
-    assert registry.get_style("gate", tmp_path).meta == first.meta  # fp32 only, as before
+    assert registry.get_style("gate", tmp_path).meta == first.meta  # as before
     # The same through the CLI, on a style that does not exist yet: exit 2, one line, nothing at all.
     from raystyle.cli.main import main
 
@@ -237,7 +253,7 @@ def test_fp16_that_this_machine_cannot_run_is_refused_unless_allowed(trained_che
 
 def test_export_settings_come_from_the_checkpoint_with_overrides():
     from raystyle.config import Config, ConfigError, ExportConfig
-    from raystyle.export.generator import export_settings
+    from raystyle.export.gates import export_settings
 
     old = Config().to_dict()
     del old["export"]  # a checkpoint written before the export section existed
@@ -258,7 +274,7 @@ def test_fp16_conversion_handles_float_list_constants(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from raystyle.export.generator import convert_fp16
+    from raystyle.export.gates import convert_fp16
 
     graph = helper.make_graph(
         [helper.make_node("Constant", [], ["c"], value_floats=[0.5, -1.0, 2.0]),

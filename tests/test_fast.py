@@ -20,6 +20,7 @@ from raystyle.data.datasets import (
 )
 from raystyle.data.images import load_rgb
 from raystyle.methods.fast import FastStyle, StyleImageError, plan
+from tests.helpers import SMALL, png_bytes
 
 # tiny: 32 px photos, a 4-channel transformer net with one block, random features to relu3_1
 TINY = ["fast.features=random", "data.load_size=36", "data.crop_size=32", "data.loader_workers=0",
@@ -148,13 +149,13 @@ def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting,
     assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b, strict=True))
 
     # the same painting from another folder resumes (files compare by hash); another one is refused
-    from raystyle.train.loop import _check_compatible, run_location
+    from raystyle.train.loop import check_compatible, run_location
 
     moved = tmp_path / "moved" / "copy.png"
     moved.parent.mkdir()
     moved.write_bytes(painting.read_bytes())
     cfg_moved, _ = plan(moved, overrides=TINY, settings={"cluster": {"workers": 2, "storage": str(tmp_path)}})
-    _check_compatible(run_location(cfg_moved, "fastnet"), cfg_moved)
+    check_compatible(run_location(cfg_moved, "fastnet"), cfg_moved)
     other = tmp_path / "other.png"
     painterly(load_rgb(sample_photo_dir() / "coffee.png")).save(other)
     assert main([*argv[:6], str(other), *argv[7:], "--max-steps", "8"]) == 2
@@ -171,7 +172,7 @@ def models(straight_run, tmp_path_factory):
     return root
 
 
-def test_export_records_the_painting_and_serves_over_http(models, straight_run, painting, capsys):
+def test_export_records_the_painting_and_serves_over_http(serve_url, models, straight_run, painting, capsys):
     from ray import serve
 
     from raystyle.data.images import decode
@@ -181,7 +182,6 @@ def test_export_records_the_painting_and_serves_over_http(models, straight_run, 
     from raystyle.serve import client
     from raystyle.serve.app import app_builder
 
-    from .test_serve import SMALL, _free_port, _png
 
     style = get_style("fastnet", models)
     meta = style.meta
@@ -200,17 +200,15 @@ def test_export_records_the_painting_and_serves_over_http(models, straight_run, 
 
     image = np.asarray(load_rgb(sample_photo_dir() / "astronaut.png").resize((96, 64)))
     local = Stylizer(style, provider="cpu").stylize(image)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(app_builder({"models_dir": str(models), "provider": "cpu", "ingress": SMALL,
                                "deployment": {**SMALL, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}),
                   name="fast", route_prefix="/")
-        png, _ = client.stylize(f"http://127.0.0.1:{port}", "fastnet", _png(image))
+        png, _ = client.stylize(serve_url, "fastnet", png_bytes(image))
         served = np.asarray(decode(png))
         assert served.shape == image.shape and np.abs(served.astype(int) - local.astype(int)).max() <= 1
     finally:
-        serve.shutdown()
+        serve.delete("fast")
 
 
 def test_the_batch_job_stylizes_a_folder_with_the_fast_net(models, tmp_path):

@@ -38,6 +38,10 @@ from PIL import Image
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
+from tests.helpers import free_ports
+
+# A `ray start --head` cluster of its own, then `ray job submit`: end to end, its own processes.
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).with_name("ray")
@@ -55,17 +59,6 @@ class Head:
     gcs: str  # host:port, what RAY_ADDRESS holds for a cluster
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _port_free(port: int) -> bool:
@@ -129,7 +122,7 @@ def ray_head():
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     (gcs, dash, client, agent_http, agent_grpc, metrics, node_manager, object_manager,
-     runtime_env_agent) = _free_ports(9)
+     runtime_env_agent) = free_ports(9, host="")
     min_worker, max_worker = _worker_port_range()
     log_path = Path(temp_dir) / "head.log"
     cmd = [

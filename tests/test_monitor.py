@@ -20,23 +20,20 @@ import requests
 from raystyle import runlog
 from raystyle.monitor import snapshot as mon
 from raystyle.serve import client
+from tests.helpers import free_port
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_histogram_quantile_interpolates_like_prometheus():
     buckets = [(10.0, 5.0), (20.0, 10.0), (math.inf, 10.0)]
-    assert mon._histogram_quantile(buckets, 0.5) == pytest.approx(10.0)
-    assert mon._histogram_quantile(buckets, 0.95) == pytest.approx(19.0)
-    assert mon._histogram_quantile([(10.0, 0.0), (math.inf, 0.0)], 0.5) is None
+    assert mon.histogram_quantile(buckets, 0.5) == pytest.approx(10.0)
+    assert mon.histogram_quantile(buckets, 0.95) == pytest.approx(19.0)
+    assert mon.histogram_quantile([(10.0, 0.0), (math.inf, 0.0)], 0.5) is None
     # everything above the last finite bound: the bound, not infinity
-    assert mon._histogram_quantile([(10.0, 0.0), (math.inf, 4.0)], 0.5) == 10.0
+    assert mon.histogram_quantile([(10.0, 0.0), (math.inf, 4.0)], 0.5) == 10.0
 
 
 PROM = """\
@@ -118,7 +115,7 @@ def test_scrape_asks_every_node_at_once_within_one_budget():
     nodes = [{"state": "ALIVE", "ip": "127.0.0.1", "metrics_port": s.getsockname()[1]} for s in silent]
     try:
         start = time.monotonic()
-        text, errors = mon._scrape(nodes, 1.0)
+        text, errors = mon.scrape(nodes, 1.0)
         took = time.monotonic() - start
     finally:
         for s in silent:
@@ -176,7 +173,7 @@ def test_dashboard_url_resolution(monkeypatch):
 
 
 def test_snapshots_without_ray_say_so():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     snap = mon.cluster_snapshot(url, timeout=1)
     assert snap["ok"] is False and "no Ray dashboard" in snap["error"] and "ray start --head" in snap["hint"]
     serve = mon.serve_snapshot(url, timeout=1)
@@ -268,8 +265,8 @@ def _app(monkeypatch, env: dict[str, str]):
 def test_page_without_ray_says_how_to_start_it(runs, monkeypatch):
     """Ray absent, no Serve: no exception, no error box; each section says what to do;
     the training section still shows the finished run from disk."""
-    at = _app(monkeypatch, {"RAYSTYLE_RAY_DASHBOARD": f"http://127.0.0.1:{_free_port()}",
-               "RAYSTYLE_SERVE_URL": f"http://127.0.0.1:{_free_port()}",
+    at = _app(monkeypatch, {"RAYSTYLE_RAY_DASHBOARD": f"http://127.0.0.1:{free_port()}",
+               "RAYSTYLE_SERVE_URL": f"http://127.0.0.1:{free_port()}",
                "RAYSTYLE_STORAGE": str(runs), "RAYSTYLE_MONITOR_REFRESH": "0"})
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert [h.value for h in at.header][:4] == ["Cluster", "Training", "Serving", "Try it"]
@@ -307,8 +304,8 @@ def test_page_without_ray_says_how_to_start_it(runs, monkeypatch):
 
 
 def test_page_with_no_runs(tmp_path, monkeypatch):
-    at = _app(monkeypatch, {"RAYSTYLE_RAY_DASHBOARD": f"http://127.0.0.1:{_free_port()}",
-               "RAYSTYLE_SERVE_URL": f"http://127.0.0.1:{_free_port()}",
+    at = _app(monkeypatch, {"RAYSTYLE_RAY_DASHBOARD": f"http://127.0.0.1:{free_port()}",
+               "RAYSTYLE_SERVE_URL": f"http://127.0.0.1:{free_port()}",
                "RAYSTYLE_STORAGE": str(tmp_path / "none"), "RAYSTYLE_MONITOR_REFRESH": "0"})
     assert not at.exception and not at.error
     assert any("No training runs under" in i.value and "raystyle demo" in i.value for i in at.info)
@@ -320,9 +317,10 @@ def _start_monitor(*args: str, port: int) -> subprocess.Popen:
                             start_new_session=True)
 
 
+@pytest.mark.slow  # starts the monitor (Streamlit) as its own process
 def test_monitor_command_serves_the_page_and_stops_on_ctrl_c(runs):
-    port, dashboard = _free_port(), f"http://127.0.0.1:{_free_port()}"
-    api = f"http://127.0.0.1:{_free_port()}"  # README: monitor --ray-dashboard URL --serve-url URL
+    port, dashboard = free_port(), f"http://127.0.0.1:{free_port()}"
+    api = f"http://127.0.0.1:{free_port()}"  # README: monitor --ray-dashboard URL --serve-url URL
     proc = _start_monitor("--ray-dashboard", dashboard, "--serve-url", api,
                           "--storage", str(runs), "--max-upload-mb", "3", port=port)
     try:

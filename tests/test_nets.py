@@ -56,7 +56,7 @@ def test_residual_generator_starts_near_the_identity():
     assert skip(x_big).max() <= 1  # clamped to the image range
 
 
-def test_colour_skip_starts_as_the_identity_and_learns_a_global_colour_map():
+def test_colour_skip_starts_as_the_identity_and_learns_a_global_colour_map(torch_one_thread):
     """model.colour_skip: the residual's skip is a 1x1 conv (identity at start) that can
     express a global colour change, which the instance-normalised main path cannot."""
     from raystyle.config import ConfigError
@@ -70,15 +70,16 @@ def test_colour_skip_starts_as_the_identity_and_learns_a_global_colour_map():
         assert torch.allclose(colour(x), plain_skip(x), atol=1e-6)  # same start
     with pytest.raises(ConfigError, match="colour_skip needs model.residual"):
         ModelConfig(colour_skip=True)
-    # fit a warm, saturated grade (a global affine colour map) for 150 steps: the colour skip
-    # gets much closer than the same net with the photo as its skip
+    # fit a warm, saturated grade (a global affine colour map) for 60 steps: the colour skip
+    # gets much closer than the same net with the photo as its skip (measured at 50 steps:
+    # L1 0.004-0.008 against 0.113; at 150: 0.004-0.007 against 0.08)
     m = torch.tensor([[1.3, -0.2, -0.1], [-0.1, 1.2, -0.1], [-0.2, -0.2, 1.0]])
     target = (torch.einsum("ij,bjhw->bihw", m, x) + torch.tensor([0.15, 0.0, -0.2]).view(1, 3, 1, 1)).clamp(-1, 1)
     errors = {}
     for name, net in (("photo", plain_skip), ("colour", colour)):
         net.train()
         opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        for _ in range(150):
+        for _ in range(60):
             opt.zero_grad()
             loss = (net(x) - target).abs().mean()
             loss.backward()

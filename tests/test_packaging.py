@@ -107,7 +107,7 @@ def test_the_onnx_exporter_dependencies_torch_does_not_declare_are_declared():
 
 
 def test_run_time_files_are_found_inside_the_package():
-    from raystyle.cli.main import SERVE_CONFIG
+    from raystyle.cli.common import SERVE_CONFIG
     from raystyle.config import PRESETS_DIR, preset_path
     from raystyle.monitor.snapshot import app_path
 
@@ -119,6 +119,7 @@ def test_run_time_files_are_found_inside_the_package():
     assert (ROOT / "dashboard" / "app.py").resolve() == app_path().resolve()
 
 
+@pytest.mark.slow  # builds a wheel in a subprocess
 @pytest.mark.timeout(300)
 def test_the_built_wheel_carries_presets_serve_configs_and_the_monitor(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",

@@ -14,7 +14,10 @@ from raystyle.config import DataConfig
 from raystyle.data.datasets import painterly, write_sample_dataset
 from raystyle.methods import quality
 
+from .conftest import one_torch_thread
+
 CFG = DataConfig(load_size=40, crop_size=32)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny nets: see conftest.one_torch_thread
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,9 @@ def split(sample_data):
 
 @pytest.fixture(scope="module")
 def classifier(split, tmp_path_factory):
-    return quality.get_classifier(split.train_a, split.train_b, split.held_a, split.held_b, CFG,
-                                  cache=tmp_path_factory.mktemp("clf"))
+    with one_torch_thread():
+        return quality.get_classifier(split.train_a, split.train_b, split.held_a, split.held_b, CFG,
+                                      cache=tmp_path_factory.mktemp("clf"))
 
 
 def test_the_sample_test_split_is_paired_through_the_filter(tmp_path):
@@ -119,7 +123,9 @@ def test_a_weak_classifier_gives_no_domain_score(split):
 def test_the_classifier_is_cached_per_dataset(split, tmp_path, monkeypatch):
     calls = []
     real = quality.train_classifier
-    monkeypatch.setattr(quality, "train_classifier", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # what is cached, not how well it separates (the fixture's full training): 20 steps each
+    monkeypatch.setattr(quality, "train_classifier",
+                        lambda *a, **k: calls.append(1) or real(*a, **{**k, "steps": 20}))
     args = (split.train_a, split.train_b, split.held_a, split.held_b, CFG)
     first = quality.get_classifier(*args, cache=tmp_path)
     again = quality.get_classifier(*args, cache=tmp_path)

@@ -55,7 +55,7 @@ GRACE = 4.0  # seconds a replaced version stays in the concurrency test (GRACE_S
 
 
 def _opened_versions(stylizer):
-    sessions = [stylizer.session, *(stylizer._tiling or ())]
+    sessions = [stylizer.session, *(stylizer.tiling_sessions or ())]
     return {s.get_modelmeta().custom_metadata_map.get("raystyle_version") for s in sessions}
 
 
@@ -129,12 +129,16 @@ def test_a_version_replaced_within_the_grace_period_is_kept(tmp_path):
     assert registry.versions("s", tmp_path) == [s.version for s in first[-registry.KEEP:]]
 
 
-def test_re_export_while_serving(trained_checkpoint, tmp_path):
+def test_re_export_while_serving(trained_checkpoint, exported, tmp_path, torch_one_thread):
     """A real re-export of a style while Stylizers keep opening it: always one whole version."""
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
 
     models = tmp_path / "models"
-    first = export_style(trained_checkpoint, "live", models_dir=models)
+    # the version being served: the session's export of the same checkpoint (direction ab)
+    src = exported.version_dir
+    files = [src / n for n in ("model.onnx", "stats.onnx", "tile.onnx", "sums.onnx")]
+    first = _version(models, "live", "first", files)
+    assert first.meta["direction"] == "ab"
     seen, errors, done = set(), [], threading.Event()
 
     def reader():
@@ -161,7 +165,7 @@ def test_re_export_while_serving(trained_checkpoint, tmp_path):
     assert registry.get_style("live", models).meta["direction"] == "ba"
 
 
-@pytest.mark.parametrize("name", ["../x", ".hidden", ""])
+@pytest.mark.parametrize("name", ["../x", ".hidden", "", "monet\n"])  # "$" matched before a final "\n"
 def test_bad_names_are_refused(tmp_path, name):
     with pytest.raises(registry.RegistryError, match="style name"):
         registry.new_version(name, tmp_path)

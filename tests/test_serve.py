@@ -4,7 +4,6 @@ import http.client
 import io
 import json
 import re
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +16,11 @@ from PIL import Image
 from raystyle.data.images import decode
 from raystyle.infer.generator import Stylizer
 from raystyle.serve.app import app_builder
+from tests.helpers import SMALL, png_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-SMALL = {"ray_actor_options": {"num_cpus": 0.25}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +34,17 @@ def models(exported, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(models):
+def server(models, serve_url):
     from ray import serve
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"models_dir": str(models), "provider": "cpu", "max_body_mb": 0.5,
             "max_pixels": 1_000_000, "ingress": SMALL,
             "deployment": {**SMALL, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}
     serve.run(app_builder(args), name="main", route_prefix="/")
-    yield f"http://127.0.0.1:{port}", args
-    serve.shutdown()
+    yield serve_url, args
+    serve.delete("main")
 
 
-def _png(arr) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +65,15 @@ def test_health_styles_and_openapi(server):
 def test_stylize_raw_and_multipart(server, images, exported):
     url, _ = server
     offline = Stylizer("tiny", models_dir=exported.path.parent).stylize(images[0])
-    r = requests.post(f"{url}/styles/tiny", data=_png(images[0]))
+    r = requests.post(f"{url}/styles/tiny", data=png_bytes(images[0]))
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.headers["x-raystyle-style"] == "tiny" and float(r.headers["x-raystyle-inference-ms"]) > 0
     assert np.abs(np.asarray(decode(r.content)).astype(int) - offline).max() <= 1
     r = requests.post(f"{url}/styles/tiny?format=webp&max_side=24",
-                      files={"image": ("x.png", _png(images[0]), "image/png")})
+                      files={"image": ("x.png", png_bytes(images[0]), "image/png")})
     assert r.status_code == 200 and r.content.startswith(b"RIFF")
     assert max(decode(r.content).size) == 24
-    r = requests.post(f"{url}/styles/tiny?strength=0", data=_png(images[1]))
+    r = requests.post(f"{url}/styles/tiny?strength=0", data=png_bytes(images[1]))
     assert np.array_equal(np.asarray(decode(r.content)), images[1])
 
 
@@ -94,10 +83,10 @@ def test_python_client(server, images, exported):
 
     url, _ = server
     assert set(client.styles(url)) == {"tiny"}
-    png, headers = client.stylize(url, "tiny", _png(images[0]), strength=0.5, max_side=32)
+    png, headers = client.stylize(url, "tiny", png_bytes(images[0]), strength=0.5, max_side=32)
     assert max(decode(png).size) == 32 and headers["x-raystyle-style"] == "tiny"
     with pytest.raises(client.ApiError, match=r"^404 unknown style: 'nope'"):
-        client.stylize(url, "nope", _png(images[0]))
+        client.stylize(url, "nope", png_bytes(images[0]))
     with pytest.raises(client.ApiError, match=r"^400 bad image"):
         client.stylize(url, "tiny", b"not an image")
 
@@ -124,7 +113,7 @@ def test_errors_are_json_and_the_server_still_answers(server, path, body, status
     if body == "ppm":
         body = _ppm()
     elif body == "huge":  # 1200 x 1000 = 1.2 MP > the 1 MP limit, but a small PNG
-        body = _png(np.zeros((1000, 1200, 3), np.uint8))
+        body = png_bytes(np.zeros((1000, 1200, 3), np.uint8))
     r = requests.post(f"{url}{path}", data=body)
     assert r.status_code == status
     assert r.json()["error"] == error and r.json()["detail"]
@@ -179,7 +168,7 @@ def test_16_concurrent_clients_get_the_offline_result(server, images, exported):
     def call(job):
         img, strength, keep = job
         r = requests.post(f"{url}/styles/tiny", params={"strength": strength, "preserve_color": keep},
-                          data=_png(img), timeout=120)
+                          data=png_bytes(img), timeout=120)
         return r.status_code, np.asarray(decode(r.content)) if r.status_code == 200 else None
 
     with ThreadPoolExecutor(16) as pool:
@@ -199,7 +188,7 @@ def test_overload_is_shed_with_503_and_recovers(server, models, images):
                            "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}}
     serve.run(app_builder(args), name="limits", route_prefix="/limits")
     url = f"{server[0]}/limits"
-    body = _png(np.asarray(Image.fromarray(images[0]).resize((256, 256))))
+    body = png_bytes(np.asarray(Image.fromarray(images[0]).resize((256, 256))))
     statuses: list[int] = []
     stop = time.monotonic() + 4
 
@@ -241,7 +230,7 @@ def test_autoscaling_goes_up_under_load_and_back_down(server, models, images):
                            "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}}
     serve.run(app_builder(args), name="auto", route_prefix="/auto")
     url = f"{server[0]}/auto"
-    body = _png(np.asarray(Image.fromarray(images[0]).resize((192, 192))))
+    body = png_bytes(np.asarray(Image.fromarray(images[0]).resize((192, 192))))
     assert _replicas("auto") == 1
     done = threading.Event()
 
@@ -270,10 +259,10 @@ def test_autoscaling_goes_up_under_load_and_back_down(server, models, images):
 def test_redeploy_with_a_new_style_drops_no_request(server, trained_checkpoint, images, tmp_path_factory):
     from ray import serve
 
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
 
     url, args = server
-    body = _png(images[0])
+    body = png_bytes(images[0])
     results: list[int] = []
     done = threading.Event()
 

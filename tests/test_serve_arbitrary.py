@@ -14,24 +14,21 @@ from raystyle.infer.arbitrary import ArbitraryStylizer, style_array
 from raystyle.monitor import snapshot as mon
 from raystyle.serve import client
 from raystyle.serve.app import app_builder
-
-from .test_serve import SMALL, _free_port, _png
+from tests.helpers import SMALL, free_port, png_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 ONE = {**SMALL, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
 
 
 @pytest.fixture(scope="module")
-def server(arbitrary_style):
+def server(arbitrary_style, serve_url):
     from ray import serve
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"models_dir": str(arbitrary_style.path.parent), "provider": "cpu", "max_body_mb": 0.5,
             "max_pixels": 1_000_000, "ingress": SMALL, "deployment": ONE}
     serve.run(app_builder(args), name="arbitrary", route_prefix="/")
-    yield f"http://127.0.0.1:{port}", args
-    serve.shutdown()
+    yield serve_url, args
+    serve.delete("arbitrary")
 
 
 @pytest.fixture(scope="module")
@@ -74,29 +71,29 @@ def test_styles_show_the_kind_and_the_style_size(server, arbitrary_style):
 
 def test_served_output_is_the_local_stylizers(server, local, photos, paintings):
     url, _ = server
-    r = _post(url, _png(photos[0]), [paintings[0]], alpha=0.8)
+    r = _post(url, png_bytes(photos[0]), [paintings[0]], alpha=0.8)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.headers["x-raystyle-style"] == "anystyle" and float(r.headers["x-raystyle-inference-ms"]) > 0
     first = r.headers["x-raystyle-style-cache"]
     _close(r.content, local.stylize(photos[0], style_images=[paintings[0]], alpha=0.8))
-    again = _post(url, _png(photos[1]), [paintings[0]])
+    again = _post(url, png_bytes(photos[1]), [paintings[0]])
     assert again.headers["x-raystyle-style-cache"] == "hit" and first in ("hit", "miss")  # one replica
     # strength, colours and size as for every style (applied by the ingress)
-    r = _post(url, _png(photos[1]), [paintings[1]], strength=0.5, preserve_color="true", max_side=32)
+    r = _post(url, png_bytes(photos[1]), [paintings[1]], strength=0.5, preserve_color="true", max_side=32)
     _close(r.content, local.stylize(photos[1], style_images=[paintings[1]], strength=0.5,
                                     preserve_color=True, max_side=32))
-    r = _post(url, _png(photos[1]), [paintings[1]], strength=0)  # nothing to run: the photo back
+    r = _post(url, png_bytes(photos[1]), [paintings[1]], strength=0)  # nothing to run: the photo back
     assert np.array_equal(np.asarray(decode(r.content)), photos[1])
 
 
 def test_two_style_images_blend_by_weights(server, local, photos, paintings):
     url, _ = server
-    single = _post(url, _png(photos[2]), [paintings[2]])
-    pair = _post(url, _png(photos[2]), [paintings[2], paintings[3]], weights="1,0")
+    single = _post(url, png_bytes(photos[2]), [paintings[2]])
+    pair = _post(url, png_bytes(photos[2]), [paintings[2], paintings[3]], weights="1,0")
     assert single.status_code == pair.status_code == 200
     a, b = (np.asarray(decode(r.content)).astype(int) for r in (single, pair))
     assert np.abs(a - b).max() <= 1  # weights 1,0: the first style alone
-    png, headers = client.stylize(url, "anystyle", _png(photos[2]), style_images=paintings[2:4],
+    png, headers = client.stylize(url, "anystyle", png_bytes(photos[2]), style_images=paintings[2:4],
                                   weights=[0.7, 0.3], alpha=0.6)
     _close(png, local.stylize(photos[2], style_images=paintings[2:4], weights=[0.7, 0.3], alpha=0.6))
     assert np.abs(np.asarray(decode(png)).astype(int) - a).mean() > 0.5  # the second style counts
@@ -108,16 +105,16 @@ def test_the_same_style_image_again_is_a_cache_hit(server, photos):
     url, _ = server
     rng = np.random.default_rng(7)
     painting = rng.integers(0, 256, (40, 56, 3), np.uint8)  # seen by no other test
-    first = _post(url, _png(photos[0]), [_png(painting)])
-    again = _post(url, _png(photos[1]), [_png(painting)])
+    first = _post(url, png_bytes(photos[0]), [png_bytes(painting)])
+    again = _post(url, png_bytes(photos[1]), [png_bytes(painting)])
     assert (first.status_code, again.status_code) == (200, 200)
     assert first.headers["x-raystyle-style-cache"] == "miss"
     assert again.headers["x-raystyle-style-cache"] == "hit"
     buf = io.BytesIO()
     Image.fromarray(painting).save(buf, format="PNG", compress_level=0)
-    assert _post(url, _png(photos[1]), [buf.getvalue()]).headers["x-raystyle-style-cache"] == "miss"
+    assert _post(url, png_bytes(photos[1]), [buf.getvalue()]).headers["x-raystyle-style-cache"] == "miss"
     # two style images: a hit only when both were cached
-    both = _post(url, _png(photos[0]), [_png(painting), _png(painting[::-1])])
+    both = _post(url, png_bytes(photos[0]), [png_bytes(painting), png_bytes(painting[::-1])])
     assert both.headers["x-raystyle-style-cache"] == "miss"
 
 
@@ -127,7 +124,7 @@ def test_concurrent_requests_each_get_their_own_style(server, local, photos, pai
 
     def call(job):
         photo, painting, alpha = job
-        return _post(url, _png(photo), [painting], alpha=alpha)
+        return _post(url, png_bytes(photo), [painting], alpha=alpha)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, jobs))
@@ -138,15 +135,15 @@ def test_concurrent_requests_each_get_their_own_style(server, local, photos, pai
 
 def test_missing_style_image_is_422_json(server, photos):
     url, _ = server
-    for r in (requests.post(f"{url}/styles/anystyle", data=_png(photos[0])),
-              _post(url, _png(photos[0]), [])):
+    for r in (requests.post(f"{url}/styles/anystyle", data=png_bytes(photos[0])),
+              _post(url, png_bytes(photos[0]), [])):
         assert r.status_code == 422 and r.headers["content-type"] == "application/json"
         body = r.json()
         assert body["error"] == "invalid parameter" and body["request_id"]
         assert body["detail"][0]["loc"] == ["body", "style_image"]
         assert "arbitrary style" in body["detail"][0]["msg"]
     with pytest.raises(client.ApiError, match=r"^422 invalid parameter: style_image: style 'anystyle' is an arbitrary"):
-        client.stylize(url, "anystyle", _png(photos[0]))
+        client.stylize(url, "anystyle", png_bytes(photos[0]))
 
 
 def _ppm() -> bytes:
@@ -176,8 +173,8 @@ def test_hostile_style_images_and_bad_weights_are_json_errors(server, photos, pa
                                                               status, error):
     url, _ = server
     made = {"ok": paintings[0], "ppm": _ppm(),  # 1200 x 1000 = 1.2 MP > the 1 MP limit, a small PNG
-            "huge": _png(np.zeros((1000, 1200, 3), np.uint8))}
-    r = _post(url, _png(photos[0]), [made.get(s, s) if isinstance(s, str) else s for s in styles], **params)
+            "huge": png_bytes(np.zeros((1000, 1200, 3), np.uint8))}
+    r = _post(url, png_bytes(photos[0]), [made.get(s, s) if isinstance(s, str) else s for s in styles], **params)
     assert r.status_code == status, r.text[:300]
     body = r.json()
     assert body["error"] == error and body["detail"] and body["request_id"]
@@ -190,7 +187,7 @@ def test_hostile_style_images_and_bad_weights_are_json_errors(server, photos, pa
 
 def test_a_style_image_sent_as_text_or_a_broken_multipart_body_is_400(server, photos):
     url, _ = server
-    r = requests.post(f"{url}/styles/anystyle", files={"image": ("p.png", _png(photos[0]), "image/png")},
+    r = requests.post(f"{url}/styles/anystyle", files={"image": ("p.png", png_bytes(photos[0]), "image/png")},
                       data={"style_image": "not a file"})
     assert r.status_code == 400 and "'style_image' is not a file" in r.json()["detail"]
     r = requests.post(f"{url}/styles/anystyle", data=b"--xyz\r\ngarbage",
@@ -214,7 +211,7 @@ def test_a_generator_style_refuses_a_style_image(server, arbitrary_style, photos
     try:
         meta = requests.get(f"{url}/gen/styles").json()["gen"]
         assert meta["kind"] == "generator" and "style_size" not in meta
-        files = [("image", ("p.png", _png(photos[0]), "image/png")),
+        files = [("image", ("p.png", png_bytes(photos[0]), "image/png")),
                  ("style_image", ("s.png", paintings[0], "image/png"))]
         r = requests.post(f"{url}/gen/styles/gen", files=files)
         assert r.status_code == 422, r.text[:300]
@@ -225,18 +222,18 @@ def test_a_generator_style_refuses_a_style_image(server, arbitrary_style, photos
 
 
 def test_the_ingress_shrinks_style_images_exactly_as_the_replica_would():
-    """serve._prepare_styles sends style_array's result; style_array leaves that unchanged,
+    """serve.prepare_styles sends style_array's result; style_array leaves that unchanged,
     so the replica's statistics are those of the original upload."""
-    from raystyle.serve.app import _prepare_styles
+    from raystyle.serve.app import prepare_styles
 
     rng = np.random.default_rng(0)
     for shape in [(48, 48), (37, 91), (1000, 10), (10, 700), (5, 3), (300, 200), (63, 65)]:
         x = rng.integers(0, 256, (*shape, 3), np.uint8)
         for side in (64, 256):
-            ((key, sent),) = _prepare_styles([_png(x)], 10**6, side)
+            ((key, sent),) = prepare_styles([png_bytes(x)], 10**6, side)
             assert len(key) == 64 and max(sent.shape[:2]) <= 4 * side and min(sent.shape[:2]) == side
-            assert np.array_equal(style_array(sent, side), style_array(_png(x), side)), (shape, side)
-    ((_, full),) = _prepare_styles([_png(x)], 10**6, 60)  # a style_size off the 8 grid: sent whole
+            assert np.array_equal(style_array(sent, side), style_array(png_bytes(x), side)), (shape, side)
+    ((_, full),) = prepare_styles([png_bytes(x)], 10**6, 60)  # a style_size off the 8 grid: sent whole
     assert np.array_equal(full, x)
 
 
@@ -247,14 +244,14 @@ def test_the_monitor_asks_for_a_style_image_and_sends_it(server, local, photos, 
     from streamlit.testing.v1 import AppTest
 
     url, _ = server
-    for k, v in {"RAYSTYLE_RAY_DASHBOARD": f"http://127.0.0.1:{_free_port()}", "RAYSTYLE_SERVE_URL": url,
+    for k, v in {"RAYSTYLE_RAY_DASHBOARD": f"http://127.0.0.1:{free_port()}", "RAYSTYLE_SERVE_URL": url,
                  "RAYSTYLE_STORAGE": str(tmp_path), "RAYSTYLE_MONITOR_REFRESH": "0"}.items():
         monkeypatch.setenv(k, v)
     at = AppTest.from_file(str(mon.app_path()), default_timeout=60).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.selectbox(key="style").value == "anystyle"
     assert at.file_uploader(key="style_images").accept_multiple_files
-    at.file_uploader(key="photo").set_value(("photo.png", _png(photos[0]), "image/png")).run()
+    at.file_uploader(key="photo").set_value(("photo.png", png_bytes(photos[0]), "image/png")).run()
     assert at.button(key="go").disabled  # a photo but no style image yet
     at.file_uploader(key="style_images").set_value([("painting.png", paintings[4], "image/png")]).run()
     assert not at.button(key="go").disabled

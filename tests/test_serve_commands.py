@@ -4,7 +4,6 @@ own `serve run serve_configs/local.yaml`, each in its own process with its own l
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,11 @@ import pytest
 import requests
 import yaml
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# `raystyle serve` and `serve run` each start a Ray and Serve of their own: end to end, slow
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 240) -> dict:
@@ -60,7 +56,7 @@ def _photo(sample_data: Path) -> bytes:
 
 
 def test_raystyle_serve_command(exported, sample_data):
-    port = _free_port()
+    port = free_port()
     exe = [shutil.which("raystyle")] if shutil.which("raystyle") else [sys.executable, "-m", "raystyle"]
     proc = subprocess.Popen([*exe, "serve", "--models-dir", str(exported.path.parent), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -85,7 +81,7 @@ def test_raystyle_serve_command(exported, sample_data):
 
 def test_serve_run_with_the_local_config(exported, sample_data, tmp_path):
     """`serve run serve_configs/local.yaml`, the file as shipped but for the port."""
-    port = _free_port()
+    port = free_port()
     cfg = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
     cfg["http_options"]["port"] = port
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(cfg))

@@ -16,19 +16,14 @@ import requests
 from PIL import Image
 
 from raystyle.serve.app import app_builder
-from tests.test_serve import SMALL, _free_port
+from tests.helpers import SMALL
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 @pytest.fixture(scope="module")
-def proxy():
-    from ray import serve
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+def proxy(serve_url):
+    return serve_url
 
 
 @pytest.fixture(scope="module")

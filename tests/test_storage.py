@@ -148,7 +148,7 @@ def test_remote_metrics_log_is_uploaded_whole_at_sync(s3, monkeypatch):
 
 
 @pytest.mark.timeout(240)
-def test_train_on_s3_and_resume_from_the_bucket(s3, sample_data, tmp_path, monkeypatch):
+def test_train_on_s3_and_resume_from_the_bucket(s3, sample_data, tmp_path, monkeypatch, torch_one_thread):
     monkeypatch.chdir(tmp_path)  # a storage URI taken for a path would create ./s3: here
     uri = f"s3://{BUCKET}/runs"
 
@@ -202,7 +202,7 @@ def test_train_on_s3_and_resume_from_the_bucket(s3, sample_data, tmp_path, monke
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
 
-    monkeypatch.setenv("RAYSTYLE_STORAGE", mon._storage_text(uri))
+    monkeypatch.setenv("RAYSTYLE_STORAGE", mon.storage_text(uri))
     monkeypatch.setenv("RAYSTYLE_RAY_DASHBOARD", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("RAYSTYLE_SERVE_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("RAYSTYLE_MONITOR_REFRESH", "0")

@@ -4,7 +4,9 @@ from PIL import Image
 
 from raystyle.data.datasets import sample_photo_dir
 from raystyle.data.images import decode
-from raystyle.infer.generator import ProviderError, StylizeError, Stylizer, make_session, tile_boxes
+from raystyle.infer.base import ProviderError, StylizeError, make_session
+from raystyle.infer.generator import Stylizer
+from raystyle.infer.tiles import tile_boxes
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_sessions_come_from_one_resolved_version(stylizer, exported):
     """model.json and every graph of a Stylizer are read from the same version folder."""
     assert stylizer.style.path == exported.path and stylizer.style.version_dir.name == stylizer.style.version
     assert stylizer.style.version_dir.parent.parent.name == ".versions"
-    assert stylizer._tiling is not None and len(stylizer._tiling) == 3  # opened eagerly, with the model
+    assert stylizer.tiling_sessions is not None and len(stylizer.tiling_sessions) == 3  # opened eagerly, with the model
 
 
 def test_strength_and_colour(stylizer, photo):

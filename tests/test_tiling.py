@@ -17,16 +17,9 @@ from raystyle.core.tiling import (
 )
 from raystyle.data.datasets import sample_photo_dir
 from raystyle.data.images import decode
-from raystyle.infer.generator import (
-    StylizeError,
-    Stylizer,
-    _combine,
-    _Plan,
-    _to_input,
-    _to_uint8,
-    make_session,
-    tile_boxes,
-)
+from raystyle.infer.base import StylizeError, make_session
+from raystyle.infer.generator import Stylizer
+from raystyle.infer.tiles import TilePlan, combine, tile_boxes, to_input, to_uint8
 
 
 def _psnr(a, b):
@@ -72,15 +65,15 @@ def test_sums_of_tiles_are_the_whole_image_statistics():
     gen = build_generator(ModelConfig(ngf=8, n_blocks=1)).eval()
     layout, halo = norm_layout(gen), halo_for(gen)
     a = np.asarray(decode(sample_photo_dir() / "astronaut.png").resize((200, 152)))
-    plan = _Plan(a.shape, 64, halo)
-    exact = StatsModel(gen)(torch.from_numpy(_to_input(a[None]))).detach().double()
+    plan = TilePlan(a.shape, 64, halo)
+    exact = StatsModel(gen)(torch.from_numpy(to_input(a[None]))).detach().double()
     for start in (exact, exact * 0.9):  # the exact stats are a fixed point; others move
         sums = np.zeros(exact.shape[1])
         for core, window in plan.boxes:
             x, mask = torch.from_numpy(plan.window(a, window)), torch.from_numpy(plan.mask(core, window))
             with torch.no_grad():
                 sums += SumsModel(gen)(x, start.float(), mask)[0].numpy()
-        new = _combine(start.numpy(), sums, layout, plan.height, plan.width)
+        new = combine(start.numpy(), sums, layout, plan.height, plan.width)
         if start is exact:
             np.testing.assert_allclose(new, exact.numpy(), rtol=1e-4, atol=1e-6)
         else:
@@ -106,8 +99,8 @@ def big():
 @pytest.fixture(scope="module")
 def whole(exported, big):
     """The untiled result: model.onnx on the whole image at once."""
-    y = make_session(exported.file("fp32"), "cpu", 2).run(None, {"image": _to_input(big[None])})[0]
-    return _to_uint8(y, *big.shape[:2])[0]
+    y = make_session(exported.file("fp32"), "cpu", 2).run(None, {"image": to_input(big[None])})[0]
+    return to_uint8(y, *big.shape[:2])[0]
 
 
 def _seams(out, whole, plan):
@@ -129,7 +122,7 @@ def test_large_image_tiles_equal_the_whole_image(exported, big, whole):
     assert _psnr(out, whole) >= 40.0
     norms = len(exported.meta["tiling"]["norms"])
     assert 1 <= s.last_stats_passes <= norms  # the estimate was refined, at most one pass per norm
-    edge_max, edge_mean, rest_max, rest_mean = _seams(out, whole, _Plan(big.shape, TILE, s.halo))
+    edge_max, edge_mean, rest_max, rest_mean = _seams(out, whole, TilePlan(big.shape, TILE, s.halo))
     assert edge_max <= 2 and edge_mean <= rest_mean + 0.05, (edge_max, edge_mean, rest_max, rest_mean)
 
 
@@ -146,8 +139,8 @@ def test_halo_below_the_receptive_radius_shows_seams(exported, big, whole):
     small = Stylizer("tiny", models_dir=exported.path.parent, threads=2, tile=TILE, stats_passes=0)
     small.halo = 8  # what the seam check must catch
     crop = big[:, 550:]  # the smooth half: statistics alone are fine here, only the halo differs
-    ref = _to_uint8(s.session.run(None, {"image": _to_input(crop[None])})[0], *crop.shape[:2])[0]
-    edge_max, edge_mean, _, rest_mean = _seams(small.stylize(crop), ref, _Plan(crop.shape, TILE, 8))
+    ref = to_uint8(s.session.run(None, {"image": to_input(crop[None])})[0], *crop.shape[:2])[0]
+    edge_max, edge_mean, _, rest_mean = _seams(small.stylize(crop), ref, TilePlan(crop.shape, TILE, 8))
     assert edge_max > 2 or edge_mean > rest_mean + 0.05
     assert _psnr(s.stylize(crop), ref) >= 40.0  # with the full halo, exact
 
@@ -166,7 +159,7 @@ def test_generator_without_instancenorm_tiles_exactly(tmp_path, big):
     """norm=none: no tiling graphs, the plain model runs cores + halo, still equal to the whole."""
     from raystyle import checkpoint as ckpt
     from raystyle.config import Config
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
     from raystyle.methods.cyclegan import CycleGAN
 
     cfg = Config().replace(model={"ngf": 4, "ndf": 4, "n_blocks": 1, "norm": "none"},
@@ -181,7 +174,7 @@ def test_generator_without_instancenorm_tiles_exactly(tmp_path, big):
     assert "tile" not in style.meta["precisions"]["fp32"] and style.meta["tiling"]["halo"] == 20
     s = Stylizer("plain", models_dir=tmp_path / "models", threads=2, tile=TILE)
     crop = big[:400, :700]
-    ref = _to_uint8(s.session.run(None, {"image": _to_input(crop[None])})[0], *crop.shape[:2])[0]
+    ref = to_uint8(s.session.run(None, {"image": to_input(crop[None])})[0], *crop.shape[:2])[0]
     assert ref.std() > 10, "a flat output would pass anything"
     assert _psnr(s.stylize(crop), ref) >= 60.0
     s.halo = 0  # the same cores without their halo: the test sees the difference

@@ -102,10 +102,10 @@ def gop_clip(photo, tmp_path_factory) -> Path:
 
 def test_chunks_seek_to_the_same_frames(gop_clip):
     info = V.probe(gop_clip)
-    convert = V._converter(info, 160, 120)
-    whole = [f for _, f in V._decode(gop_clip, info, 0, 24, convert=convert)]
+    convert = V.frame_converter(info, 160, 120)
+    whole = [f for _, f in V.decode_frames(gop_clip, info, 0, 24, convert=convert)]
     for first, last in [(13, 19), (6, 8), (23, 24), (1, 24)]:  # mid-GOP, on a keyframe, the last
-        part = list(V._decode(gop_clip, info, first, last, convert=convert))
+        part = list(V.decode_frames(gop_clip, info, first, last, convert=convert))
         assert [i for i, _ in part] == list(range(first, last))
         assert all(np.array_equal(f, whole[i]) for i, f in part)
 

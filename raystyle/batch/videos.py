@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from raystyle.batch.images import BatchError, StylizeActor, _actor_pool, _join, _root_cause, resolve
+from raystyle.batch.stages import BatchError, StylizeActor, resolve
 from raystyle.infer.video import (
     OUTPUT_FORMATS,
     FramePlan,
@@ -43,6 +43,7 @@ from raystyle.infer.video import (
     temp_path,
     warmup_frames,
 )
+from raystyle.util.storage import join
 
 DEFAULT_CHUNK = 48  # frames per chunk (2 s at 24 fps); warm-up adds smooth-dependent frames to each
 
@@ -60,7 +61,7 @@ class VideoJob:
 def _source(root: str, rel: str):
     """A path for local files (FFmpeg reads them itself), else a seekable pyarrow file."""
     filesystem, base = resolve(root)
-    path = _join(base, rel)
+    path = join(base, rel)
     if filesystem.type_name == "local":
         return path
     return filesystem.open_input_file(path)
@@ -143,7 +144,7 @@ class _Output:
     def __init__(self, job: VideoJob, input: str, output: str, crf: int):
         self.job = job
         self.fs, root = resolve(output)
-        self.dest = _join(root, job.output)
+        self.dest = join(root, job.output)
         self.local = self.fs.type_name == "local"
         if self.local:
             Path(self.dest).parent.mkdir(parents=True, exist_ok=True)
@@ -178,9 +179,9 @@ class _Output:
         if self.local:
             os.replace(self.tmp, self.dest)
             return
-        from raystyle.batch.images import _is_atomic_store
+        from raystyle.util.storage import is_atomic_store
 
-        target = self.dest if _is_atomic_store(self.fs) else f"{self.dest}.tmp"
+        target = self.dest if is_atomic_store(self.fs) else f"{self.dest}.tmp"
         parent = self.dest.rpartition("/")[0]
         if parent:
             self.fs.create_dir(parent, recursive=True)
@@ -214,7 +215,7 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
     import ray
     import ray.data
 
-    from raystyle.train.loop import ClusterError, connect
+    from raystyle.cluster import ClusterError, connect
 
     if chunk_frames < 1:
         raise BatchError(f"--chunk-frames must be at least 1, got {chunk_frames}")
@@ -224,7 +225,12 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
     warmup = warmup_frames(smooth)
     chunks = [{"path": j.rel, "start": s, "stop": e} for j in jobs for s, e in chunk_bounds(j.plan.frames, chunk_frames)]
     connect(address)
-    workers = min(_actor_pool(workers, cpus_per_worker, gpu), len(chunks))
+    from raystyle.cluster import (  # Ray loads on use: the CLI imports this module
+        actor_pool,
+        root_cause,
+    )
+
+    workers = min(actor_pool(workers, cpus_per_worker, gpu), len(chunks))
     total = sum(j.plan.frames for j in jobs)
     say(f"[raystyle] {len(jobs)} video(s), {total} frames in {len(chunks)} chunks of up to {chunk_frames} "
         f"(+{warmup} warm-up) frames; {workers} worker(s) x {cpus_per_worker} CPU"
@@ -281,7 +287,7 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
                     current = None
                 failed[rel] = str(exc) if isinstance(exc, VideoError) else f"{rel}: cannot write ({exc})"
     except ray.exceptions.RayError as exc:
-        raise ClusterError(f"video workers failed: {_root_cause(exc)}") from None
+        raise ClusterError(f"video workers failed: {root_cause(exc)}") from None
     finally:
         ctx.execution_options.preserve_order = kept
         if current is not None:

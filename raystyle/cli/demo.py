@@ -1,7 +1,7 @@
 """`raystyle demo`: the whole flow on the bundled sample data, from nothing (orchestration only).
 
 Every step is a call into the module that owns it (data, train, evaluate, export, serve,
-monitor); the command line (cli.py) parses the flags and calls ``run``.
+monitor); ``add_parser`` declares the flags and ``run`` does the steps.
 """
 
 from __future__ import annotations
@@ -11,23 +11,56 @@ import sys
 import time
 from pathlib import Path
 
-from raystyle.cli.main import (
+from raystyle.cli.common import (
     DEMO_STYLE,
+    HOME,
     SERVE_CONFIG,
-    _print_evaluation,
-    _run_training,
-    _stop_on_signals,
+    add_verbose_arg,
+    print_evaluation,
+    run_training,
+    stop_on_signals,
 )
 from raystyle.util.ports import port_free
+
+
+def add_parser(sub) -> None:
+    """Register `raystyle demo` on an argparse subparsers object."""
+    p = sub.add_parser("demo", help="the whole flow on the bundled sample data, from nothing",
+                       description="Start a local Ray, write the sample dataset, train a "
+                       f"preset into {HOME}/runs/{DEMO_STYLE}, export it as style '{DEMO_STYLE}' "
+                       f"into {HOME}/models, serve it with Ray Serve, stylize the held-out sample "
+                       f"photos through the HTTP API into {HOME}/outputs/stylized, start the "
+                       "monitor, print the URLs and keep serving until Ctrl-C. A second run "
+                       "reuses what exists.")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "cpu"],
+                   help="training preset: tiny (the default: ~2 minutes of training, quick to see "
+                        "the flow) or cpu (~10 minutes, the recipe that learns the filter); a run "
+                        "per preset")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop training after N steps")
+    p.add_argument("--workers", type=int, metavar="N", help="training workers (default 2)")
+    p.add_argument("--home", type=Path, default=HOME, metavar="DIR", help=f"demo folder (default {HOME}; env RAYSTYLE_HOME)")
+    p.add_argument("--serve-port", type=int, default=8000, metavar="PORT", help="Serve HTTP port on 127.0.0.1 (default 8000)")
+    p.add_argument("--monitor-port", type=int, default=8501, metavar="PORT", help="monitor port on 127.0.0.1 (default 8501)")
+    p.add_argument("--dashboard-port", type=int, metavar="PORT",
+                   help="Ray dashboard port of the local Ray the demo starts (Ray's default 8265)")
+    p.add_argument("--no-monitor", action="store_true", help="do not start the monitor page")
+    p.add_argument("--no-wait", action="store_true",
+                   help="stop Serve, the monitor and Ray once the photos are stylized, instead of "
+                        "keeping them up until Ctrl-C")
+    add_verbose_arg(p)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
     """`raystyle demo`: sample data -> train -> pick the best checkpoint -> evaluate -> export ->
     serve -> stylize the held-out photos over HTTP -> monitor; waits until Ctrl-C."""
+    from raystyle.cluster import connect
     from raystyle.config import load_config
     from raystyle.data.datasets import write_sample_dataset
     from raystyle.methods.quality import is_paired
-    from raystyle.train.loop import connect
 
     home: Path = args.home.expanduser()
     if not args.no_monitor:
@@ -52,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"cluster.workers={args.workers}")
     cfg = load_config(args.preset, overrides).replace(cluster={"storage": str(home / "runs")})
     dashboard = connect(cfg.cluster.address, dashboard_port=args.dashboard_port)
-    result = _run_training(cfg, data, DEMO_STYLE if args.preset == "tiny" else f"{DEMO_STYLE}-{args.preset}")
-    from raystyle.export.generator import ExportError, pick_checkpoint
-    from raystyle.train import evaluate
+    result = run_training(cfg, data, DEMO_STYLE if args.preset == "tiny" else f"{DEMO_STYLE}-{args.preset}")
+    from raystyle.export import pick_checkpoint
+    from raystyle.export.gates import ExportError
+    from raystyle.train.evaluate import evaluate
 
     try:  # the best checkpoint by held-out validation (ground truth on the sample data)
         chosen = pick_checkpoint(result.run_dir, "auto")
@@ -65,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
     out = home / "outputs"
     out.mkdir(parents=True, exist_ok=True)
     ev = evaluate(chosen, data, grid=out / "demo_grid.png")
-    _print_evaluation(ev)
+    print_evaluation(ev)
     print(f"sample translations (rows: photo | G_ab(photo) | the filter itself): {out / 'demo_grid.png'}")
 
     # Export the trained photo -> painting generator, serve it, stylize the held-out photos
     # through the HTTP API.
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
     from raystyle.registry import get_style
 
     models = home / "models"
@@ -118,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  try:  curl --data-binary @PHOTO.jpg {serve_url}/styles/{DEMO_STYLE} -o out.png")
         if args.no_wait:
             return 0
-        _stop_on_signals()
+        stop_on_signals()
         print("Ctrl-C stops Serve, the monitor and this Ray instance.", flush=True)
         try:
             while monitor_proc is None or monitor_proc.poll() is None:
@@ -138,3 +172,6 @@ def run(args: argparse.Namespace) -> int:
             except Exception:
                 monitor_proc.kill()
         serve.shutdown()
+
+
+COMMANDS = {"demo": cmd_demo}

@@ -22,8 +22,10 @@ from typing import Any, Literal
 
 import yaml
 
+from raystyle.errors import RaystyleError
 
-class ConfigError(ValueError):
+
+class ConfigError(RaystyleError):
     """A configuration key or value is not allowed; the message names the key."""
 
 
@@ -50,6 +52,7 @@ def default_models_dir() -> Path:
 # -- perceptual features (raystyle.core.perceptual): here, so the CLI knows them without torch ---
 FEATURE_ARCHS = ("vgg19", "vgg16", "random")
 VGG_WEIGHTS_ENV = "RAYSTYLE_VGG_WEIGHTS"
+VERBOSE_ENV = "RAYSTYLE_VERBOSE"  # `--verbose`: Ray's own INFO lines on the console too (raystyle.cluster)
 FEATURE_LAYERS: dict[str, dict[str, tuple[str, ...]]] = {
     # Gatys, Ecker & Bethge 2016
     "vgg19": {"content": ("relu4_2",),

@@ -36,9 +36,10 @@ import torch
 from torch import nn
 
 from raystyle.config import FEATURE_ARCHS, FEATURE_LAYERS, VGG_WEIGHTS_ENV
+from raystyle.errors import RaystyleError
 
 
-class FeatureError(ValueError):
+class FeatureError(RaystyleError):
     """Missing or wrong VGG weights, an image too small for the taps, or a bad layer name."""
 
 
@@ -52,13 +53,13 @@ URLS = {
 }
 
 # torchvision's vgg cfgs "E" (19) and "D" (16): conv widths per block, "M" a 2x2 max pool.
-_CFGS = {
+CFGS = {
     "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
               512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
               512, 512, 512, "M", 512, 512, 512, "M"),
 }
-_CFGS["random"] = _CFGS["vgg19"]
+CFGS["random"] = CFGS["vgg19"]
 _MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics torchvision's VGGs were trained with
 _STD = (0.229, 0.224, 0.225)
 _HASHED = re.compile(r"-([0-9a-f]{8,64})\.pth?$")  # vgg19-dcbb9e9d.pth
@@ -76,7 +77,7 @@ def layer_names(arch: str) -> tuple[str, ...]:
     _check_arch(arch)
     names: list[str] = []
     block, conv = 1, 0
-    for v in _CFGS[arch]:
+    for v in CFGS[arch]:
         if v == "M":
             names.append(f"pool{block}")
             block, conv = block + 1, 0
@@ -86,12 +87,12 @@ def layer_names(arch: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _build_features(arch: str, n_modules: int | None = None) -> nn.Sequential:
+def build_features(arch: str, n_modules: int | None = None) -> nn.Sequential:
     """torchvision's ``make_layers(cfg)`` without batch norm, cut after ``n_modules`` modules.
     ReLUs are not in-place: a tapped conv output must not be overwritten by the next ReLU."""
     layers: list[nn.Module] = []
     channels = 3
-    for v in _CFGS[arch]:
+    for v in CFGS[arch]:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
@@ -101,7 +102,7 @@ def _build_features(arch: str, n_modules: int | None = None) -> nn.Sequential:
 
 
 def _expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in _build_features(arch).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in build_features(arch).state_dict().items()}
 
 
 def min_side(arch: str, layers: Sequence[str]) -> int:
@@ -142,7 +143,7 @@ class FeatureNet(nn.Module):
                                      else "state dict", "path": None, "sha256": None}
         self._index = {names.index(name): name for name in layers}
         deepest = max(self._index)
-        self.features = _build_features(arch, deepest + 1)
+        self.features = build_features(arch, deepest + 1)
         if state is None:  # random: fixed-seed Kaiming-normal convs (fan-in, ReLU gain)
             gen = torch.Generator().manual_seed(seed)
             for m in self.features:

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from raystyle.core.nets import MULTIPLE
+from raystyle.errors import RaystyleError
 
 
-class TilingError(ValueError):
+class TilingError(RaystyleError):
     """A generator that the tiling graphs cannot describe (unknown spatial layer)."""
 
 

@@ -22,9 +22,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from raystyle.config import DataConfig
 from raystyle.data.images import IMAGE_SUFFIXES, ImageError, load_rgb, probe
+from raystyle.errors import RaystyleError
 
 
-class DataError(ValueError):
+class DataError(RaystyleError):
     """The dataset folder cannot be trained on; the message says what is missing."""
 
 

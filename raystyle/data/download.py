@@ -31,6 +31,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from raystyle.errors import RaystyleError
+
 __all__ = [
     "DATASETS",
     "DEFAULT_BASE_URL",
@@ -63,10 +65,10 @@ ENV_BASE_URL = "RAYSTYLE_DATASETS_URL"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\"\)]+")
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA256 = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 
 
-class DownloadError(ValueError):
+class DownloadError(RaystyleError):
     """A dataset could not be downloaded, verified or extracted; the message says why."""
 
 
@@ -189,7 +191,7 @@ def _fetch(
                 f"download of {url} interrupted after {got}{of} bytes ({_describe(exc)}); "
                 "run again to resume"
             ) from None
-        _check_size(part, total, url)
+        check_size(part, total, url)
         return
     raise DownloadError(f"server keeps contradicting the partial download of {url}")
 
@@ -223,7 +225,7 @@ def _stream(
             bar.update(len(chunk))
 
 
-def _check_size(part: Path, total: int | None, url: str) -> None:
+def check_size(part: Path, total: int | None, url: str) -> None:
     if total is None:  # no length announced: the zip CRC check is the only guard
         return
     size = part.stat().st_size

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from raystyle.errors import RaystyleError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF"})
 ENCODE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
@@ -27,7 +29,7 @@ DEFAULT_MAX_PIXELS = int(os.environ.get("RAYSTYLE_MAX_PIXELS", 100_000_000))  # 
 ImageInput = str | Path | bytes | bytearray | Image.Image | np.ndarray
 
 
-class ImageError(ValueError):
+class ImageError(RaystyleError):
     """A file or buffer is not a usable image; the message says which and why."""
 
 
@@ -175,7 +177,7 @@ def encode(image: Image.Image | np.ndarray, fmt: str = "png", quality: int = 92)
     """RGB image -> PNG, JPEG or WebP bytes."""
     key = fmt.lower()
     if key not in ENCODE_FORMATS:
-        raise ValueError(f"output format {fmt!r} is not one of png, jpeg, webp")
+        raise ImageError(f"output format {fmt!r} is not one of png, jpeg, webp")
     img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     buf = io.BytesIO()
     pil_fmt = ENCODE_FORMATS[key]
@@ -188,7 +190,7 @@ def format_for_path(path: str | Path) -> str:
     """The encode format for an output file name (png, jpeg or webp)."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in ENCODE_FORMATS:
-        raise ValueError(f"{path}: output must end in .png, .jpg, .jpeg or .webp")
+        raise ImageError(f"{path}: output must end in .png, .jpg, .jpeg or .webp")
     return suffix
 
 

@@ -36,22 +36,23 @@ from raystyle import __version__, registry
 from raystyle import checkpoint as ckpt
 from raystyle.config import Config, ExportConfig
 from raystyle.core.macs import count_macs, count_params
-from raystyle.export.generator import (
+from raystyle.export.gates import (
     COST_SIDE,
     OPSET,
     ExportError,
-    _at_least,
-    _at_most,
-    _center_square,
-    _finite,
-    _image_files,
-    _load,
-    _psnr_db,
-    _u8,
+    at_least,
+    at_most,
+    center_square,
     convert_fp16,
     export_onnx,
+    export_settings,
+    finite,
+    image_files,
+    load_images,
+    psnr_db,
     quantize_int8,
     session,
+    u8,
 )
 from raystyle.infer.arbitrary import KIND, ArbitraryStylizer, affine, feature_stats
 from raystyle.methods.adain import (
@@ -91,12 +92,12 @@ class _Graphs:
         self.enc, self.dec = session(encoder), session(decoder)
 
     def stats(self, style: np.ndarray, where: str):
-        return feature_stats(_finite(self.names[0], self.enc.run(None, {"image": style})[0], where)[0], EPS)
+        return feature_stats(finite(self.names[0], self.enc.run(None, {"image": style})[0], where)[0], EPS)
 
     def __call__(self, content: np.ndarray, style: np.ndarray, where: str, alpha: float = 1.0) -> np.ndarray:
-        f = _finite(self.names[0], self.enc.run(None, {"image": content})[0], where)
+        f = finite(self.names[0], self.enc.run(None, {"image": content})[0], where)
         scale, shift = affine(feature_stats(f[0], EPS), self.stats(style, where), alpha)
-        return _finite(self.names[1], self.dec.run(None, {"features": f * scale + shift})[0], where)
+        return finite(self.names[1], self.dec.run(None, {"features": f * scale + shift})[0], where)
 
 
 def export_arbitrary(checkpoint: Path, config: Config, manifest: dict[str, Any], style: str, *,
@@ -110,11 +111,11 @@ def export_arbitrary(checkpoint: Path, config: Config, manifest: dict[str, Any],
     ac = config.adain
     folders = _folders(manifest)
     side = 2 * config.data.crop_size
-    held_c = _image_files(folders["testA"], 4)
-    held_s = _image_files(folders["testB"], 2, exclude=tuple(held_c))
+    held_c = image_files(folders["testA"], 4)
+    held_s = image_files(folders["testB"], 2, exclude=tuple(held_c))
     if not held_s:
         raise ExportError("no held-out style images for the export's checks")
-    held = _pairs(_load(held_c, side), _load(held_s, side))
+    held = _pairs(load_images(held_c, side), load_images(held_s, side))
     names = [f"held-out photo {Path(c).name} with style {Path(held_s[i % len(held_s)]).name}"
              for i, c in enumerate(held_c)]
     torch.manual_seed(0)
@@ -129,7 +130,7 @@ def export_arbitrary(checkpoint: Path, config: Config, manifest: dict[str, Any],
         enc_macs = count_macs(encoder, COST_SIDE)
         macs = count_macs(nn.Sequential(encoder, decoder), COST_SIDE)
         meta: dict[str, Any] = {
-            "style": style, "version": version, "kind": KIND, "method": "adain",
+            "style": style, "version": version, "kind": KIND.name, "method": "adain",
             "direction": "ab", "source_domain": "A", "target_domain": "any style image",
             "architecture": {"encoder": f"{ac.features} up to {CODE}", "decoder_width": ac.decoder_width,
                              "channels": CHANNELS},
@@ -166,7 +167,7 @@ def export_arbitrary(checkpoint: Path, config: Config, manifest: dict[str, Any],
 
         err_random = check(random, ["random input"])
         err_real = check(held, names)
-        _at_most("encoder.onnx + decoder.onnx", "max |ORT - torch|", max(err_random, err_real),
+        at_most("encoder.onnx + decoder.onnx", "max |ORT - torch|", max(err_random, err_real),
                  "max_abs_error", gates.max_abs_error)
         entry: dict[str, Any] = {"file": "decoder.onnx", "encoder": "encoder.onnx", "decoder": "decoder.onnx",
                                  "max_abs_error_vs_torch": {"random": err_random, "real": err_real}}
@@ -201,12 +202,12 @@ def _check_tiles(st: registry.Style, held: list[tuple[torch.Tensor, torch.Tensor
     photos, each upscaled to at least TILE_CHECK_SIDE px so that it really is cut into tiles."""
     from PIL import Image
 
-    from raystyle.infer.generator import _Plan
+    from raystyle.infer.tiles import TilePlan
 
     stylizer = ArbitraryStylizer(st, provider="cpu", cache_size=0)
     worst = 99.0
     for (c, s), where in list(zip(held, names, strict=True))[:2]:
-        photo, painting = _u8(c), _u8(s)
+        photo, painting = u8(c), u8(s)
         if max(photo.shape[:2]) < TILE_CHECK_SIDE:
             factor = TILE_CHECK_SIDE / max(photo.shape[:2])
             size = (round(photo.shape[1] * factor), round(photo.shape[0] * factor))
@@ -214,12 +215,12 @@ def _check_tiles(st: registry.Style, held: list[tuple[torch.Tensor, torch.Tensor
         stats = stylizer.style_stats(painting)
         h, w = photo.shape[:2]
         core = max(64, max(h, w) // 2 // MULTIPLE * MULTIPLE)  # 64: the Stylizer's smallest tile
-        if len(_Plan(photo.shape, core, stylizer.halo, MULTIPLE).boxes) < 2:  # pragma: no cover - by construction
+        if len(TilePlan(photo.shape, core, stylizer.halo, MULTIPLE).boxes) < 2:  # pragma: no cover - by construction
             raise ExportError(f"the tile check of {where} would not tile")
         whole = stylizer.stylize_batch([photo], styles=[stats], tile=max(64, -(-max(h, w) // MULTIPLE) * MULTIPLE))[0]
         tiled = stylizer.stylize_batch([photo], styles=[stats], tile=core)[0]
-        db = _psnr_db(tiled, whole, 255.0)
-        worst = min(worst, _at_least("encoder.onnx + decoder.onnx", f"tiled ({core} px cores) vs whole image "
+        db = psnr_db(tiled, whole, 255.0)
+        worst = min(worst, at_least("encoder.onnx + decoder.onnx", f"tiled ({core} px cores) vs whole image "
                                      f"PSNR on {where}", db, "tile_min_psnr_db", gates.tile_min_psnr_db))
     return round(worst, 2)
 
@@ -228,10 +229,10 @@ def _calibration(folders: dict[str, Path | None], count: int, exclude: tuple[str
                  side: int) -> dict[str, Any]:
     """Centre squares of training photos and paintings: the encoder's feeds, and the AdaIN
     targets of photo i with painting i as the decoder's."""
-    photos = _image_files(folders["trainA"], count, exclude)
-    paintings = _image_files(folders["trainB"], count, exclude) or photos
-    c = [_center_square(x, side) for x in _load(photos, 2 * side)]
-    s = [_center_square(x, side) for x in _load(paintings, 2 * side)]
+    photos = image_files(folders["trainA"], count, exclude)
+    paintings = image_files(folders["trainB"], count, exclude) or photos
+    c = [center_square(x, side) for x in load_images(photos, 2 * side)]
+    s = [center_square(x, side) for x in load_images(paintings, 2 * side)]
     if not c:
         raise ExportError("no calibration images for int8 (all candidates are held out)")
     with torch.no_grad():
@@ -247,7 +248,7 @@ def _compare(graphs: _Graphs, held, names, reference) -> float:
     """The lowest PSNR against ``reference`` (fp32 outputs), both clipped to [-1, 1] as the
     Stylizer's images are: the decoder is not bounded, and what lies outside is never seen."""
     outs = [np.clip(graphs(c.numpy(), s.numpy(), w), -1, 1) for (c, s), w in zip(held, names, strict=True)]
-    return min(_psnr_db(a, np.clip(b, -1, 1), 2.0) for a, b in zip(outs, reference, strict=True))
+    return min(psnr_db(a, np.clip(b, -1, 1), 2.0) for a, b in zip(outs, reference, strict=True))
 
 
 def _int8(work: Path, calib: dict[str, Any], held, names, reference, gates: ExportConfig) -> dict[str, Any]:
@@ -264,7 +265,7 @@ def _int8(work: Path, calib: dict[str, Any], held, names, reference, gates: Expo
         (work / "encoder.int8.onnx").unlink()
         dec_only = _compare(_Graphs(work / "encoder.onnx", work / "decoder.int8.onnx"), held, names, reference)
         entry.update(encoder="encoder.onnx", int8_graphs=["decoder"],
-                     psnr_vs_fp32_db=_at_least("decoder.int8.onnx", "PSNR vs fp32 (encoder fp32; both int8: "
+                     psnr_vs_fp32_db=at_least("decoder.int8.onnx", "PSNR vs fp32 (encoder fp32; both int8: "
                                                f"{both:.2f} dB)", dec_only, "int8_min_psnr_db", gates.int8_min_psnr_db))
     entry["validated"] = True
     return entry
@@ -287,8 +288,22 @@ def _fp16(work: Path, held, names, reference, gates: ExportConfig, allow_unvalid
         entry.update(validated=False, psnr_vs_fp32_db=None,
                      note=f"NOT validated: the CPU provider cannot run it ({type(exc).__name__}); meant for CUDA/TensorRT")
         return entry
-    entry["psnr_vs_fp32_db"] = _at_least("encoder.fp16.onnx + decoder.fp16.onnx", "PSNR vs fp32", db,
+    entry["psnr_vs_fp32_db"] = at_least("encoder.fp16.onnx + decoder.fp16.onnx", "PSNR vs fp32", db,
                                          "fp16_min_psnr_db", gates.fp16_min_psnr_db)
     entry["validated"] = True
     return entry
 
+
+def export(checkpoint: Path, style: str, *, direction: str | None = None, models_dir: str | Path | None = None,
+           precisions: tuple[str, ...] = ("fp32",), torchscript: bool = False, calib_images: int = 16,
+           overrides: list[str] | None = None, allow_unvalidated_fp16: bool = False,
+           verbose: bool = False) -> registry.Style:
+    """Export an AdaIN checkpoint as an arbitrary style (raystyle.export.export_style)."""
+    if direction not in (None, "ab") or torchscript:
+        raise ExportError("an AdaIN checkpoint exports as an arbitrary style: --direction and "
+                          "--torchscript are for generators")
+    config = ckpt.load_config(checkpoint)
+    return export_arbitrary(checkpoint, config, ckpt.read_manifest(checkpoint), style, models_dir=models_dir,
+                            precisions=precisions, gates=export_settings(config, overrides),
+                            calib_images=calib_images, allow_unvalidated_fp16=allow_unvalidated_fp16,
+                            verbose=verbose)

@@ -20,27 +20,26 @@ from __future__ import annotations
 import hashlib
 import numbers
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from raystyle import registry
 from raystyle.data.images import ImageInput, decode, fit_within
-from raystyle.infer.generator import MULTIPLE as GENERATOR_MULTIPLE
-from raystyle.infer.generator import (
+from raystyle.infer.base import (
     StylizeError,
-    Stylizer,
-    _Plan,
-    _to_input,
     check_options,
     make_session,
     release_options,
     run_grouped,
 )
+from raystyle.infer.kinds import StyleKind
+from raystyle.infer.tiles import MULTIPLE as GENERATOR_MULTIPLE
+from raystyle.infer.tiles import TilePlan, to_input
 
-KIND = "arbitrary"
 MULTIPLE = 8  # relu4_1 is at 1/8 resolution
 EPS = 1e-5
 Stats = tuple[np.ndarray, np.ndarray]  # per-channel mean and std, (C,) float64 each
@@ -143,7 +142,7 @@ class ArbitraryStylizer:
     taken (default: model.json's ``style_size``, the training's load size). ``cache_size``: style statistics kept.
     """
 
-    kind = KIND
+    kind = "arbitrary"
 
     def __init__(self, style: str | registry.Style, *, models_dir: str | Path | None = None,
                  precision: str = "fp32", provider: str = "auto", threads: int | None = None,
@@ -172,7 +171,7 @@ class ArbitraryStylizer:
         self.last_infer_ms = 0.0
 
     def _open(self, st: registry.Style, precision: str) -> None:
-        if st.meta.get("kind") != KIND:
+        if st.meta.get("kind") != self.kind:
             raise StylizeError(f"style {st.name!r} is not an arbitrary style (it needs no style image)")
         entry = st.meta.get("precisions", {}).get(precision)
         if entry is None:
@@ -193,7 +192,7 @@ class ArbitraryStylizer:
             return found
         self.cache_misses += 1
         a = style_array(image, self.style_size, max_pixels)
-        f = self.encoder.run(None, {"image": _to_input(a[None], MULTIPLE)})[0][0]
+        f = self.encoder.run(None, {"image": to_input(a[None], MULTIPLE)})[0][0]
         stats = feature_stats(f, self.eps)
         if self.cache_size:
             self._cache[key] = stats
@@ -233,7 +232,7 @@ class ArbitraryStylizer:
         arrays = [np.asarray(fit_within(decode(img, max_side=max_side), max_side)) for img in images]
 
         def whole(idx: list[int], batch: np.ndarray) -> np.ndarray:
-            f = self.encoder.run(None, {"image": _to_input(batch, MULTIPLE)})[0]
+            f = self.encoder.run(None, {"image": to_input(batch, MULTIPLE)})[0]
             t = np.empty_like(f)
             for j, i in enumerate(idx):
                 scale, shift = affine(feature_stats(f[j], self.eps), styles[i], alphas[i])
@@ -248,7 +247,7 @@ class ArbitraryStylizer:
 
     # -- exact tiles ------------------------------------------------------------------------------
     def _tiled(self, a: np.ndarray, style: Stats, alpha: float, tile: int) -> np.ndarray:
-        plan = _Plan(a.shape, tile, self.halo, MULTIPLE)
+        plan = TilePlan(a.shape, tile, self.halo, MULTIPLE)
         content = self.content_stats(a, plan)
         scale, shift = affine(content, style, alpha)
 
@@ -256,9 +255,9 @@ class ArbitraryStylizer:
             f = self.encoder.run(None, {"image": x})[0]
             return self.decoder.run(None, {"features": f * scale + shift}, opts)[0]
 
-        return Stylizer._assemble(a, plan, run, release_options(self.decoder))
+        return plan.assemble(a, run, release_options(self.decoder))
 
-    def content_stats(self, a: np.ndarray, plan: _Plan) -> Stats:
+    def content_stats(self, a: np.ndarray, plan: TilePlan) -> Stats:
         """The whole (padded) image's relu4_1 channel statistics, summed over the tiles' cores."""
         s1 = s2 = None
         for i, ((r0, r1, c0, c1), (t0, _, l0, _)) in enumerate(plan.boxes):
@@ -272,3 +271,10 @@ class ArbitraryStylizer:
         mean = s1 / n
         return mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0) + self.eps)
 
+
+def _describe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {"style_size": (meta.get("arbitrary") or {}).get("style_size")}
+
+
+KIND = StyleKind(name="arbitrary", stylizer=ArbitraryStylizer, style_images=True, multiple=MULTIPLE,
+                 graph="encoder", describe=_describe)

@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from raystyle.data.images import DEFAULT_MAX_PIXELS
+from raystyle.errors import RaystyleError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 OUTPUT_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}  # H.264 in these
@@ -68,7 +69,7 @@ Source = str | Path | BinaryIO
 FrameFn = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
-class VideoError(ValueError):
+class VideoError(RaystyleError):
     """A file is not a usable video, or bad video options; the message says which and why."""
 
 
@@ -205,7 +206,7 @@ def probe(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None
         source.seek(0)
     rotation = 0
     info = VideoInfo(name, width, height, 0, pts, Fraction(time_base), Fraction(rate), seekable, codec, audio)
-    for _, frame in _decode(source, info, 0, 1, raw=True):
+    for _, frame in decode_frames(source, info, 0, 1, raw=True):
         rotation = _rotation(frame)
     if hasattr(source, "seek"):
         source.seek(0)
@@ -236,7 +237,7 @@ def _declared_seconds(stream) -> tuple[float, bool] | None:
         return None
 
 
-def _decode(source: Source, info: VideoInfo, first: int, last: int, raw: bool = False,
+def decode_frames(source: Source, info: VideoInfo, first: int, last: int, raw: bool = False,
             convert: Callable[[av.VideoFrame], np.ndarray] | None = None,
             wanted: Callable[[int], bool] | None = None) -> Iterator[tuple[int, Any]]:
     """(index, frame) of input frames ``first .. last - 1`` in order: decoding seeks to the
@@ -279,7 +280,7 @@ def _decode(source: Source, info: VideoInfo, first: int, last: int, raw: bool = 
         raise VideoError(f"{info.name}: decoded {expected} of {info.frames} frames (truncated or damaged)")
 
 
-def _converter(info: VideoInfo, width: int, height: int) -> Callable[[av.VideoFrame], np.ndarray]:
+def frame_converter(info: VideoInfo, width: int, height: int) -> Callable[[av.VideoFrame], np.ndarray]:
     """Decoded frame -> upright (height, width, 3) uint8 RGB at the output size."""
     turns = info.rotation // 90
     sw, sh = (height, width) if turns % 2 else (width, height)  # the size before turning upright
@@ -514,7 +515,7 @@ def stylized_frames(source: Source, info: VideoInfo, plan: FramePlan, stylize: F
     need = plan.source[first:stop]
     wanted = set(need)
     smoother = Smoother(smooth, mode)
-    convert = _converter(info, plan.width, plan.height)
+    convert = frame_converter(info, plan.width, plan.height)
     k = first  # the next output index
     last: np.ndarray | None = None
     pending: list[tuple[int, np.ndarray]] = []
@@ -536,7 +537,7 @@ def stylized_frames(source: Source, info: VideoInfo, plan: FramePlan, stylize: F
                 k += 1
         pending.clear()
 
-    for si, frame in _decode(source, info, need[0], need[-1] + 1, convert=convert, wanted=wanted.__contains__):
+    for si, frame in decode_frames(source, info, need[0], need[-1] + 1, convert=convert, wanted=wanted.__contains__):
         if frame is None:
             continue
         pending.append((si, frame))
@@ -739,8 +740,8 @@ def stylize_video(source: str | Path, dest: str | Path, stylize: FrameFn, *, smo
 def read_video(path: str | Path) -> tuple[VideoInfo, list[np.ndarray]]:
     """Every frame of a (short) video as RGB arrays, upright: for tests and benchmarks."""
     info = probe(path)
-    convert = _converter(info, *info.size)
-    return info, [f for _, f in _decode(path, info, 0, info.frames, convert=convert)]
+    convert = frame_converter(info, *info.size)
+    return info, [f for _, f in decode_frames(path, info, 0, info.frames, convert=convert)]
 
 
 def flicker(inputs: Iterable[np.ndarray], outputs: Iterable[np.ndarray]) -> tuple[float, float]:

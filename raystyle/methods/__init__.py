@@ -1,37 +1,52 @@
-"""The training methods that train.py runs, by name (``Config.method``); no Ray here.
+"""Training methods, pure torch (no Ray, no ONNX Runtime): one module per method.
 
-A method is a pure-torch class (``CycleGAN`` in cyclegan.py, ``Distiller`` in distill.py,
-``FastStyle`` in fast.py, ``AdaINMethod`` in adain.py) with one interface, so train.py runs any of them and never names one:
+``method_class(name)`` finds method ``name`` in ``raystyle/methods/<name>.py``, whose class is
+registered with ``@register_method(name)`` (raystyle.methods.base: the Method protocol and the
+base classes GANMethod and PerceptualMethod). A new method is that one file plus a preset.
+Gatys optimisation (nst.py) is a function, not a Method; quality.py holds the held-out figures.
 
-  from_config(cfg, device, rank, extra)   build it (``extra``: what the driver prepared, e.g.
-                                           a distillation's teacher weights)
-  wrap(wrapper)                            wrap its trained modules (DDP)
-  train_step(real_a, real_b) -> losses     one optimisation step (0-d tensors)
-  end_epoch(), lr(), step / epoch / epoch_step
-  nets_state() / train_state() / rank_state() / load(nets, train_state, rank_state)
-  net_names                                attributes compared across ranks (DDP check)
-  train_cfg                                the config's train section (batch size in throughput)
-  sample_rows()                            the last batch's images for a sample grid
-  progress_text(metrics)                   its losses in a progress line
-  validate(quality.Validator) -> figures   held-out figures at a validation step
-  validation_metrics(paired, classifier), auto_metric(paired, classifier), loss_keys(cfg),
-  uses_classifier, validates               what it can be ranked by, and what it needs
-  check_data(data_dir, crop) -> (A, B)     the images it trains on (B empty: one domain)
-  data_text(n_a, n_b), verb                 them, and what it does, in the run's first line
+Importing this package is cheap: torch loads with the first method.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from pathlib import Path
 from typing import Any
 
-_METHODS = {"cyclegan": "raystyle.methods.cyclegan:CycleGAN", "distill": "raystyle.methods.distill:Distiller",
-            "fast": "raystyle.methods.fast:FastStyle", "adain": "raystyle.methods.adain:AdaINMethod"}
+from raystyle.errors import RaystyleError
+
+
+class UnknownMethod(RaystyleError):
+    """A training method this raystyle does not have."""
+
+
+def method_names() -> list[str]:
+    """The registered training methods (imports every method module)."""
+    from raystyle.methods.base import registered
+
+    names = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])]
+    return [n for n in names if n != "base" and _load(n) and registered(n) is not None]
+
+
+def _load(name: str) -> bool:
+    try:
+        importlib.import_module(f"raystyle.methods.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"raystyle.methods.{name}":
+            raise
+        return False
+    return True
 
 
 def method_class(name: str) -> Any:
-    try:
-        module, _, cls = _METHODS[name].partition(":")
-    except KeyError:
-        raise ValueError(f"unknown training method {name!r}; known: {', '.join(_METHODS)}") from None
-    return getattr(importlib.import_module(module), cls)
+    """The class of training method ``name`` (``Config.method``); UnknownMethod otherwise."""
+    from raystyle.methods.base import registered
+
+    cls = None
+    if isinstance(name, str) and name.isidentifier() and not name.startswith("_") and _load(name):
+        cls = registered(name)
+    if cls is None:
+        raise UnknownMethod(f"unknown training method {name!r}; known: {', '.join(method_names())}")
+    return cls

@@ -32,8 +32,15 @@ from torch import nn
 
 from raystyle.config import AdaINConfig, Config, ConfigError
 from raystyle.core.perceptual import FeatureNet
-from raystyle.methods.cyclegan import linear_decay, resolve_amp
-from raystyle.methods.fast import PerceptualMethod
+from raystyle.methods.base import (
+    PerceptualMethod,
+    feature_weights,
+    linear_decay,
+    refuse_unused_train_settings,
+    register_method,
+    resolve_amp,
+    run_data,
+)
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # style statistics; relu4_1 is the code
 CODE = "relu4_1"
@@ -106,10 +113,10 @@ class Encoder(nn.Module):
 def receptive_radius(arch: str = "vgg19") -> int:
     """The halo of an exact tile: how far (in image pixels) the encoder's relu4_1 and the decoder
     reach, plus one code cell of alignment slack, rounded up to MULTIPLE (96 for VGG-19)."""
-    from raystyle.core.perceptual import _CFGS
+    from raystyle.core.perceptual import CFGS
 
     radius, jump = 0, 1
-    for v in _CFGS[arch]:  # the encoder, up to conv4_1
+    for v in CFGS[arch]:  # the encoder, up to conv4_1
         if v == "M":
             radius, jump = radius + jump, jump * 2
         else:
@@ -144,8 +151,11 @@ class AdaINNet(nn.Module):
         return self.decoder(adain(self.encoder(content)[CODE], m, s, alpha))
 
 
+@register_method("adain")
 class AdaINMethod(PerceptualMethod):
     """The decoder, its optimiser and the fixed encoder; ``train_step`` on (content, style) batches."""
+
+    style_kind = "arbitrary"  # raystyle.infer.kinds: an encoder + decoder and style images per request
 
     def __init__(self, cfg: Config, features_state: dict[str, Any] | None,
                  device: torch.device | str = "cpu", rank: int = 0):
@@ -267,24 +277,14 @@ def plan(config: str | Path | None = None, overrides: list[str] | None = None,
     """(the run's config, the workers' ``extra``: the feature weights) for ``raystyle train
     --method adain``. ``config`` a preset or YAML (default ``adain``), then ``overrides``
     (--set), then ``settings`` (the CLI's flags). Checked here, before Ray starts."""
-    from raystyle.config import parse_overrides, read_yaml
-    from raystyle.core.perceptual import min_side, vgg_state
+    from raystyle.core.perceptual import min_side
 
-    data = read_yaml(config or DEFAULT_PRESET)
-    parse_overrides(overrides, data)
-    for section, values in (settings or {}).items():
-        data[section] = {**(data.get(section) or {}), **values}
+    data = run_data(config, DEFAULT_PRESET, overrides, settings)
     data["adain"] = data.get("adain") or {}
     cfg = Config.from_dict(data)
-    tc = cfg.train
-    if tc.ema or tc.channels_last or tc.best_metric not in ("auto", "none"):
-        raise ConfigError("train.ema, train.channels_last and train.best_metric are not used by an adain "
-                          "run (checkpoints are kept by age; `export --best total` picks by the loss)")
+    refuse_unused_train_settings(cfg, "an adain")
+    cfg, state = feature_weights(cfg, "adain")
     ac = cfg.adain
-    state = None
-    if ac.features != "random":  # a missing or wrong weights file fails here, before Ray starts
-        state, info = vgg_state(ac.features, ac.vgg_weights)
-        cfg = cfg.replace(adain={"features_sha256": info["sha256"]})
     need = min_side(ac.features, LAYERS)
     if cfg.data.crop_size < need or cfg.data.crop_size % MULTIPLE:
         raise ConfigError(f"data.crop_size must be a multiple of {MULTIPLE} and at least the {need} px the "

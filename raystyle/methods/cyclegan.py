@@ -14,7 +14,6 @@ unused-parameter errors, no hangs). In step 1 the discriminators run unwrapped w
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from torch import nn
 from raystyle.config import Config, LossConfig, ModelConfig, TrainConfig
 from raystyle.core.losses import cycle_loss, discriminator_loss, gan_loss, identity_loss
 from raystyle.core.nets import build_discriminator, build_generator
+from raystyle.methods.base import GANMethod, linear_decay, register_method, resolve_amp
 
 
 class ImagePool:
@@ -111,79 +111,13 @@ class Discriminators(nn.Module):
         return pa[:n], pa[n:], pb[:n], pb[n:]
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None = full fp32)."""
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "off":
-        return None
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 or off on CPU")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
 def generator_state(nets: dict[str, Any], direction: str) -> dict[str, Any]:
     """The weights of generator ``g_<direction>`` to evaluate and export: the averaged ones
     (``g_<direction>_ema``, written when train.ema is on) where ``nets`` has them."""
     return nets.get(f"g_{direction}_ema", nets[f"g_{direction}"])
 
 
-def linear_decay(epochs: int, epochs_decay: int) -> Callable[[int], float]:
-    """lr factor: 1 for ``epochs`` epochs, then linearly towards 0 over ``epochs_decay``."""
-    return lambda epoch: 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
-
-
-class GANMethod:
-    """What the GAN training methods share (CycleGAN, distill.Distiller): autocast, the
-    learning rate, the per-epoch schedulers ``sched_g``/``sched_d`` and epoch counting."""
-
-    amp_dtype: torch.dtype | None
-    device: torch.device
-    opt_g: torch.optim.Optimizer
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def lr(self) -> float:
-        return self.opt_g.param_groups[0]["lr"]
-
-    def end_epoch(self) -> None:
-        self.sched_g.step()
-        self.sched_d.step()
-        self.epoch += 1
-        self.epoch_step = 0
-
-    def rank_state(self) -> dict[str, Any]:
-        """This rank's random-number state (dropout, pools): resumed runs draw what they would have."""
-        state = {"torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def load_rng(self, rank_state: dict[str, Any]) -> None:
-        torch.set_rng_state(rank_state["torch_rng"])
-        if "cuda_rng" in rank_state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rank_state["cuda_rng"], self.device)
-
-    validates = True  # held-out figures at validation steps (raystyle.methods.quality)
-    verb = "training"  # in the run's first line
-
-    @staticmethod
-    def check_data(data_dir: Any, crop_size: int) -> tuple[Any, Any]:
-        """Both domains: DATA/trainA and DATA/trainB."""
-        from raystyle.data.datasets import check_dataset
-
-        return check_dataset(data_dir, crop_size)
-
-    @staticmethod
-    def data_text(n_a: int, n_b: int) -> str:
-        return f"|A|={n_a} |B|={n_b}"
-
-
+@register_method("cyclegan")
 class CycleGAN(GANMethod):
     """Nets, optimisers, schedulers, scaler and pools, and ``train_step``."""
 

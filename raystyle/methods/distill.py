@@ -33,10 +33,12 @@ from torch import nn
 from raystyle.config import Config, ConfigError, ModelConfig
 from raystyle.core.losses import discriminator_loss, gan_loss
 from raystyle.core.nets import ResidualBlock, build_discriminator, build_generator
-from raystyle.methods.cyclegan import GANMethod, generator_state, linear_decay, resolve_amp
+from raystyle.errors import RaystyleError
+from raystyle.methods.base import GANMethod, linear_decay, register_method, resolve_amp
+from raystyle.methods.cyclegan import generator_state
 
 
-class DistillError(ValueError):
+class DistillError(RaystyleError):
     """The teacher and student cannot be paired as asked."""
 
 
@@ -170,6 +172,7 @@ def check_pair(teacher: ModelConfig, student: ModelConfig) -> None:
                            "match the teacher's: its discriminator starts as the teacher's")
 
 
+@register_method("distill")
 class Distiller(GANMethod):
     """A student, its adapters and a discriminator, trained against a frozen teacher."""
 
@@ -332,7 +335,18 @@ def load_teacher(source: str | Path, direction: str) -> dict[str, Any]:
             "checkpoint": str(found), "step": int(manifest["step"]), "data_dir": manifest.get("data_dir")}
 
 
-DEFAULT_STUDENT = "student-16"
+# The presets a default student is picked from: the smallest that comes out smaller than the teacher.
+STUDENT_PRESETS = ("student-16", "student-8")
+
+
+def generator_params(model: ModelConfig) -> int:
+    """Parameters of the generator ``model`` describes (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_generator(model).parameters())
+
+
+def _size(model: ModelConfig, params: int) -> str:
+    return f"ngf {model.ngf}, {model.n_blocks} blocks, {params:,} parameters"
 
 
 def plan(teacher: str | Path, student: str | Path | None = None, config: str | Path | None = None,
@@ -340,34 +354,75 @@ def plan(teacher: str | Path, student: str | Path | None = None, config: str | P
          say: Callable[[str], None] = lambda text: None) -> tuple[Config, dict[str, Any]]:
     """(the run's config, the workers' ``extra``: the teacher) for ``raystyle distill``.
 
-    ``student`` is a preset name or YAML (its ``model`` keys); ``config`` a YAML whose sections
-    go over the teacher's; ``overrides`` ``--set`` items; ``settings`` sections set last (the
-    CLI's --workers, --storage ...). Everything is checked here: errors before any work.
+    ``student`` is a preset name or YAML (its ``model`` keys); None: the smallest of
+    ``STUDENT_PRESETS`` (by the generator it gives, in parameters) that comes out smaller than
+    the teacher. ``config`` a YAML whose sections go over the teacher's; ``overrides`` ``--set``
+    items; ``settings`` sections set last (the CLI's --workers, --storage ...). A student that
+    is not smaller than its teacher (in parameters; the same model included) is a DistillError.
+    Everything is checked here: errors before any work.
     """
     from raystyle.config import parse_overrides, read_yaml
 
-    preset = read_yaml(student or DEFAULT_STUDENT)
-    unknown = sorted(set(preset) - {"model", "distill"})
-    if unknown:
-        raise ConfigError(f"student preset {student}: only model and distill sections, not {unknown[0]!r}")
+    presets: dict[str, dict[str, Any]] = {}
+    for name in (str(student),) if student is not None else STUDENT_PRESETS:
+        preset = read_yaml(name)
+        unknown = sorted(set(preset) - {"model", "distill"})
+        if unknown:
+            raise ConfigError(f"student preset {name}: only model and distill sections, not {unknown[0]!r}")
+        presets[name] = preset
     extra_yaml = read_yaml(config) if config is not None else {}
     sets = parse_overrides(overrides)
     for layer in (sets, settings or {}):  # the CLI's flags win over --set, as for `train`
         for section, values in layer.items():
             extra_yaml[section] = {**(extra_yaml.get(section) or {}), **values}
-    direction = {**(preset.get("distill") or {}), **(extra_yaml.get("distill") or {})}.get("direction", "ab")
-    if direction not in ("ab", "ba"):
-        raise ConfigError(f"distill.direction: {direction!r} is not one of ['ab', 'ba']")
-    found = load_teacher(teacher, direction)
-    teacher_cfg = Config.from_dict(found["config"])
-    model = dict(preset.get("model") or {})
-    blocks = teacher_cfg.model.n_blocks
-    if model.get("n_blocks", 0) > blocks and "n_blocks" not in (extra_yaml.get("model") or {}):
-        say(f"student: {blocks} residual blocks (the preset's {model['n_blocks']} are more than the teacher's)")
-        model["n_blocks"] = blocks
-    extra_yaml["distill"] = {**(extra_yaml.get("distill") or {}), "teacher": found["checkpoint"], "teacher_step": found["step"]}
-    cfg = run_config(teacher_cfg, {"model": model, "distill": preset.get("distill") or {}}, extra_yaml)
-    check_pair(teacher_cfg.model, cfg.model)
+    teachers: dict[str, dict[str, Any]] = {}  # by direction
+    candidates = []  # (student params, name, config, teacher's config, teacher, notes)
+    for name, preset in presets.items():
+        direction = {**(preset.get("distill") or {}), **(extra_yaml.get("distill") or {})}.get("direction", "ab")
+        if direction not in ("ab", "ba"):
+            raise ConfigError(f"distill.direction: {direction!r} is not one of ['ab', 'ba']")
+        if direction not in teachers:
+            teachers[direction] = load_teacher(teacher, direction)
+        found = teachers[direction]
+        teacher_cfg = Config.from_dict(found["config"])
+        model = dict(preset.get("model") or {})
+        blocks = teacher_cfg.model.n_blocks
+        notes = []
+        if model.get("n_blocks", 0) > blocks and "n_blocks" not in (extra_yaml.get("model") or {}):
+            notes.append(f"student: {blocks} residual blocks (the preset's {model['n_blocks']} are more than the teacher's)")
+            model["n_blocks"] = blocks
+        distill = {**(extra_yaml.get("distill") or {}), "teacher": found["checkpoint"], "teacher_step": found["step"]}
+        cfg = run_config(teacher_cfg, {"model": model, "distill": preset.get("distill") or {}},
+                         {**extra_yaml, "distill": distill})
+        candidates.append((generator_params(cfg.model), name, cfg, teacher_cfg, found, notes))
+
+    def refusal(candidate) -> DistillError | None:
+        params, name, cfg, teacher_cfg, _, _ = candidate
+        try:
+            check_pair(teacher_cfg.model, cfg.model)
+        except DistillError as exc:
+            return exc
+        teacher_params = generator_params(teacher_cfg.model)
+        if params < teacher_params:
+            return None
+        sizes = (f"the teacher ({_size(teacher_cfg.model, teacher_params)}), the student "
+                 f"({_size(cfg.model, params)})")
+        if student is not None:
+            return DistillError(f"the student is not smaller than its teacher: {sizes}; pick a smaller "
+                                f"--student or --set model.ngf/model.n_blocks")
+        return DistillError(f"no student preset ({', '.join(STUDENT_PRESETS)}) is smaller than the teacher: "
+                            f"{sizes} with the smallest, {name}; give --student YAML or --set "
+                            f"model.ngf/model.n_blocks")
+
+    fitting = [c for c in candidates if refusal(c) is None]
+    if not fitting:
+        raise refusal(min(candidates, key=lambda c: c[0]))
+    params, name, cfg, teacher_cfg, found, notes = min(fitting, key=lambda c: c[0])
+    if student is None:
+        say(f"student: {name}, the smallest student preset smaller than the teacher "
+            f"({params:,} parameters against {generator_params(teacher_cfg.model):,})")
+    for note in notes:
+        say(note)
     return cfg, {"teacher": {k: found[k] for k in ("config", "g", "d")}}
 
 

@@ -37,10 +37,19 @@ from raystyle.core.perceptual import (
     tv_loss,
 )
 from raystyle.data.datasets import DomainScan, check_photos
-from raystyle.methods.cyclegan import GANMethod, linear_decay, resolve_amp
+from raystyle.errors import RaystyleError
+from raystyle.methods.base import (
+    PerceptualMethod,
+    feature_weights,
+    linear_decay,
+    refuse_unused_train_settings,
+    register_method,
+    resolve_amp,
+    run_data,
+)
 
 
-class StyleImageError(ValueError):
+class StyleImageError(RaystyleError):
     """The style image cannot be used (unreadable, too small for the features)."""
 
 
@@ -82,51 +91,7 @@ def _to_net(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(127.5).sub(1.0).unsqueeze(0)
 
 
-class PerceptualMethod(GANMethod):
-    """What the methods trained on fixed features share (FastStyle here, adain.AdaINMethod):
-    one trained net (``net_names[0]``) with one optimiser, schedule and scaler, no
-    discriminator, and no held-out figure yet: checkpoints are kept by age (or a loss, --best)."""
-
-    uses_classifier = False
-    validates = False
-    net_names: tuple[str, ...]
-    sched_g: Any
-    scaler: Any
-
-    def end_epoch(self) -> None:
-        self.sched_g.step()
-        self.epoch += 1
-        self.epoch_step = 0
-
-    def validate(self, validator: Any) -> dict[str, float]:  # pragma: no cover - validates is False
-        return {}
-
-    @staticmethod
-    def validation_metrics(paired: bool, classifier: Any) -> list[str]:
-        return []
-
-    @staticmethod
-    def auto_metric(paired: bool, classifier: Any) -> str | None:
-        return None
-
-    def train_state(self) -> dict[str, Any]:
-        return {"opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step}
-
-    def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
-             rank_state: dict[str, Any] | None) -> None:
-        name = self.net_names[0]
-        getattr(self, name).load_state_dict(nets[name])
-        if train_state is not None:
-            for key in ("opt_g", "sched_g", "scaler"):
-                getattr(self, key).load_state_dict(train_state[key])
-            self.step, self.epoch = train_state["step"], train_state["epoch"]
-            self.epoch_step = train_state["epoch_step"]
-        if rank_state is not None:
-            self.load_rng(rank_state)
-
-
+@register_method("fast")
 class FastStyle(PerceptualMethod):
     """The transformer net, its optimiser and the fixed style targets; ``train_step``."""
 
@@ -240,30 +205,16 @@ def plan(style_image: str | Path, config: str | Path | None = None, overrides: l
     ``overrides`` (--set), then ``settings`` (the CLI's flags). Every check happens here, before
     Ray starts: config, style image, feature weights (a missing VGG file is a one-line error).
     """
-    from raystyle.config import parse_overrides, read_yaml
-    from raystyle.core.perceptual import vgg_state
-
-    data = read_yaml(config or DEFAULT_PRESET)
-    parse_overrides(overrides, data)
-    for section, values in (settings or {}).items():
-        data[section] = {**(data.get(section) or {}), **values}
+    data = run_data(config, DEFAULT_PRESET, overrides, settings)
     path = Path(style_image).expanduser().resolve()
     if not path.is_file():
         raise StyleImageError(f"style image {style_image} does not exist")
     data["fast"] = {**(data.get("fast") or {}), "style_image": str(path), "style_sha256": file_sha256(path)}
     cfg = Config.from_dict(data)
+    refuse_unused_train_settings(cfg, "a fast")
+    content, style_layers = layers_of(cfg.fast)
+    cfg, state = feature_weights(cfg, "fast")
     fc = cfg.fast
-    tc = cfg.train
-    # what a fast run would silently ignore is refused (it keeps no average, ranks by age)
-    if tc.ema or tc.channels_last or tc.best_metric not in ("auto", "none"):
-        raise ConfigError("train.ema, train.channels_last and train.best_metric are not used by a fast "
-                          "run (checkpoints are kept by age; `export --best total` picks by the loss)")
-    content, style_layers = layers_of(fc)
-    state = None
-    if fc.features != "random":  # a missing or wrong weights file fails here, before Ray starts
-        state, info = vgg_state(fc.features, fc.vgg_weights)
-        cfg = cfg.replace(fast={"features_sha256": info["sha256"]})
-        fc = cfg.fast
     net = FeatureNet(fc.features, content + style_layers, state)  # bad layer names fail here
     for key, value in (("data.crop_size", cfg.data.crop_size), ("fast.style_size", fc.style_size)):
         if value < net.min_side:

@@ -39,6 +39,7 @@ from torchvision.transforms.v2 import functional as TF
 from raystyle.config import DataConfig
 from raystyle.data.datasets import augment, scan_domain
 from raystyle.data.images import ImageError, load_rgb
+from raystyle.errors import RaystyleError
 from raystyle.runlog import metric_order as order  # noqa: F401  (max or min, per metric)
 
 DATASET_INFO = "raystyle_dataset.json"
@@ -47,7 +48,7 @@ CLASSIFIER_VERSION = 1
 
 
 
-class QualityError(ValueError):
+class QualityError(RaystyleError):
     """A quality figure cannot be computed as asked (no held-out images, a weak classifier)."""
 
 

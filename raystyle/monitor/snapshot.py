@@ -40,6 +40,7 @@ import requests
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
 from raystyle.config import home
+from raystyle.errors import RaystyleError
 from raystyle.util import storage as store
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
@@ -402,7 +403,7 @@ VAL_CHARTS = (("Validation: PSNR, dB (held-out)", ("val_gt_psnr", "val_cycle_psn
 # Serve
 
 
-def _histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """Prometheus-style quantile from cumulative (upper bound, count) pairs."""
     buckets = sorted(buckets)
     if not buckets or buckets[-1][1] <= 0:
@@ -470,7 +471,7 @@ def _fetch_metrics(url: str, timeout: float) -> str:
     return r.text
 
 
-def _scrape(nodes: list[dict[str, Any]], budget: float) -> tuple[str, list[str]]:
+def scrape(nodes: list[dict[str, Any]], budget: float) -> tuple[str, list[str]]:
     """Every alive node's /metrics at once, all within ``budget`` seconds: a silent node costs
     the budget once, not once per node. Nodes that do not answer in time are named."""
     urls = [f"http://{n['ip']}:{n['metrics_port']}/metrics" for n in nodes
@@ -508,7 +509,7 @@ def serve_snapshot(url: str, token: Token | None = None, nodes: list[dict[str, A
     out["proxy_url"] = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     apps = details.get("applications") or {}
     out["running"] = bool(apps)
-    text, errors = _scrape(nodes or [], timeout)
+    text, errors = scrape(nodes or [], timeout)
     out["metrics_errors"] = errors
     metrics = parse_serve_metrics(text) if text else {}
     out["http"] = parse_http_metrics(text) if text else {}
@@ -580,7 +581,7 @@ def windowed(current: dict[str, Any], history: list[dict[str, Any]],
             d["requests_per_s"], d["window_s"] = None, None
             delta = d.get("buckets", [])
         for q, key in ((0.5, "latency_p50_ms"), (0.95, "latency_p95_ms"), (0.99, "latency_p99_ms")):
-            d[key] = _round(_histogram_quantile(delta, q))
+            d[key] = _round(histogram_quantile(delta, q))
     return current
 
 
@@ -608,9 +609,20 @@ def style_kind(meta: Any) -> str:
     return kind if isinstance(kind, str) and kind else "generator"
 
 
+def takes_style_images(meta: Any) -> bool:
+    """Whether a served style's requests carry style images (its kind says so; raystyle.infer.kinds).
+    A kind this monitor does not know is offered as a plain photo-in style."""
+    from raystyle.infer.kinds import UnknownKind, get_kind
+
+    try:
+        return get_kind(style_kind(meta)).style_images
+    except UnknownKind:
+        return False
+
+
 def style_label(name: str, meta: Any) -> str:
     """The style as the page's style picker shows it."""
-    return f"{name} (any style: upload a style image)" if style_kind(meta) == "arbitrary" else name
+    return f"{name} (any style: upload a style image)" if takes_style_images(meta) else name
 
 
 def upload_problem(files: list[tuple[str, int]], max_mb: float) -> str | None:
@@ -635,7 +647,7 @@ def app_path() -> Path:
     return path
 
 
-def _storage_text(storage: str | Path | None) -> str:
+def storage_text(storage: str | Path | None) -> str:
     """A folder with ~ expanded, or a URI as given (a Path would fold s3:// into s3:/)."""
     if not storage:
         return str(home() / "runs")
@@ -643,7 +655,7 @@ def _storage_text(storage: str | Path | None) -> str:
     return text if store.is_uri(text) else str(Path(text).expanduser())
 
 
-class UnsafeHost(ValueError):
+class UnsafeHost(RaystyleError):
     """--host is not loopback and the operator did not say a login sits in front."""
 
 
@@ -666,7 +678,7 @@ def launch(*, host: str = "127.0.0.1", port: int = 8501, dashboard: str | None =
     check_host(host, behind_auth_proxy)
     env = {**os.environ, "RAYSTYLE_RAY_DASHBOARD": dashboard_url(dashboard, discover=True),
            "RAYSTYLE_SERVE_URL": serve_url or DEFAULT_SERVE,
-           "RAYSTYLE_STORAGE": _storage_text(storage),
+           "RAYSTYLE_STORAGE": storage_text(storage),
            "RAYSTYLE_MONITOR_REFRESH": str(refresh),
            "RAYSTYLE_MONITOR_MAX_UPLOAD_MB": f"{max_upload_mb:g}"}
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path()),

@@ -66,6 +66,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from raystyle import registry
+from raystyle.config import ConfigError
 from raystyle.data.images import (
     ENCODE_FORMATS,
     MEDIA_TYPES,
@@ -76,16 +77,13 @@ from raystyle.data.images import (
     decode,
     encode,
     fit_within,
+    keep_colour,
 )
 from raystyle.infer.arbitrary import MULTIPLE as ARBITRARY_MULTIPLE
 from raystyle.infer.arbitrary import blend, normalise_weights, parse_weights, style_array
-from raystyle.infer.generator import (
-    MULTIPLE,
-    StylizeError,
-    blend_strength,
-    keep_colour,
-    open_stylizer,
-)
+from raystyle.infer.base import StylizeError, blend_strength
+from raystyle.infer.kinds import kind_of, open_stylizer
+from raystyle.infer.tiles import MULTIPLE
 
 log = logging.getLogger("ray.serve")
 MAX_SIDE_LIMIT = 8192  # the largest max_side a client may ask for
@@ -157,7 +155,7 @@ class StyleModel:
         self.stylizer = open_stylizer(style, models_dir=models_dir, precision=precision,
                                       provider=provider, threads=threads, spin=spin)
         self.style = style
-        self.kind = getattr(self.stylizer, "kind", "generator")
+        self.kind = kind_of(self.stylizer.style)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         for method in (self.infer, self.infer_arbitrary):
@@ -198,7 +196,7 @@ class StyleModel:
     async def __call__(self, array: np.ndarray, styles: StyleParts | None = None,
                        weights: list[float] | None = None, alpha: float = 1.0):
         """Generator: (output, ms). Arbitrary: (output, ms, every style image a cache hit)."""
-        if self.kind == "arbitrary":
+        if self.kind.style_images:
             return await self.infer_arbitrary((array, styles or [], weights or [], alpha))
         return await self.infer(array)
 
@@ -228,11 +226,10 @@ def public_meta(meta: dict[str, Any], args: AppArgs) -> dict[str, Any]:
     for name, entry in (meta.get("precisions") or {}).items():
         precisions[name] = {k: v for k, v in entry.items() if _figure(v)}
     quality = meta.get("quality")
-    kind = meta.get("kind", "generator")
-    arbitrary = meta.get("arbitrary") or {}
+    kind = kind_of(meta)
     return {
-        "style": meta.get("style"), "version": meta.get("version"), "kind": kind,
-        **({"style_size": arbitrary.get("style_size")} if kind == "arbitrary" else {}),
+        "style": meta.get("style"), "version": meta.get("version"), "kind": kind.name,
+        **kind.describe(meta),
         "direction": meta.get("direction"), "source_domain": meta.get("source_domain"),
         "target_domain": meta.get("target_domain"), "exported_at": meta.get("exported_at"),
         "precisions": precisions, "served_precision": args.precision,
@@ -260,7 +257,7 @@ def _finish(out: np.ndarray, original: np.ndarray, strength: float, preserve_col
     return encode(out, fmt)
 
 
-def _prepare_styles(parts: list[bytes], max_pixels: int, style_size: int | None) -> StyleParts:
+def prepare_styles(parts: list[bytes], max_pixels: int, style_size: int | None) -> StyleParts:
     """Each style image: (sha256 of its bytes, pixels). Decoded with the photo's pixel limit,
     then shrunk as the replica's encoder will see it (``style_array``: shorter side
     ``style_size``, both sides multiples of 8) so that little crosses to the replica; that is
@@ -448,7 +445,7 @@ class Gateway:
         except BodyTooLarge as exc:
             return _error(413, "request too large", f"{exc.args[0]} bytes > {self.limit} bytes", request)
         meta = self.meta[name]
-        arbitrary = meta["kind"] == "arbitrary"
+        arbitrary = kind_of(meta).style_images
         try:
             data, style_data = await _image_bytes(request, body)
             del body
@@ -468,7 +465,7 @@ class Gateway:
                 return _invalid(request, "weights", str(exc))
             original = await asyncio.to_thread(_prepare, data, self.args.max_pixels, max_side)
             del data
-            styles = await asyncio.to_thread(_prepare_styles, style_data, self.args.max_pixels,
+            styles = await asyncio.to_thread(prepare_styles, style_data, self.args.max_pixels,
                                              meta.get("style_size")) if arbitrary else []
             del style_data
         except ImageTooLarge as exc:
@@ -518,7 +515,7 @@ def app_builder(args: dict[str, Any] | AppArgs):
     meta = {n: found[n].meta for n in names}
     ingress = _merge(DEFAULT_INGRESS, args.ingress)
     if int(ingress.get("max_ongoing_requests", 0)) <= args.max_pending:
-        raise ValueError(f"ingress.max_ongoing_requests ({ingress.get('max_ongoing_requests')}) must be "
+        raise ConfigError(f"ingress.max_ongoing_requests ({ingress.get('max_ongoing_requests')}) must be "
                          f"above max_pending ({args.max_pending}) so that overload is answered with "
                          "503 JSON by the ingress rather than queued at the proxy")
     return Gateway.options(**ingress).bind(handles, json.loads(json.dumps(meta)), args.model_dump())
@@ -529,18 +526,18 @@ def load_serve_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
     try:
         doc = yaml.safe_load(Path(path).expanduser().read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read serve config {path}: {exc}") from None
+        raise ConfigError(f"cannot read serve config {path}: {exc}") from None
     for app in doc.get("applications", []):
         if app.get("import_path") == "raystyle.serve:app_builder":
             return doc.get("http_options", {}), app.get("args") or {}
-    raise ValueError(f"{path}: no application with import_path raystyle.serve:app_builder")
+    raise ConfigError(f"{path}: no application with import_path raystyle.serve:app_builder")
 
 
 def run_from_config(config: str | Path, *, models_dir: str | Path | None = None,
                     host: str | None = None, port: int | None = None,
                     address: str | None = None, name: str = "raystyle") -> str:
     """Start Serve (HTTP on host:port, default 127.0.0.1:8000) and deploy; returns the URL."""
-    from raystyle.train.loop import connect
+    from raystyle.cluster import connect
 
     http, app_args = load_serve_config(config)
     if models_dir is not None:

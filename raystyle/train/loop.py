@@ -34,18 +34,14 @@ from torch.utils.data import DataLoader
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
+from raystyle.cluster import check_resources, connect, ray_log_level, ray_verbose
 from raystyle.config import Config, ConfigError, default_storage
 from raystyle.data.datasets import EpochBatches, UnpairedDataset, steps_per_epoch
 from raystyle.methods import method_class, quality
 from raystyle.util import storage
-from raystyle.util.ports import port_or_free
 from raystyle.util.storage import Location
 
 CRASH_MARKER = ".crash_hook_fired"
-
-
-class ClusterError(ValueError):
-    """The Ray cluster cannot run what was asked (too few CPUs/GPUs, unreachable address)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,8 @@ def _memory_mb(device: torch.device) -> float:
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     cfg = Config.from_dict(loop["config"])
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # our progress lines say enough
+    if not loop.get("ray_verbose"):
+        _quiet_ray_train()  # our progress lines say enough; --verbose shows Ray Train's too
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
@@ -235,61 +232,6 @@ def _report_checkpoint(model: Any, cfg: Config, rank: int, world: int,
 # Driver side
 
 
-_DASHBOARD: dict[str, str | None] = {"url": None}
-
-
-def connect(address: str | None = None, *, dashboard_port: int | None = None) -> str | None:
-    """Attach to ``address`` / RAY_ADDRESS when given, else start a local Ray instance.
-
-    Returns the Ray dashboard URL (None when the dashboard does not run). ``dashboard_port``
-    only applies to a local Ray started here.
-    """
-    # Worker prints go straight to the driver's console (the V2 print patch logs them twice);
-    # set before a local Ray starts, so its workers inherit it.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if ray.is_initialized():
-        return _DASHBOARD["url"]
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {}
-    if address is None:
-        # Ray starts workers at niceness 15, below its own daemons. On a small machine that
-        # costs a single training worker a lot (2 cores, 1 worker x 2 CPUs: 5.10 img/s at 15
-        # vs 7.74 img/s at 0, same benchmark run). Only for the local Ray started here; a
-        # cluster keeps its own setting, and RAY_worker_niceness in the environment wins.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        port = dashboard_port or port_or_free(8265)
-        kwargs["dashboard_port"] = port
-        # Ray's own state-API calls inside its actors (Ray Train V2's placement-group
-        # cleaner) find "the" local cluster by scanning for GCS processes and crash with a
-        # traceback when the machine runs two local Ray instances; name this one's dashboard.
-        os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
-        address = "local"  # start one, even if a `ray start` cluster runs here (README)
-    try:
-        ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = "start a local Ray" if address == "local" else f"connect to Ray at {address!r}"
-        raise ClusterError(f"cannot {where}: {exc}") from None
-    url = getattr(ctx, "dashboard_url", None)
-    _DASHBOARD["url"] = (url if url.startswith("http") else f"http://{url}") if url else None
-    return _DASHBOARD["url"]
-
-
-def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
-    """Refuse up front what the cluster cannot place (Ray would wait for it forever)."""
-    have = ray.cluster_resources()
-    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    if use_gpu and gpus < workers:
-        raise ClusterError(
-            f"--gpu with {workers} worker(s) needs {workers} GPU(s); the cluster has {gpus:g}"
-            + ("" if gpus else " (train on CPU without --gpu)")
-        )
-    if cpus < workers * cpus_per_worker:
-        raise ClusterError(
-            f"{workers} workers x {cpus_per_worker} CPU need {workers * cpus_per_worker} CPUs; "
-            f"the cluster has {cpus:g}. Lower --workers or cluster.cpus_per_worker, or add nodes"
-        )
-
-
 def run_location(cfg: Config, name: str) -> Location:
     """STORAGE/NAME: an absolute local folder, or a URI kept as a URI (never a local 's3:')."""
     text = cfg.cluster.storage or default_storage()
@@ -297,7 +239,7 @@ def run_location(cfg: Config, name: str) -> Location:
     return storage.resolve(root) / name
 
 
-def _check_compatible(run: Location, cfg: Config) -> None:
+def check_compatible(run: Location, cfg: Config) -> None:
     latest = ckpt.latest_checkpoint(run)
     if latest is None:
         return
@@ -417,7 +359,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
             print(f"[raystyle] domain {domain}: {scan.small} images smaller than the crop are upscaled")
     run = run_location(cfg, name)
     storage.check_reachable(run)
-    _check_compatible(run, cfg)
+    check_compatible(run, cfg)
     cl = cfg.cluster
     connect(cl.address)  # a cluster that cannot place the run fails before validation planning
     check_resources(cl.workers, cl.cpus_per_worker, cl.use_gpu)  # (which may train a classifier)
@@ -441,6 +383,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
             "config": cfg.to_dict(), "run": run, "crash_at_step": crash_at_step,
             "data_dir": str(Path(data_dir).expanduser().resolve()),
             "files_a": list(files_a), "files_b": list(files_b), "val": val, "extra": extra,
+            "ray_verbose": ray_verbose(),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cl.workers, use_gpu=cl.use_gpu,
@@ -451,6 +394,9 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
             # environment) travels to Ray's controller and workers with the run config.
             name=name, storage_path=run.parent.path, storage_filesystem=run.fs,
             failure_config=ray.train.FailureConfig(max_failures=cl.max_failures),
+            # Ray Train's INFO lines (worker group, every reported result) stay in Ray's log
+            # files unless --verbose; its warnings and errors always reach the console.
+            **_logging_config(),
             # Ray keeps the keep_checkpoints best by the validation metric and, always, the
             # newest (resume needs it); without a metric, the newest ones.
             checkpoint_config=ray.train.CheckpointConfig(
@@ -466,6 +412,20 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
 
 
 
+def _quiet_ray_train() -> None:
+    """Ray Train's INFO lines off on this worker (each reported result is a full repr of the
+    checkpoint and metrics). Some of its loggers are named by file path, not ``ray.train``."""
+    for name in ["ray.train", *list(logging.root.manager.loggerDict)]:
+        if name.startswith("ray.train") or "/ray/train/" in name.replace("\\", "/"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _logging_config() -> dict[str, Any]:
+    if not hasattr(ray.train, "LoggingConfig"):  # Ray Train releases before LoggingConfig
+        return {}
+    return {"logging_config": ray.train.LoggingConfig(log_level=ray_log_level())}
+
+
 def export_on_cluster(checkpoint: str | Path, style: str, *, address: str | None = None,
                       **kwargs: Any):
     """Run ``export_style`` as a Ray task, so a cluster pipeline is train -> export unattended.
@@ -475,7 +435,7 @@ def export_on_cluster(checkpoint: str | Path, style: str, *, address: str | None
     ($RAYSTYLE_MODELS or $RAYSTYLE_HOME/models) and relative paths mean the driver's, not
     those of whichever node runs the task.
     """
-    from raystyle.export.generator import export_style
+    from raystyle.export import export_style
     from raystyle.registry import models_dir
 
     kwargs["models_dir"] = str(models_dir(kwargs.get("models_dir")).resolve())

@@ -21,14 +21,17 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 
+from raystyle.errors import RaystyleError
 
-class StorageError(ValueError):
+
+class StorageError(RaystyleError):
     """A storage string that cannot be used (unknown scheme, missing bucket, no access)."""
 
 
@@ -214,3 +217,46 @@ def local_copy(loc: Location, names: tuple[str, ...] | None = None) -> Iterator[
             with loc.fs.open_input_stream(entry.path) as src, open(Path(tmp) / entry.base_name, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         yield Path(tmp)
+
+
+# -- (filesystem, path) helpers of the batch jobs ----------------------------------------------
+TMP_SUFFIX = ".raystyle-tmp"
+ATOMIC_STORES = frozenset({"s3", "gcs"})  # a PUT is all-or-nothing: write in place
+
+
+def join(root: str, rel: str) -> str:
+    return f"{root.rstrip('/')}/{rel}" if root else rel
+
+
+def is_atomic_store(filesystem) -> bool:
+    return filesystem.type_name in ATOMIC_STORES
+
+
+def write_atomic(filesystem, path: str, data: bytes, made_dirs: set[str] | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the whole file or nothing."""
+    if is_atomic_store(filesystem):
+        with filesystem.open_output_stream(path) as f:
+            f.write(data)
+        return
+    parent, _, name = path.rpartition("/")
+    if parent and (made_dirs is None or parent not in made_dirs):
+        filesystem.create_dir(parent, recursive=True)
+        if made_dirs is not None:
+            made_dirs.add(parent)
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+    try:
+        with filesystem.open_output_stream(tmp) as f:
+            f.write(data)
+        filesystem.move(tmp, path)  # rename(2) on local disks: atomic within a folder
+    except BaseException:
+        with contextlib.suppress(OSError):
+            filesystem.delete_file(tmp)
+        raise
+
+
+def files_under(filesystem, root: str) -> list[str]:
+    """Relative paths of every file under ``root`` (empty when it does not exist)."""
+    infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    prefix = root.rstrip("/") + "/"
+    return [i.path[len(prefix):] for i in infos
+            if i.type == pafs.FileType.File and i.path.startswith(prefix)]

@@ -252,7 +252,7 @@ def try_section() -> None:
     strength = c[1].slider("Strength", 0.0, 1.0, 1.0, 0.05, key="strength")
     max_side = c[2].number_input("Longest side (px)", 64, 4096, 1024, 64, key="max_side")
     preserve = c[3].checkbox("Keep the photo's colours", key="preserve")
-    arbitrary = mon.style_kind(styles.get(style)) == "arbitrary"
+    arbitrary = mon.takes_style_images(styles.get(style))
     style_uploads, alpha = [], None
     if arbitrary:  # AdaIN: the style comes from the visitor's own painting(s)
         cols = st.columns([3, 1])

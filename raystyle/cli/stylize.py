@@ -1,0 +1,226 @@
+"""`raystyle stylize`: images, videos, folders or stdin through a registry style with ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    """Register `raystyle stylize` on an argparse subparsers object."""
+    p = sub.add_parser("stylize", help="stylize images, videos, folders or stdin with a style",
+                       description="Stylize images and videos with ONNX Runtime. INPUT is an image, "
+                       "a video (.mp4, .mov, .mkv, .webm, .avi, .m4v), a folder (searched "
+                       "recursively) or - for stdin; -o - writes to stdout. A video keeps its frame "
+                       "rate, duration and audio and is written as H.264 (.mp4 unless -o names .mov "
+                       "or .mkv), with motion-guided temporal smoothing (--smooth).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--style", required=True, metavar="NAME", help="style name in the registry")
+    p.add_argument("-o", "--output", default="stylized",
+                   help="output file (one input), folder (default ./stylized) or - for stdout")
+    p.add_argument("--strength", type=float, default=1.0, metavar="S", help="0 = input unchanged, 1 = full style")
+    p.add_argument("--preserve-color", action="store_true", help="keep the input's colours")
+    p.add_argument("--style-image", dest="style_images", action="append", metavar="PAINTING",
+                   help="an arbitrary (AdaIN) style's painting; repeat to blend several (see --weights)")
+    p.add_argument("--weights", metavar="W1,W2,...",
+                   help="blend weights of the --style-image paintings, in order (default: equal)")
+    p.add_argument("--alpha", type=float, default=1.0, metavar="A",
+                   help="arbitrary styles: 0 = the content's own features, 1 = fully stylised (default)")
+    p.add_argument("--tile", type=int, metavar="N",
+                   help="tile size for large images (default 1024; video frames 2048)")
+    p.add_argument("--max-side", type=int, metavar="N", help="downscale inputs so the longer side is at most N")
+    p.add_argument("--smooth", type=float, metavar="S",
+                   help="videos: temporal smoothing along the motion, 0 (per-frame) to below 1 "
+                   "(default 0.6)")
+    p.add_argument("--fps", type=float, metavar="F",
+                   help="videos: output frame rate (default: the input's own timestamps)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="videos: frames per ONNX Runtime call (default 1; more can pay on a GPU)")
+    p.add_argument("--crf", type=int, default=18, metavar="Q",
+                   help="videos: H.264 quality, 0 (lossless) to 51 (default 18)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    p.add_argument("--format", choices=["png", "jpeg", "webp"],
+                   help="output format (default: the input's if png/jpeg/webp, else png)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
+    p.add_argument("--json", action="store_true", help="one JSON line per image instead of text")
+
+
+def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
+    """(input, relative output stem) for files, folders (recursive: images and videos) and '-'."""
+    from raystyle.data.images import IMAGE_SUFFIXES
+    from raystyle.infer.video import VIDEO_SUFFIXES
+
+    out: list[tuple[str, Path | None]] = []
+    for item in inputs:
+        path = Path(item)
+        if item == "-":
+            out.append(("-", None))
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            out += [(str(p), p.relative_to(path)) for p in files]
+        else:
+            out.append((item, Path(path.name)))
+    return out
+
+
+def _frames_fn(args: argparse.Namespace):
+    """``run(images, **options) -> list of uint8 arrays`` for the style (generator or arbitrary)."""
+    from raystyle.data.images import ImageError
+    from raystyle.infer.generator import Stylizer
+    from raystyle.infer.kinds import kind_of
+    from raystyle.registry import get_style
+
+    style = get_style(args.style, args.models_dir)
+    if kind_of(style).style_images:
+        from raystyle.infer.arbitrary import ArbitraryStylizer, parse_weights
+
+        if not args.style_images:
+            raise ValueError(f"style {args.style!r} is an arbitrary style: give --style-image PAINTING")
+        stylizer = ArbitraryStylizer(args.style, models_dir=args.models_dir, precision=args.precision,
+                                     provider=args.provider, tile=1024 if args.tile is None else args.tile)
+        weights = parse_weights(args.weights)
+        try:  # the paintings are read and encoded once, for every input (a bad one fails here)
+            stats = stylizer.blend([Path(p) for p in args.style_images], weights)
+        except (ImageError, OSError) as exc:
+            raise ValueError(f"style image: {exc}") from None
+
+        def run(images, **kw):
+            return stylizer.stylize_batch(images, styles=[stats] * len(images), alpha=args.alpha, **kw)
+        return run
+    if args.style_images or args.weights or args.alpha != 1.0:
+        raise ValueError(f"--style-image, --weights and --alpha are for arbitrary styles; "
+                         f"{args.style!r} is a {style.kind} style")
+    return Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
+                    provider=args.provider, tile=1024 if args.tile is None else args.tile).stylize_batch
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from raystyle.data.images import ENCODE_FORMATS, ImageError, encode, format_for_path
+    from raystyle.infer.video import (
+        OUTPUT_FORMATS,
+        VIDEO_SUFFIXES,
+        VIDEO_TILE,
+        VideoError,
+        is_video,
+    )
+    from raystyle.infer.video import output_name as video_output_name
+
+    items = _expand_inputs(args.inputs)
+    if not items:
+        raise ValueError("no input images or videos found")
+    videos = [src for src, _ in items if src != "-" and is_video(src)]
+    if not videos and (args.smooth is not None or args.fps is not None):
+        raise ValueError("--smooth and --fps are for videos; no input is a video")
+    if args.smooth is not None:
+        from raystyle.infer.video import check_smooth
+
+        check_smooth(args.smooth)  # a bad value fails before the style is loaded
+    if videos:
+        from raystyle.infer.video import check_crf, check_fps
+
+        check_crf(args.crf)
+        check_fps(args.fps)  # once, not once per video
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    to_stdout = args.output == "-"
+    out = Path(args.output)
+    if to_stdout and (len(items) != 1 or videos):
+        raise ValueError("-o - (stdout) takes exactly one input image")
+    suffix = out.suffix.lower()
+    single_file = len(items) == 1 and (suffix.lstrip(".") in ENCODE_FORMATS or suffix in OUTPUT_FORMATS)
+    if videos and suffix in VIDEO_SUFFIXES and suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"-o {out}: a video is written as .mp4, .mov or .mkv (H.264)")
+    if single_file and bool(videos) != (suffix in OUTPUT_FORMATS):
+        raise ValueError(f"-o {out}: " + ("a video is written as .mp4, .mov or .mkv" if videos else
+                                          "an image is written as .png, .jpg or .webp"))
+    def image_dest(rel: Path | None) -> tuple[str, Path | None]:
+        suffix = rel.suffix.lower().lstrip(".") if rel is not None else ""
+        fmt = args.format or (suffix if suffix in ENCODE_FORMATS else "png")
+        return fmt, None if to_stdout else out / (rel or Path("stdin")).with_suffix(f".{fmt}")
+
+    if not single_file and not to_stdout:  # a.webm and a.mp4 both become a.mp4: refuse, lose nothing
+        seen: dict[Path, str] = {}
+        for src, rel in items:
+            dest = out / video_output_name(rel.as_posix()) if src in videos else image_dest(rel)[1]
+            if dest in seen:
+                raise ValueError(f"{seen[dest]} and {src} would both be written to {dest}")
+            seen[dest] = src
+    run = _frames_fn(args)
+    options = dict(strength=args.strength, preserve_color=args.preserve_color)
+    failed = 0
+    for src, rel in items:
+        if src in videos:
+            dest = out if single_file else out / video_output_name(rel.as_posix())
+            try:
+                result = _stylize_video(args, src, dest,
+                                        lambda frames: run(frames, tile=VIDEO_TILE if args.tile is None else args.tile, **options))
+            except VideoError as exc:
+                failed += 1
+                print(f"raystyle: error: {exc}", file=sys.stderr)
+                continue
+            if args.json:
+                print(json.dumps({"input": src, "output": str(dest), "width": result.width,
+                                  "height": result.height, "frames": result.frames, "fps": result.rate,
+                                  "seconds": round(result.seconds, 2),
+                                  "frames_per_s": round(result.frames_per_s, 2), "audio": result.audio,
+                                  "style": args.style}))
+            else:
+                print(f"{src} -> {dest} ({result.width}x{result.height}, {result.frames} frames at "
+                      f"{result.rate:.3g} fps{', audio copied' if result.audio else ''}; "
+                      f"{result.frames_per_s:.1f} frames/s)")
+            continue
+        start = time.perf_counter()
+        try:
+            data = sys.stdin.buffer.read() if src == "-" else Path(src)
+            result = run([data], max_side=args.max_side, **options)[0]
+        except ImageError as exc:
+            failed += 1
+            print(f"raystyle: error: {exc}", file=sys.stderr)
+            continue
+        if single_file:
+            fmt, dest = format_for_path(out), out
+        else:
+            fmt, dest = image_dest(rel)
+        payload = encode(result, fmt)
+        ms = (time.perf_counter() - start) * 1000
+        if to_stdout or (src == "-" and args.output == "stylized"):
+            sys.stdout.buffer.write(payload)
+            sys.stdout.buffer.flush()
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(payload)
+        h, w = result.shape[:2]
+        if args.json:
+            print(json.dumps({"input": src, "output": str(dest), "width": w, "height": h,
+                              "ms": round(ms, 1), "style": args.style}))
+        else:
+            print(f"{src} -> {dest} ({w}x{h}, {ms:.0f} ms)")
+    return 2 if failed else 0
+
+
+def _stylize_video(args: argparse.Namespace, src: str, dest: Path, run):
+    """One video through raystyle.infer.video with a progress bar (frames/s and ETA) on stderr."""
+    from tqdm import tqdm
+
+    from raystyle.infer.video import DEFAULT_SMOOTH, stylize_video
+
+    bars = []
+
+    def start(info, plan):  # probed: the bar knows its total
+        bars.append(tqdm(total=plan.frames, unit="frame", desc=Path(src).name, file=sys.stderr,
+                         dynamic_ncols=True, mininterval=0.5, disable=args.json))
+
+    try:
+        return stylize_video(src, dest, run, smooth=DEFAULT_SMOOTH if args.smooth is None else args.smooth,
+                             max_side=args.max_side, fps=args.fps, batch=args.batch_size, crf=args.crf,
+                             on_start=start, progress=lambda n: bars[0].update(n))
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+COMMANDS = {"stylize": cmd_stylize}
