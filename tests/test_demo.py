@@ -26,7 +26,8 @@ from raystyle.data.images import decode
 from raystyle.monitor import snapshot as mon
 from raystyle.serve import client
 
-pytestmark = pytest.mark.timeout(900)
+# `raystyle demo` in its own process (its own Ray, Serve, monitor) and the page in Chromium: slow
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 # The README's command: the console script pip installed (python -m raystyle where it is not).
 RAYSTYLE = [shutil.which("raystyle")] if shutil.which("raystyle") else [sys.executable, "-m", "raystyle"]
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
