@@ -238,7 +238,7 @@ def test_monitor_finds_the_dashboard_of_the_attached_ray(ray_head):
     assert not ray_head.url.endswith(":8265")
     env = {**ray_head.env, "RAY_ADDRESS": ray_head.gcs}
     env.pop("RAYSTYLE_RAY_DASHBOARD", None)
-    r = subprocess.run([sys.executable, "-c", "from raystyle import monitor as m; "
+    r = subprocess.run([sys.executable, "-c", "from raystyle.monitor import snapshot as m; "
                         "print(m.dashboard_url(discover=True))"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
