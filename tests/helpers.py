@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import socket
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# the repository (tests/ is one level below it)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Serve actors small enough for several apps on a 2-core machine
 SMALL = {"ray_actor_options": {"num_cpus": 0.25}}

@@ -76,3 +76,14 @@ def test_import_contracts_hold():
     out = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "5 kept, 0 broken" in out.stdout, out.stdout[-2000:]
+
+
+
+def test_tests_mirror_the_package():
+    """tests/<name>/ for every raystyle subpackage and no other folder; project-wide tests and
+    those of raystyle's top-level modules sit in tests/ itself."""
+    package = ROOT / "raystyle"
+    subpackages = {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if (p / "__init__.py").exists()}
+    assert folders == subpackages, (f"test folders without a subpackage: {sorted(folders - subpackages)}; "
+                                    f"subpackages without a test folder: {sorted(subpackages - folders)}")

@@ -20,9 +20,9 @@ import requests
 from raystyle import runlog
 from raystyle.monitor import snapshot as mon
 from raystyle.serve import client
-from tests.helpers import free_port
+from tests.helpers import REPO_ROOT, free_port
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = REPO_ROOT / "dashboard" / "app.py"
 
 
 

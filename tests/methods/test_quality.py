@@ -14,7 +14,7 @@ from raystyle.config import DataConfig
 from raystyle.data.datasets import painterly, write_sample_dataset
 from raystyle.methods import quality
 
-from .conftest import one_torch_thread
+from tests.conftest import one_torch_thread
 
 CFG = DataConfig(load_size=40, crop_size=32)
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny nets: see conftest.one_torch_thread

@@ -25,12 +25,13 @@ import requests
 from raystyle.data.images import decode
 from raystyle.monitor import snapshot as mon
 from raystyle.serve import client
+from tests.helpers import REPO_ROOT
 
 # `raystyle demo` in its own process (its own Ray, Serve, monitor) and the page in Chromium: slow
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 # The README's command: the console script pip installed (python -m raystyle where it is not).
 RAYSTYLE = [shutil.which("raystyle")] if shutil.which("raystyle") else [sys.executable, "-m", "raystyle"]
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = REPO_ROOT / "dashboard" / "app.py"
 STEPS = 8
 READY_TIMEOUT_S = 600
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -160,7 +161,7 @@ def test_readme_http_examples_against_the_demo(demo, photos, tmp_path, monkeypat
     """The README's curl lines and Python snippet, verbatim but for the port."""
     from PIL import Image
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     api = readme[readme.index("## HTTP API"):readme.index("## CLI reference")]
     Image.open(photos[0]).convert("RGB").save(tmp_path / "photo.jpg", quality=95)
     here = f"127.0.0.1:{demo.ports['serve']}"

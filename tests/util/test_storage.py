@@ -17,7 +17,7 @@ from raystyle.monitor import snapshot as mon
 from raystyle.util import storage
 from raystyle.util.storage import StorageError
 
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 BUCKET = "raystyle-test"
 

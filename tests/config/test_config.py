@@ -3,6 +3,7 @@ import os
 import pytest
 
 from raystyle.config import Config, ConfigError, load_config
+from tests.helpers import REPO_ROOT
 
 
 def test_defaults_are_the_papers_recipe():
@@ -97,7 +98,7 @@ def test_jobs_configs_are_the_package_presets():
     for presets in jobs/configs/; a link that broke, or copies that drifted, fail here)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     jobs = {p.name: p.read_bytes() for p in (root / "jobs" / "configs").glob("*.yaml")}
     package = {p.name: p.read_bytes() for p in (root / "raystyle" / "config" / "presets").glob("*.yaml")}
     assert jobs == package and {"tiny.yaml", "cpu.yaml", "paper.yaml"} <= set(package)

@@ -16,7 +16,7 @@ from PIL import Image
 from raystyle.data.images import decode
 from raystyle.infer.generator import Stylizer
 from raystyle.serve.app import app_builder
-from tests.helpers import SMALL, png_bytes
+from tests.helpers import REPO_ROOT, SMALL, png_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -309,7 +309,7 @@ def test_serve_configs_are_valid_and_bind_localhost(name):
 
     from raystyle.serve.app import AppArgs, load_serve_config
 
-    path = Path(__file__).resolve().parent.parent / "serve_configs" / name
+    path = REPO_ROOT / "serve_configs" / name
     ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     http, args = load_serve_config(path)
     assert http["host"] == "127.0.0.1"
@@ -325,7 +325,7 @@ def test_kuberay_rayservice_carries_the_same_application():
 
     from raystyle.serve.app import AppArgs, load_serve_config
 
-    root = Path(__file__).resolve().parent.parent / "serve_configs"
+    root = REPO_ROOT / "serve_configs"
     doc = yaml.safe_load((root / "kuberay-rayservice.yaml").read_text())
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
     serve_cfg = yaml.safe_load(doc["spec"]["serveConfigV2"])

@@ -13,9 +13,9 @@ import pytest
 import requests
 import yaml
 
-from tests.helpers import free_port
+from tests.helpers import REPO_ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 # `raystyle serve` and `serve run` each start a Ray and Serve of their own: end to end, slow
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

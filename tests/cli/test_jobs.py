@@ -38,12 +38,12 @@ from PIL import Image
 
 from raystyle import checkpoint as ckpt
 from raystyle import runlog
-from tests.helpers import free_ports
+from tests.helpers import REPO_ROOT, free_ports
 
 # A `ray start --head` cluster of its own, then `ray job submit`: end to end, its own processes.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 RAY = Path(sys.executable).with_name("ray")
 RAY = RAY if RAY.exists() else Path(shutil.which("ray") or "ray")
 HEAD_START_TIMEOUT = 120

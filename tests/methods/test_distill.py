@@ -9,6 +9,7 @@ import torch
 from raystyle import checkpoint as ckpt
 from raystyle.cli.main import main
 from raystyle.methods.distill import Distiller, DistillError, plan, tap_points
+from tests.helpers import REPO_ROOT
 
 STUDENT = ["model.ngf=4", "model.n_blocks=2"]  # the teacher: ngf 8, 2 blocks
 
@@ -168,7 +169,7 @@ def test_the_jobs_wrapper_takes_the_distill_options():
     import sys
     from pathlib import Path
 
-    out = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "jobs" / "distill.py"), "--help"],
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "jobs" / "distill.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "TEACHER_RUN_OR_CHECKPOINT" in out and "--student PRESET" in out and "--export" in out
 
