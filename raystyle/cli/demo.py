@@ -20,6 +20,7 @@ from raystyle.cli.common import (
     run_training,
     stop_on_signals,
 )
+from raystyle.errors import RaystyleError
 from raystyle.util.ports import port_free
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     ports = [("--serve-port", args.serve_port)] + ([] if args.no_monitor else [("--monitor-port", args.monitor_port)])
     for flag, port in ports:  # before minutes of training, not after
         if not port_free(port):
-            raise ValueError(f"port {port} on 127.0.0.1 is in use (another demo, `raystyle serve` "
+            raise RaystyleError(f"port {port} on 127.0.0.1 is in use (another demo, `raystyle serve` "
                              f"or monitor?); stop it or pass {flag}")
     data = home / "data" / "sample"
     if (data / "trainA").is_dir() and is_paired(data):
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         style = get_style(DEMO_STYLE, models)
         fresh = style.meta["training"]["checkpoint"] != str(chosen)
-    except ValueError:
+    except RaystyleError:
         fresh = True
     if fresh:
         style = export_style(chosen, DEMO_STYLE, models_dir=models,

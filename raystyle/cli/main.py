@@ -15,6 +15,7 @@ import sys
 
 from raystyle.cli import batch, data, demo, evaluate, export, nst, serve, stylize, train
 from raystyle.config import VERBOSE_ENV
+from raystyle.errors import RaystyleError
 
 # In the order of `raystyle --help`.
 MODULES = (train, demo, evaluate, export, stylize, serve, batch, nst, data)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.command in ("train", "distill", "demo") else "")
         print(f"raystyle: interrupted{hint}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:  # expected bad-input errors
+    except (RaystyleError, FileNotFoundError) as exc:  # bad input: one line; a bug keeps its traceback
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"raystyle: error: {message}", file=sys.stderr)
         return 2

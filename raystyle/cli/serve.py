@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from raystyle.cli.common import HOME, SERVE_CONFIG, add_verbose_arg, stop_on_signals
+from raystyle.errors import RaystyleError
 from raystyle.util.ports import port_free
 
 
@@ -72,10 +73,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from raystyle.monitor import snapshot as mon
 
     if args.max_upload_mb <= 0:
-        raise ValueError("--max-upload-mb must be positive")
+        raise RaystyleError("--max-upload-mb must be positive")
     mon.check_host(args.host, args.behind_auth_proxy)
     if not port_free(args.port, args.host):
-        raise ValueError(f"port {args.port} on {args.host} is in use; pass --port")
+        raise RaystyleError(f"port {args.port} on {args.host} is in use; pass --port")
     dashboard = mon.dashboard_url(args.ray_dashboard, discover=True)
     proc = mon.launch(host=args.host, port=args.port, dashboard=dashboard,
                       serve_url=args.serve_url, storage=args.storage, refresh=args.refresh,

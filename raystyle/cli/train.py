@@ -14,6 +14,7 @@ from raystyle.cli.common import (
     run_training,
     say,
 )
+from raystyle.errors import RaystyleError
 
 
 def add_parser(sub) -> None:
@@ -79,7 +80,7 @@ def fast_config(args: argparse.Namespace):
     from raystyle.methods.fast import plan
 
     if not args.style_image:
-        raise ValueError("--method fast needs --style-image PAINTING")
+        raise RaystyleError("--method fast needs --style-image PAINTING")
     overrides, strings = flag_overrides(args, "fast")
     settings: dict = {"cluster": strings} if strings else {}
     if args.vgg_weights:
@@ -93,7 +94,7 @@ def adain_config(args: argparse.Namespace):
     from raystyle.methods.adain import plan
 
     if args.style_image:
-        raise ValueError("--method adain takes its paintings from DATA/trainB, not --style-image")
+        raise RaystyleError("--method adain takes its paintings from DATA/trainB, not --style-image")
     overrides, strings = flag_overrides(args, "adain")
     settings: dict = {"cluster": strings} if strings else {}
     if args.vgg_weights:
@@ -109,18 +110,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_name(args.export)  # fail before hours of training, not after
     cfg = train_config(args)
     if args.export and cfg.cluster.storage and is_uri(cfg.cluster.storage):
-        raise ValueError(f"--export needs a local --storage for now (export reads local checkpoints); "
+        raise RaystyleError(f"--export needs a local --storage for now (export reads local checkpoints); "
                          f"train to {cfg.cluster.storage.split('?', 1)[0]} without --export, then copy "
                          f"the checkpoint folder and run `raystyle export DIR`")
     if cfg.distill is not None:
-        raise ValueError("a config with a distill section is a distillation: run `raystyle distill TEACHER ...`")
+        raise RaystyleError("a config with a distill section is a distillation: run `raystyle distill TEACHER ...`")
     extra = None
     if args.method == "fast" or cfg.fast is not None:
         cfg, extra = fast_config(args)  # the fast preset, not the paper's CycleGAN recipe
     elif args.method == "adain" or cfg.adain is not None:
         cfg, extra = adain_config(args)
     elif args.style_image or args.features or args.vgg_weights:
-        raise ValueError("--style-image, --features and --vgg-weights are for --method fast or adain")
+        raise RaystyleError("--style-image, --features and --vgg-weights are for --method fast or adain")
     result = run_training(cfg, args.data, args.style, extra)
     if args.export:
         export_run(result, args.export, args.models_dir)

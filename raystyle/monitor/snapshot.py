@@ -333,6 +333,18 @@ class Run:
         return "running" if age < max(120.0, step_s) else f"stopped at step {self.step}"
 
 
+_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()#+-.!|<>~$:&")
+
+
+def plain(value: Any) -> str:
+    """``value`` as literal text inside Streamlit markdown (captions, ``st.markdown``): every
+    ASCII punctuation mark is backslash-escaped (CommonMark), so a run's files (validation.json,
+    folder names) cannot add links, images, HTML, colours or LaTeX to the page; newlines become
+    spaces."""
+    text = " ".join(str(value).split())
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in text)
+
+
 def list_runs(storage: str | Path) -> list[Run]:
     """Runs under ``storage`` (a folder or a URI): folders with a metrics log or a
     checkpoint, most recently logged first."""

@@ -231,3 +231,24 @@ def test_train_happy_path(capsys, ray_session, sample_data, tmp_path):
     assert (models / "cli-style" / "model.int8.onnx").is_file()
 
 
+
+
+def test_a_bug_keeps_its_traceback_and_bad_input_is_one_line(monkeypatch, capsys):
+    """Only errors raised on purpose (RaystyleError) and missing files are one line with exit 2;
+    a ValueError from a bug (numpy, torch, our own code) is not reported as the user's fault."""
+    from raystyle.cli import main as cli_main
+    from raystyle.errors import RaystyleError
+
+    def bug(args):
+        raise ValueError("operands could not be broadcast together")
+
+    def bad_input(args):
+        raise RaystyleError("--tile must be a multiple of 4\nand at least 64")
+
+    monkeypatch.setitem(cli_main.COMMANDS, "data", bug)
+    with pytest.raises(ValueError, match="broadcast"):
+        cli_main.main(["data", "sample", "unused"])
+    monkeypatch.setitem(cli_main.COMMANDS, "data", bad_input)
+    assert cli_main.main(["data", "sample", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err == "raystyle: error: --tile must be a multiple of 4; and at least 64\n"

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -297,7 +296,7 @@ def test_page_without_ray_says_how_to_start_it(runs, monkeypatch):
     assert len(charts) == 7 and len(at.get("image") or at.get("imgs")) == 1
     titles = " ".join(m.value for m in at.markdown)
     assert "Validation: PSNR, dB (held-out)" in titles and "Validation: scores 0..1 (held-out)" in titles
-    assert "ranked by **val_gt_psnr**" in " ".join(c.value for c in at.caption)
+    assert r"ranked by **val\_gt\_psnr** (held-out test, paired" in " ".join(c.value for c in at.caption)
     checkpoints = at.dataframe[-1].value
     assert list(checkpoints["checkpoint"]) == ["checkpoint_00000150"]
     assert list(checkpoints["val_gt_psnr"]) == [20.5] and list(checkpoints["best"]) == [True]
@@ -357,3 +356,24 @@ def test_monitor_command_bad_input_is_one_line(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"port {port}" in r.stderr
 
+
+
+def test_a_runs_files_are_text_on_the_page_not_markdown(runs, monkeypatch):
+    """validation.json (written by whoever can write the storage) is shown as literal text: no
+    link, image, HTML or colour directive of its own reaches the page's markdown."""
+    runlog.write_validation(runs / "done", {
+        "best_metric": "val_gt_psnr](http://evil.example/x) ![img](http://evil.example/i.png)",
+        "split": ":red[<b>alarm</b>] $x$", "paired": False})
+    at = _app(monkeypatch, {"RAYSTYLE_RAY_DASHBOARD": f"http://127.0.0.1:{free_port()}",
+               "RAYSTYLE_SERVE_URL": f"http://127.0.0.1:{free_port()}",
+               "RAYSTYLE_STORAGE": str(runs), "RAYSTYLE_MONITOR_REFRESH": "0"})
+    at = at.selectbox(key="run").set_value("done").run()
+    assert not at.exception
+    caption = next(c.value for c in at.caption if "ranked by" in c.value)
+    assert "](http" not in caption and "![" not in caption and ":red[" not in caption
+    assert "<b>" not in caption and " $x$" not in caption
+    assert r"\]\(http\:" in caption and r"\:red\[\<b\>" in caption
+
+
+def test_plain_escapes_every_markdown_mark():
+    assert mon.plain("a_b *c* [d](e) `f`\nnext") == r"a\_b \*c\* \[d\]\(e\) \`f\` next"

@@ -62,7 +62,7 @@ def guarded(title: str):
             try:
                 fn()
             except Exception as exc:  # noqa: BLE001 - one bad source must not blank the page
-                st.error(f"{title}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+                st.error(f"{title}: {type(exc).__name__}: {mon.plain(str(exc).splitlines()[0][:300]) if str(exc) else ''}")
         return run
     return wrap
 
@@ -144,7 +144,7 @@ st.header("Training")
 def training_section() -> None:
     runs = mon.list_runs(storage)
     if not runs:
-        st.info(f"No training runs under {storage}. Start one with `raystyle demo` or "
+        st.info(f"No training runs under {mon.plain(storage)}. Start one with `raystyle demo` or "
                 "`raystyle train --data DIR --style NAME`.")
         return
     names = [r.name for r in runs]
@@ -171,7 +171,7 @@ def training_section() -> None:
             cols[i % 2].line_chart(df[keys].dropna(how="all"), height=height)
         if run.best_metric:
             v = run.validation
-            st.caption(f"Checkpoints are ranked by **{run.best_metric}** (held-out {v.get('split')}"
+            st.caption(f"Checkpoints are ranked by **{mon.plain(run.best_metric)}** (held-out {mon.plain(v.get('split'))}"
                        f"{', paired with ground truth' if v.get('paired') else ''}); "
                        "`raystyle export RUN --best auto` exports the best one.")
     if run.samples:
@@ -179,7 +179,7 @@ def training_section() -> None:
         st.markdown(f"**Latest sample grids** ({len(run.samples)} in all; {mon.sample_layout(run.metrics)})")
         for col, path in zip(st.columns(3), shown, strict=False):
             stem = PurePosixPath(str(path)).stem  # a local path or a URI (s3://...)
-            col.image(mon.read_sample(path), caption=f"{run.name}, {stem.replace('_', ' ')}", width="stretch")
+            col.image(mon.read_sample(path), caption=mon.plain(f"{run.name}, {stem.replace('_', ' ')}"), width="stretch")
     if run.checkpoints:
         st.markdown("**Checkpoints**")
         st.dataframe(pd.DataFrame(run.checkpoints), hide_index=True, width="stretch")
@@ -203,7 +203,7 @@ def serving_section() -> None:
     serve = mon.windowed(serve, history)
     st.session_state["serve_history"] = mon.remember(history, serve)
     if not serve["ok"]:
-        st.warning(f"Serve status unavailable: {serve['error']}")
+        st.warning(f"Serve status unavailable: {mon.plain(serve['error'])}")
         return
     if not serve["running"]:
         st.info("Serve is not running on this cluster. Start it with `raystyle serve` "
@@ -276,7 +276,7 @@ def try_section() -> None:
                                           preserve_color=preserve, max_side=int(max_side),
                                           style_images=style_data or None, alpha=alpha)
         except client.ApiError as exc:
-            st.error(f"Serve refused {upload.name}: {exc}")
+            st.error(f"Serve refused {mon.plain(upload.name)}: {mon.plain(exc)}")
             return
         st.session_state["result"] = {"name": upload.name, "input": data, "output": out,
                                       "style": style, "ms": headers.get("x-raystyle-inference-ms"),
@@ -284,7 +284,7 @@ def try_section() -> None:
     res = st.session_state.get("result")
     if res:
         before, after = st.columns(2)
-        before.image(Image.open(io.BytesIO(res["input"])), caption=f"before: {res['name']}")
+        before.image(Image.open(io.BytesIO(res["input"])), caption=mon.plain(f"before: {res['name']}"))
         painted = f" from {', '.join(res['style_images'])}" if res.get("style_images") else ""
         after.image(res["output"], caption=f"after: style {res['style']}{painted}, {res['ms']} ms inference")
         st.download_button("Download the result", res["output"], key="download",
