@@ -36,11 +36,14 @@ from typing import Any
 
 from raystyle.config import MODELS_ENV, default_models_dir  # noqa: F401  (MODELS_ENV re-exported)
 from raystyle.errors import RaystyleError
+from raystyle.util.storage import is_plain_name
 
 METADATA = "model.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: "$" also matches before a final newline
 VERSIONS = ".versions"  # MODELS/.versions/NAME/VERSION/
+# model.json fields of a precision that name a file of the version's folder (plain names only)
+FILE_FIELDS = ("file", "tile", "stats", "sums", "encoder", "decoder")
 KEEP = 3  # versions kept per style (the current one always)
 # A version replaced less than GRACE_S seconds ago is kept too, whatever KEEP says: a reader
 # (a Serve replica starting, a batch actor) that resolved it just before the swap must still
@@ -96,10 +99,32 @@ class Style:
             raise RegistryError(
                 f"style {self.name!r} has no {precision} model (exported: {', '.join(self.precisions)})"
             )
-        name = entry.get(kind) if kind != "model" else entry["file"]
+        field_name = "file" if kind == "model" else kind
+        name = entry.get(field_name)
         if name is None:
             raise RegistryError(f"style {self.name!r} has no {kind} graph for {precision}")
-        return self.version_dir / name
+        return self.version_dir / _plain(self.name, f"precisions.{precision}.{field_name}", name)
+
+    def check_files(self) -> Style:
+        """Every file model.json names is a plain name in this version's folder (RegistryError,
+        naming the field, otherwise): nothing outside the style's folder is ever opened."""
+        for precision, entry in (self.meta.get("precisions") or {}).items():
+            if not isinstance(entry, dict):
+                raise RegistryError(f"style {self.name!r}: model.json precisions.{precision} is not an object")
+            for key in FILE_FIELDS:
+                if key in entry:
+                    _plain(self.name, f"precisions.{precision}.{key}", entry[key])
+        for key in ("torchscript",):
+            if key in self.meta:
+                _plain(self.name, key, self.meta[key])
+        return self
+
+
+def _plain(style: str, field_name: str, value: Any) -> str:
+    if not is_plain_name(value):
+        raise RegistryError(f"style {style!r}: model.json {field_name} {value!r} must be a plain file "
+                            "name inside the style's folder (no '/', '\\', '..' or absolute path)")
+    return value
 
 
 def _read(entry: Path, attempts: int = 5) -> Style | None:
@@ -133,7 +158,7 @@ def get_style(name: str, directory: str | Path | None = None) -> Style:
     if style is None:
         known = ", ".join(s.name for s in list_styles(root)) or "none"
         raise RegistryError(f"unknown style {name!r} in {root} (available: {known})")
-    return style
+    return style.check_files()
 
 
 # -- writing: versions and the atomic swap -------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from raystyle.config import Config, load_config
@@ -171,3 +173,28 @@ def arbitrary_style(sample_data, tmp_path_factory):
     with one_torch_thread():
         return export_style(out, "anystyle", models_dir=tmp_path_factory.mktemp("adain_models"),
                             precisions=("fp32", "int8"), overrides=["export.int8_min_psnr_db=20"])
+
+
+@pytest.fixture(scope="session")
+def identity_models(tmp_path_factory) -> Path:
+    """A registry with style 'ident': one Identity node (frames come out as they went in)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "ident").mkdir()
+    shape = ["b", 3, "h", "w"]
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["stylized"])], "ident",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(root / "ident" / "model.onnx"))
+    (root / "ident" / "model.json").write_text(json.dumps(
+        {"kind": "generator", "precisions": {"fp32": {"file": "model.onnx"}}}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def noise_photo() -> np.ndarray:
+    return (np.random.default_rng(0).random((200, 200, 3)) * 255).astype(np.uint8)

@@ -11,7 +11,9 @@ Outputs keep the input's relative path and name with the extension of the output
 They are written under a temporary name and renamed (object stores publish an object only
 once it is complete), so an interrupted job never leaves a half-written image that a rerun
 would take as done. A rerun does only the inputs without an output, failed ones included,
-and rewrites the manifest. Corrupt inputs become manifest rows; they never fail the job.
+and rewrites the manifest. Corrupt inputs become manifest rows; they never fail the job. What
+is read and where anything is written is raystyle.util.storage's decision: keys with ``..``,
+folder links and links leaving INPUT are manifest rows, never read; no output leaves OUTPUT.
 The input folder, the output folder and the styles registry must be reachable from every
 node that runs an actor (one machine, a shared filesystem, or s3:// / gs:// URIs).
 
@@ -37,11 +39,9 @@ Runtime and PIL load on use.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raystyle.batch.stages import BatchError, StylizeActor, read_bytes, resolve
-from raystyle.util.storage import TMP_SUFFIX, files_under, join, write_atomic
+from raystyle.util import storage
+from raystyle.util.storage import ContainmentError, join
 
 if TYPE_CHECKING:
     from raystyle.methods.nst import NSTOptions
@@ -123,10 +124,19 @@ class Plan:
     inputs: list[str]  # relative paths of every input image, sorted
     outputs: dict[str, tuple[str, str]]  # input -> (output relative path, format)
     todo: list[str]  # inputs without an output yet
+    # inputs that are not read (a key with a ".." part, a link leaving INPUT or to a folder)
+    # -> their manifest error line; storage.list_inside decides
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def refused_rows(self) -> list[dict[str, str]]:
+        return [{"path": rel, "error": error} for rel, error in self.refused.items()]
 
 
 def plan(input_uri: str, output_uri: str, fmt: str | None = None, videos: bool = True) -> Plan:
-    """List the input images (and videos) and the outputs that exist; removes stale temporary files."""
+    """List the input images (and videos) and the outputs that exist (raystyle.util.storage's
+    list_inside: keys with "..", folder links and links leaving INPUT are ``refused``, never
+    read); removes temporary files older than storage.STALE_TMP_S (younger ones may belong to
+    another run writing into the same OUTPUT)."""
     from pyarrow import fs as pafs
 
     from raystyle.data.images import IMAGE_SUFFIXES
@@ -149,13 +159,15 @@ def plan(input_uri: str, output_uri: str, fmt: str | None = None, videos: bool =
     nested = ""
     if in_fs.type_name == out_fs.type_name and out_root.startswith(in_root.rstrip("/") + "/"):
         nested = out_root[len(in_root.rstrip("/")) + 1:].rstrip("/") + "/"
-    inputs = sorted(rel for rel in files_under(in_fs, in_root)
-                    if os.path.splitext(rel)[1].lower() in suffixes
-                    and not (nested and rel.startswith(nested)))
+    listing = storage.list_inside(in_fs, in_root, suffixes)
+    inputs = [rel for rel in listing.files if not (nested and rel.startswith(nested))]
+    refused = {rel: error for rel, error in listing.refused.items()
+               if not (nested and (rel + "/").startswith(nested))}
     if not inputs:
         what = "images or videos" if videos else "images"
+        also = f"; {len(refused)} not read, e.g. {next(iter(refused.values()))!r}" if refused else ""
         raise BatchError(f"no {what} in {input_uri} (looked for {', '.join(sorted(suffixes))}, "
-                         "in subfolders too)")
+                         f"in subfolders too{also})")
     outputs: dict[str, tuple[str, str]] = {}
     claimed: dict[str, str] = {}
     for rel in inputs:
@@ -165,15 +177,12 @@ def plan(input_uri: str, output_uri: str, fmt: str | None = None, videos: bool =
                              "rename one of them")
         claimed[out] = rel
         outputs[rel] = (out, f)
-    existing = set()
-    for rel in files_under(out_fs, out_root):
-        if rel.endswith(TMP_SUFFIX):  # left by an interrupted run: never a finished image
-            with contextlib.suppress(OSError):
-                out_fs.delete_file(join(out_root, rel))
-        else:
-            existing.add(rel)
+    found = storage.list_inside(out_fs, out_root)
+    # temporary files left by a run that ended; younger ones may be another live run's
+    storage.remove_stale_temps(out_fs, out_root, found.temps)
+    existing = set(found.files)
     todo = [rel for rel in inputs if outputs[rel][0] not in existing]
-    return Plan(inputs, outputs, todo)
+    return Plan(inputs, outputs, todo, refused)
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -197,11 +206,17 @@ def _check_options(workers: int | None, cpus_per_worker: int, batch_size: int, s
         raise BatchError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
+def _refused_note(work: Plan) -> str:
+    if not work.refused:
+        return ""
+    return f"; {len(work.refused)} not read (keys or links that leave the folder: see the manifest)"
+
+
 def write_manifest(output_uri: str, errors: list[dict[str, str]]) -> str:
     filesystem, root = resolve(output_uri)
     lines = "".join(json.dumps({"path": e["path"], "error": e["error"]}) + "\n"
                     for e in sorted(errors, key=lambda e: e["path"]))
-    write_atomic(filesystem, join(root, MANIFEST), lines.encode())
+    storage.write_inside(filesystem, root, MANIFEST, lines.encode())
     return join(root, MANIFEST) if "://" not in output_uri else f"{output_uri.rstrip('/')}/{MANIFEST}"
 
 
@@ -277,7 +292,8 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
               style_images: Sequence[str | Path] | None = None,
               weights: Sequence[float] | None = None, alpha: float = 1.0,
               smooth: float | None = None, fps: float | None = None, chunk_frames: int | None = None,
-              crf: int = 18, echo: Callable[[str], None] | None = print) -> BatchResult:
+              crf: int = 18, max_frames: int | None = None, max_duration: float | None = None,
+              echo: Callable[[str], None] | None = print) -> BatchResult:
     """Stylize every image and video under ``input`` into ``output`` with Ray Data actor pools.
 
     ``workers`` actors (default: as many as the cluster's CPUs / GPUs allow) each hold one
@@ -287,7 +303,8 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
     the actors), blended by ``weights`` (default equal), at ``alpha``; a generator takes none.
     Videos (raystyle.batch.videos) are cut into chunks of ``chunk_frames`` frames, smoothed
     with ``smooth`` (default 0.6) and resampled to ``fps`` when given; one H.264 file each at
-    quality ``crf`` (0: lossless).
+    quality ``crf`` (0: lossless); one of more than ``max_frames`` frames or ``max_duration``
+    seconds is an error row (raystyle.infer.video.check_limits).
     """
     from raystyle import registry
     from raystyle.infer.video import (
@@ -296,6 +313,7 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
         VideoError,
         check_crf,
         check_fps,
+        check_limits,
         check_smooth,
     )
 
@@ -308,6 +326,7 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
         check_smooth(smooth)  # a bad --smooth, --fps or --crf fails here, before anything starts
         check_fps(fps)
         check_crf(crf)
+        check_limits(max_frames, max_duration)
     except VideoError as exc:
         raise BatchError(str(exc)) from None
     if chunk_frames is not None and chunk_frames < 1:
@@ -328,7 +347,8 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
     n_images = len(work.inputs) - n_videos
     what = " and ".join(f"{n} {kind}{'s' if n != 1 else ''}" for n, kind in
                         ((n_images, "image"), (n_videos, "video")) if n or kind == "image" and not n_videos)
-    say(f"[raystyle] {what} in {input}: {skipped} already done, {len(work.todo)} to do")
+    say(f"[raystyle] {what} in {input}: {skipped} already done, {len(work.todo)} to do"
+        + _refused_note(work))
     errors: list[dict[str, str]] = []
     seconds, stylized, frames = 0.0, 0, 0
     if work.todo:
@@ -354,9 +374,11 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
                 str(models.resolve()), workers=workers, cpus_per_worker=cpus_per_worker, gpu=gpu,
                 address=address, say=say, actor_kwargs={**actor_kwargs, "tile": VIDEO_TILE if tile is None else tile},
                 smooth=smooth, fps=fps,
-                max_side=max_side, chunk_frames=chunk_frames or DEFAULT_CHUNK, crf=crf)
+                max_side=max_side, chunk_frames=chunk_frames or DEFAULT_CHUNK, crf=crf,
+                max_frames=max_frames, max_duration=max_duration)
             rows, seconds = rows + video_rows, seconds + video_seconds
         stylized, errors = _reconcile(work, output, rows)
+    errors = work.refused_rows() + errors  # refused inputs: manifest rows too
     manifest = write_manifest(output, errors)
     result = BatchResult(len(work.inputs), skipped, stylized, errors, seconds, manifest, record, frames)
     say(f"[raystyle] {result.summary()}")
@@ -413,7 +435,7 @@ def _reconcile(work: Plan, output: str, rows: list[dict[str, Any]]
                ) -> tuple[int, list[dict[str, str]]]:
     """Outputs + error rows = inputs: an input the job lost becomes an error row too."""
     out_fs, out_root = resolve(output)
-    existing = set(files_under(out_fs, out_root))
+    existing = set(storage.list_inside(out_fs, out_root).files)
     by_path = {str(r["path"]): r for r in rows}
     errors, stylized = [], 0
     for rel in work.todo:
@@ -461,8 +483,8 @@ def nst_task(batch: dict[str, Any], *, input: str, output: str, style: Any,
                 net = FeatureNet(opts.features, layers["content"] + layers["style"],
                                  ray.get(features) if features is not None else None, seed=opts.seed)
             result, _ = run_nst(image, style, opts, features=net)
-            write_atomic(filesystem, join(root, out), encode(result, fmt))
-        except (BatchError, ImageError) as exc:  # their messages name the file already
+            storage.write_inside(filesystem, root, out, encode(result, fmt))
+        except (BatchError, ImageError, ContainmentError) as exc:  # their messages name the file
             error[i] = str(exc)
         except OSError as exc:
             error[i] = f"{rel}: cannot write {out} ({exc})"
@@ -493,7 +515,7 @@ def run_nst_batch(input: str | Path, output: str | Path, style_image: str | Path
     work = plan(input, output, fmt, videos=False)
     skipped = len(work.inputs) - len(work.todo)
     say(f"[raystyle] {len(work.inputs)} images in {input}: {skipped} already done, "
-        f"{len(work.todo)} to do")
+        f"{len(work.todo)} to do" + _refused_note(work))
     errors: list[dict[str, str]] = []
     seconds, stylized = 0.0, 0
     if work.todo:
@@ -506,6 +528,7 @@ def run_nst_batch(input: str | Path, output: str | Path, style_image: str | Path
                                          cpus_per_worker=cpus_per_worker, gpu=gpu,
                                          address=address, say=say)
         stylized, errors = _reconcile(work, output, rows)
+    errors = work.refused_rows() + errors  # refused inputs: manifest rows too
     manifest = write_manifest(output, errors)
     result = BatchResult(len(work.inputs), skipped, stylized, errors, seconds, manifest)
     say(f"[raystyle] {result.summary()}")

@@ -8,7 +8,6 @@ from typing import Any
 
 from raystyle.errors import RaystyleError
 from raystyle.util import storage
-from raystyle.util.storage import join, write_atomic
 
 
 class BatchError(RaystyleError):
@@ -34,10 +33,13 @@ def read_bytes(batch: dict[str, Any], root: str) -> dict[str, Any]:
     filesystem, base = resolve(root)
     data, errors = [], []
     for rel in batch["path"]:
-        try:
-            with filesystem.open_input_file(join(base, str(rel))) as f:
+        try:  # checked again here: a link made since the listing is still refused
+            with storage.open_input(filesystem, base, str(rel)) as f:
                 data.append(f.read())
             errors.append("")
+        except storage.ContainmentError as exc:
+            data.append(b"")
+            errors.append(f"{rel}: not read ({exc})")
         except OSError as exc:
             data.append(b"")
             errors.append(f"{rel}: cannot read ({exc})")
@@ -103,8 +105,8 @@ class StylizeActor:
         for i, image in results.items():
             start = time.perf_counter()
             out, fmt = str(batch["output"][i]), str(batch["format"][i])
-            try:
-                write_atomic(self.fs, join(self.root, out), encode(image, fmt), self.made_dirs)
+            try:  # ContainmentError (a ValueError): the output would leave OUTPUT
+                storage.write_inside(self.fs, self.root, out, encode(image, fmt), self.made_dirs)
             except (OSError, ValueError) as exc:
                 error[i] = f"{paths[i]}: cannot write {out} ({exc})"
             ms[i] += (time.perf_counter() - start) * 1000

@@ -13,7 +13,11 @@ stylized and dropped; counted in input frames, so ``--fps`` above the input's ra
 shorten it), so the history at the chunk's first frame matches one sequential pass to within
 ``smooth ** warmup`` (1 %; the warm-up is capped at 32 frames, so above ``--smooth`` 0.87 a
 little more): no seam at chunk borders. A video whose chunk fails is
-an error row (its partial file is removed); the other videos still finish.
+an error row (its partial file is removed); the other videos still finish. So is one refused
+while it is probed (raystyle.infer.video: not an allowed container or codec, over the frame or
+duration caps; checked before its frame plan is made) and one whose frames grow past the pixel
+cap mid-stream (the chunk that meets the frame fails). A chunk holds at most ``chunk_frames``
+frames and at most ``chunk_budget()`` bytes of them (RAYSTYLE_CHUNK_MB, 512 MiB).
 """
 
 from __future__ import annotations
@@ -37,15 +41,18 @@ from raystyle.infer.video import (
     VideoError,
     VideoInfo,
     VideoWriter,
+    check_limits,
     plan_frames,
     probe,
     stylized_frames,
-    temp_path,
     warmup_frames,
 )
-from raystyle.util.storage import join
+from raystyle.util import storage
 
 DEFAULT_CHUNK = 48  # frames per chunk (2 s at 24 fps); warm-up adds smooth-dependent frames to each
+# and at most this many bytes of output frames per chunk (RAYSTYLE_CHUNK_MB): 48 frames of 1080p
+# (300 MB) fit, 4K chunks are cut to 21 frames, a 100 MP clip runs one frame per chunk
+DEFAULT_CHUNK_MB = 512
 
 
 @dataclass(frozen=True)
@@ -59,17 +66,35 @@ class VideoJob:
 
 
 def _source(root: str, rel: str):
-    """A path for local files (FFmpeg reads them itself), else a seekable pyarrow file."""
+    """A path for local files (FFmpeg reads them itself), else a seekable pyarrow file; checked
+    by raystyle.util.storage (ContainmentError: a ".." key, a link leaving INPUT)."""
     filesystem, base = resolve(root)
-    path = join(base, rel)
-    if filesystem.type_name == "local":
-        return path
-    return filesystem.open_input_file(path)
+    if storage.is_local(filesystem):
+        return storage.input_path(filesystem, base, rel)
+    return storage.open_input(filesystem, base, rel)
 
 
 def chunk_bounds(frames: int, size: int) -> list[tuple[int, int]]:
     """[0, frames) in chunks of ``size`` frames (the last may be shorter)."""
     return [(s, min(frames, s + size)) for s in range(0, frames, size)]
+
+
+def chunk_budget() -> int:
+    """Bytes of output frames one chunk may hold: RAYSTYLE_CHUNK_MB (default 512) MiB."""
+    text = os.environ.get("RAYSTYLE_CHUNK_MB", "").strip()
+    try:
+        mb = float(text) if text else DEFAULT_CHUNK_MB
+    except ValueError:
+        mb = -1.0
+    if not (mb > 0 and mb < 2**40):
+        raise BatchError(f"RAYSTYLE_CHUNK_MB must be a number of MiB above 0, got {text!r}")
+    return int(mb * 2**20)
+
+
+def chunk_size(plan: FramePlan, frames: int, budget: int) -> int:
+    """Frames per chunk of ``plan``: ``frames``, fewer where they would pass ``budget`` bytes (at
+    least one: a frame itself is within the pixel cap)."""
+    return max(1, min(frames, budget // (plan.width * plan.height * 3)))
 
 
 class VideoChunkActor(StylizeActor):
@@ -95,13 +120,21 @@ class VideoChunkActor(StylizeActor):
             try:
                 info, plan = self.jobs[rel]
                 source = _source(self.input, rel)
-                frames = [f for _, f in stylized_frames(source, info, plan, self._run, smooth=self.smooth,
-                                                        start=start, stop=stop, warmup=self.warmup,
-                                                        batch=self.frames_batch)]
-                if len(frames) != stop - start:
-                    raise VideoError(f"{rel}: frames {start}-{stop - 1}: got {len(frames)}")
-                stack = np.stack(frames)
+                # one array of the chunk's frames, filled as they come (no list of copies)
+                stack = np.empty((stop - start, plan.height, plan.width, 3), np.uint8)
+                got = 0
+                for _, frame in stylized_frames(source, info, plan, self._run, smooth=self.smooth,
+                                                start=start, stop=stop, warmup=self.warmup,
+                                                batch=self.frames_batch):
+                    if got >= len(stack) or frame.shape != stack.shape[1:]:
+                        raise VideoError(f"{rel}: frames {start}-{stop - 1}: frame {start + got} is "
+                                         f"{frame.shape}, {stack.shape[1:]} planned")
+                    stack[got] = frame
+                    got += 1
+                if got != stop - start:
+                    raise VideoError(f"{rel}: frames {start}-{stop - 1}: got {got}")
                 data, shape = stack.tobytes(), list(stack.shape)
+                del stack
             except VideoError as exc:
                 error = str(exc)
             except Exception as exc:  # the manifest gets it; other videos go on
@@ -119,45 +152,58 @@ class VideoChunkActor(StylizeActor):
 
 
 def prepare(videos: list[str], outputs: dict[str, str], input: str, *, max_side: int | None,
-            fps: float | None) -> tuple[list[VideoJob], list[dict[str, Any]]]:
-    """Probe and plan every video on the driver -> (jobs, error rows for the bad ones)."""
+            fps: float | None, max_frames: int | None = None,
+            max_duration: float | None = None) -> tuple[list[VideoJob], list[dict[str, Any]]]:
+    """Probe and plan every video on the driver -> (jobs, error rows for the bad ones: also one
+    over ``max_frames`` / ``max_duration``, refused before its plan is made)."""
     jobs, rows = [], []
     for rel in videos:
         source = None
         try:
             source = _source(input, rel)
-            info = probe(source, name=rel)
+            info = probe(source, name=rel, max_frames=max_frames, max_duration=max_duration)
             jobs.append(VideoJob(rel, outputs[rel], info, plan_frames(info, max_side, fps)))
         except VideoError as exc:
             rows.append({"path": rel, "status": "error", "error": str(exc)})
         except OSError as exc:
             rows.append({"path": rel, "status": "error", "error": f"{rel}: cannot read ({exc})"})
+        except storage.ContainmentError as exc:
+            rows.append({"path": rel, "status": "error", "error": f"{rel}: not read ({exc})"})
+        except Exception as exc:  # MemoryError, a PyAV surprise: this video's row, the batch goes on
+            rows.append({"path": rel, "status": "error",
+                         "error": f"{rel}: cannot read as a video ({type(exc).__name__}: {exc})"})
         finally:
             if source is not None and hasattr(source, "close"):
-                source.close()
+                with contextlib.suppress(Exception):
+                    source.close()
     return jobs, rows
 
 
-class _Output:
-    """One video's output while its chunks come in: a temporary local file, published whole."""
+class VideoOutput:
+    """One video's output while its chunks come in: a temporary local file, published whole
+    (locally an exclusive temporary name beside it, renamed; remotely uploaded to a temporary
+    key and moved to its name once complete: raystyle.util.storage.put_file)."""
 
     def __init__(self, job: VideoJob, input: str, output: str, crf: int):
         self.job = job
         self.fs, root = resolve(output)
-        self.dest = join(root, job.output)
-        self.local = self.fs.type_name == "local"
+        self.dest = storage.output_path(self.fs, root, job.output)  # inside OUTPUT, folder made
+        self.local = storage.is_local(self.fs)
         if self.local:
-            Path(self.dest).parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = temp_path(Path(self.dest))
+            fd, self.tmp = storage.create_temp(self.dest)  # O_EXCL: no planted link followed
+            os.close(fd)
         else:
             self.tmp = Path(tempfile.mkdtemp(prefix="raystyle-video-")) / Path(job.output).name
         fmt = OUTPUT_FORMATS[Path(job.output).suffix.lower()]
-        self.audio = _source(input, job.rel) if job.info.audio else None
+        self.audio = None
         try:
+            self.audio = _source(input, job.rel) if job.info.audio else None
             self.writer = VideoWriter(self.tmp, job.plan, fmt, audio=self.audio, crf=crf, name=job.output)
         except BaseException:
             self._close_audio()
-            if not self.local:
+            if self.local:
+                self.tmp.unlink(missing_ok=True)
+            else:
                 shutil.rmtree(self.tmp.parent, ignore_errors=True)
             raise
         self.next = 0  # the next output frame expected
@@ -179,17 +225,10 @@ class _Output:
         if self.local:
             os.replace(self.tmp, self.dest)
             return
-        from raystyle.util.storage import is_atomic_store
-
-        target = self.dest if is_atomic_store(self.fs) else f"{self.dest}.tmp"
-        parent = self.dest.rpartition("/")[0]
-        if parent:
-            self.fs.create_dir(parent, recursive=True)
-        with open(self.tmp, "rb") as src, self.fs.open_output_stream(target) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        if target != self.dest:
-            self.fs.move(target, self.dest)
-        shutil.rmtree(self.tmp.parent, ignore_errors=True)
+        try:  # a temporary key, moved to the final name only once the upload is complete
+            storage.put_file(self.fs, self.dest, self.tmp)
+        finally:
+            shutil.rmtree(self.tmp.parent, ignore_errors=True)
 
     def abort(self) -> None:
         self.writer.abort()
@@ -209,9 +248,12 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
                models: str, *, workers: int | None, cpus_per_worker: int, gpu: bool,
                address: str | None, say: Callable[[str], None], actor_kwargs: dict[str, Any],
                smooth: float, fps: float | None, max_side: int | None,
-               chunk_frames: int = DEFAULT_CHUNK, crf: int = 18) -> tuple[list[dict[str, Any]], float, int]:
+               chunk_frames: int = DEFAULT_CHUNK, crf: int = 18, max_frames: int | None = None,
+               max_duration: float | None = None) -> tuple[list[dict[str, Any]], float, int]:
     """Stylize ``videos`` (relative paths under ``input``) -> (rows {path, status, error}, seconds,
-    frames written). Probing happens first, on the driver: bad videos are rows, never failures."""
+    frames written). Probing happens first, on the driver: bad videos are rows, never failures
+    (over ``max_frames`` / ``max_duration`` too: raystyle.infer.video.check_limits). A chunk
+    holds up to ``chunk_frames`` frames and up to ``chunk_budget()`` bytes of them."""
     import ray
     import ray.data
 
@@ -219,11 +261,18 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
 
     if chunk_frames < 1:
         raise BatchError(f"--chunk-frames must be at least 1, got {chunk_frames}")
-    jobs, rows = prepare(videos, outputs, input, max_side=max_side, fps=fps)
+    budget = chunk_budget()
+    try:
+        check_limits(max_frames, max_duration)
+    except VideoError as exc:
+        raise BatchError(str(exc)) from None
+    jobs, rows = prepare(videos, outputs, input, max_side=max_side, fps=fps, max_frames=max_frames,
+                         max_duration=max_duration)
     if not jobs:
         return rows, 0.0, 0
     warmup = warmup_frames(smooth)
-    chunks = [{"path": j.rel, "start": s, "stop": e} for j in jobs for s, e in chunk_bounds(j.plan.frames, chunk_frames)]
+    sizes = {j.rel: chunk_size(j.plan, chunk_frames, budget) for j in jobs}
+    chunks = [{"path": j.rel, "start": s, "stop": e} for j in jobs for s, e in chunk_bounds(j.plan.frames, sizes[j.rel])]
     connect(address)
     from raystyle.cluster import (  # Ray loads on use: the CLI imports this module
         actor_pool,
@@ -232,7 +281,7 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
 
     workers = min(actor_pool(workers, cpus_per_worker, gpu), len(chunks))
     total = sum(j.plan.frames for j in jobs)
-    say(f"[raystyle] {len(jobs)} video(s), {total} frames in {len(chunks)} chunks of up to {chunk_frames} "
+    say(f"[raystyle] {len(jobs)} video(s), {total} frames in {len(chunks)} chunks of up to {max(sizes.values())} "
         f"(+{warmup} warm-up) frames; {workers} worker(s) x {cpus_per_worker} CPU"
         + (" + 1 GPU" if gpu else "") + f"; smoothing {smooth:g}")
     by_rel = {j.rel: j for j in jobs}
@@ -240,7 +289,7 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
     kept = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # chunks come back in order: written as they come
     start = time.perf_counter()
-    current: _Output | None = None
+    current: VideoOutput | None = None
     failed: dict[str, str] = {}
     written = 0
     try:
@@ -269,7 +318,7 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
                     if current is not None:  # the previous video lost chunks: should not happen
                         current.abort()
                         failed[current.job.rel] = f"{current.job.rel}: chunks missing"
-                    current = _Output(job, input, output, crf)
+                    current = VideoOutput(job, input, output, crf)
                 shape = [int(x) for x in row["shape"]]
                 current.add(int(row["start"]), np.frombuffer(row["frames"], np.uint8).reshape(shape))
                 if current.done:
@@ -281,7 +330,7 @@ def run_videos(videos: list[str], outputs: dict[str, str], input: str, output: s
                         f"{written / elapsed:.2f} frames/s so far")
                     rows.append({"path": rel, "status": "ok", "error": ""})
                     current = None
-            except (VideoError, OSError) as exc:
+            except (VideoError, OSError, storage.ContainmentError) as exc:
                 if current is not None and current.job.rel == rel:
                     current.abort()
                     current = None

@@ -67,6 +67,12 @@ def add_parser(sub) -> None:
                    help="videos: frames per Ray Data chunk (default 48; each adds a few warm-up frames)")
     p.add_argument("--crf", type=int, default=18, metavar="Q",
                    help="videos: H.264 quality, 0 (lossless) to 51 (default 18)")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="videos: one of more than N frames, input or output, is an error row "
+                   "(default 360000; env RAYSTYLE_MAX_FRAMES)")
+    p.add_argument("--max-duration", type=float, metavar="S",
+                   help="videos: one whose frames span more than S seconds is an error row "
+                   "(default 14400; env RAYSTYLE_MAX_DURATION)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
     add_verbose_arg(p)
     add_options(p.add_argument_group("style transfer (--nst)"), suppress=True)
@@ -80,7 +86,8 @@ def _nst_args(args: argparse.Namespace) -> NSTOptions:
         ("--tile", args.tile, None), ("--batch-size", args.batch_size, 8),
         ("--style-image", args.style_images, None), ("--weights", args.weights, None),
         ("--alpha", args.alpha, 1.0), ("--smooth", args.smooth, None), ("--fps", args.fps, None),
-        ("--chunk-frames", args.chunk_frames, None), ("--crf", args.crf, 18)) if value != default]
+        ("--chunk-frames", args.chunk_frames, None), ("--crf", args.crf, 18),
+        ("--max-frames", args.max_frames, None), ("--max-duration", args.max_duration, None)) if value != default]
     if ignored:
         raise BatchError(f"{', '.join(ignored)} only apply with --style; --nst takes --size, "
                          "--steps and the other style-transfer options")
@@ -105,7 +112,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                        max_side=args.max_side, fmt=args.format, batch_size=args.batch_size,
                        tile=args.tile, address=args.address, style_images=args.style_images,
                        weights=parse_weights(args.weights), alpha=args.alpha, smooth=args.smooth,
-                       fps=args.fps, chunk_frames=args.chunk_frames, crf=args.crf)
+                       fps=args.fps, chunk_frames=args.chunk_frames, crf=args.crf,
+                       max_frames=args.max_frames, max_duration=args.max_duration)
     del result  # failed inputs are listed in the manifest; they do not fail the job
     return 0
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -99,14 +98,11 @@ def add_parser(sub) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Write under a temporary name and rename: never a half-written image at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write under a fresh temporary name, created exclusively, and rename: never a half-written
+    image at ``path``, never a link planted at the temporary name followed."""
+    from raystyle.util.storage import write_local_atomic
+
+    write_local_atomic(path, lambda f: f.write(data))
 
 
 def cmd_nst(args: argparse.Namespace) -> int:

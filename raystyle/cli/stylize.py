@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from raystyle.errors import RaystyleError
+
 
 def add_parser(sub) -> None:
     """Register `raystyle stylize` on an argparse subparsers object."""
@@ -41,6 +43,12 @@ def add_parser(sub) -> None:
                    help="videos: frames per ONNX Runtime call (default 1; more can pay on a GPU)")
     p.add_argument("--crf", type=int, default=18, metavar="Q",
                    help="videos: H.264 quality, 0 (lossless) to 51 (default 18)")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="videos: refuse one of more than N frames, input or output (default 360000; "
+                   "env RAYSTYLE_MAX_FRAMES)")
+    p.add_argument("--max-duration", type=float, metavar="S",
+                   help="videos: refuse one whose frames span more than S seconds (default 14400; "
+                   "env RAYSTYLE_MAX_DURATION)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     p.add_argument("--format", choices=["png", "jpeg", "webp"],
@@ -50,9 +58,14 @@ def add_parser(sub) -> None:
 
 
 def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
-    """(input, relative output stem) for files, folders (recursive: images and videos) and '-'."""
+    """(input, relative output stem) for files, folders (recursive: images and videos) and '-'.
+    A folder is listed by raystyle.util.storage.list_inside: folder links are not followed and
+    links to files outside the folder are not read (a warning line each)."""
+    from pyarrow import fs as pafs
+
     from raystyle.data.images import IMAGE_SUFFIXES
     from raystyle.infer.video import VIDEO_SUFFIXES
+    from raystyle.util.storage import list_inside
 
     out: list[tuple[str, Path | None]] = []
     for item in inputs:
@@ -60,8 +73,10 @@ def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
         if item == "-":
             out.append(("-", None))
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-            out += [(str(p), p.relative_to(path)) for p in files]
+            listing = list_inside(pafs.LocalFileSystem(), str(path.absolute()), IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            for error in listing.refused.values():
+                print(f"raystyle: warning: {path}/{error}", file=sys.stderr)
+            out += [(str(path / rel), Path(rel)) for rel in listing.files]
         else:
             out.append((item, Path(path.name)))
     return out
@@ -79,20 +94,20 @@ def _frames_fn(args: argparse.Namespace):
         from raystyle.infer.arbitrary import ArbitraryStylizer, parse_weights
 
         if not args.style_images:
-            raise ValueError(f"style {args.style!r} is an arbitrary style: give --style-image PAINTING")
+            raise RaystyleError(f"style {args.style!r} is an arbitrary style: give --style-image PAINTING")
         stylizer = ArbitraryStylizer(args.style, models_dir=args.models_dir, precision=args.precision,
                                      provider=args.provider, tile=1024 if args.tile is None else args.tile)
         weights = parse_weights(args.weights)
         try:  # the paintings are read and encoded once, for every input (a bad one fails here)
             stats = stylizer.blend([Path(p) for p in args.style_images], weights)
         except (ImageError, OSError) as exc:
-            raise ValueError(f"style image: {exc}") from None
+            raise RaystyleError(f"style image: {exc}") from None
 
         def run(images, **kw):
             return stylizer.stylize_batch(images, styles=[stats] * len(images), alpha=args.alpha, **kw)
         return run
     if args.style_images or args.weights or args.alpha != 1.0:
-        raise ValueError(f"--style-image, --weights and --alpha are for arbitrary styles; "
+        raise RaystyleError(f"--style-image, --weights and --alpha are for arbitrary styles; "
                          f"{args.style!r} is a {style.kind} style")
     return Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
                     provider=args.provider, tile=1024 if args.tile is None else args.tile).stylize_batch
@@ -108,34 +123,38 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         is_video,
     )
     from raystyle.infer.video import output_name as video_output_name
+    from raystyle.util.storage import write_local_atomic
 
     items = _expand_inputs(args.inputs)
     if not items:
-        raise ValueError("no input images or videos found")
+        raise RaystyleError("no input images or videos found")
     videos = [src for src, _ in items if src != "-" and is_video(src)]
     if not videos and (args.smooth is not None or args.fps is not None):
-        raise ValueError("--smooth and --fps are for videos; no input is a video")
+        raise RaystyleError("--smooth and --fps are for videos; no input is a video")
+    if not videos and (args.max_frames is not None or args.max_duration is not None):
+        raise RaystyleError("--max-frames and --max-duration are for videos; no input is a video")
     if args.smooth is not None:
         from raystyle.infer.video import check_smooth
 
         check_smooth(args.smooth)  # a bad value fails before the style is loaded
     if videos:
-        from raystyle.infer.video import check_crf, check_fps
+        from raystyle.infer.video import check_crf, check_fps, check_limits
 
         check_crf(args.crf)
         check_fps(args.fps)  # once, not once per video
+        check_limits(args.max_frames, args.max_duration)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise RaystyleError(f"--batch-size must be at least 1, got {args.batch_size}")
     to_stdout = args.output == "-"
     out = Path(args.output)
     if to_stdout and (len(items) != 1 or videos):
-        raise ValueError("-o - (stdout) takes exactly one input image")
+        raise RaystyleError("-o - (stdout) takes exactly one input image")
     suffix = out.suffix.lower()
     single_file = len(items) == 1 and (suffix.lstrip(".") in ENCODE_FORMATS or suffix in OUTPUT_FORMATS)
     if videos and suffix in VIDEO_SUFFIXES and suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"-o {out}: a video is written as .mp4, .mov or .mkv (H.264)")
+        raise RaystyleError(f"-o {out}: a video is written as .mp4, .mov or .mkv (H.264)")
     if single_file and bool(videos) != (suffix in OUTPUT_FORMATS):
-        raise ValueError(f"-o {out}: " + ("a video is written as .mp4, .mov or .mkv" if videos else
+        raise RaystyleError(f"-o {out}: " + ("a video is written as .mp4, .mov or .mkv" if videos else
                                           "an image is written as .png, .jpg or .webp"))
     def image_dest(rel: Path | None) -> tuple[str, Path | None]:
         suffix = rel.suffix.lower().lstrip(".") if rel is not None else ""
@@ -147,7 +166,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         for src, rel in items:
             dest = out / video_output_name(rel.as_posix()) if src in videos else image_dest(rel)[1]
             if dest in seen:
-                raise ValueError(f"{seen[dest]} and {src} would both be written to {dest}")
+                raise RaystyleError(f"{seen[dest]} and {src} would both be written to {dest}")
             seen[dest] = src
     run = _frames_fn(args)
     options = dict(strength=args.strength, preserve_color=args.preserve_color)
@@ -191,8 +210,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(payload)
             sys.stdout.buffer.flush()
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(payload)
+        write_local_atomic(dest, lambda f, data=payload: f.write(data))  # exclusive temp + rename
         h, w = result.shape[:2]
         if args.json:
             print(json.dumps({"input": src, "output": str(dest), "width": w, "height": h,
@@ -217,6 +235,7 @@ def _stylize_video(args: argparse.Namespace, src: str, dest: Path, run):
     try:
         return stylize_video(src, dest, run, smooth=DEFAULT_SMOOTH if args.smooth is None else args.smooth,
                              max_side=args.max_side, fps=args.fps, batch=args.batch_size, crf=args.crf,
+                             max_frames=args.max_frames, max_duration=args.max_duration,
                              on_start=start, progress=lambda n: bars[0].update(n))
     finally:
         for bar in bars:

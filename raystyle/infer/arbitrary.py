@@ -177,8 +177,8 @@ class ArbitraryStylizer:
         if entry is None:
             raise registry.RegistryError(f"style {st.name!r} has no {precision} model "
                                          f"(exported: {', '.join(st.precisions)})")
-        self.encoder = make_session(st.version_dir / entry["encoder"], self.provider, self.threads, spin=self.spin)
-        self.decoder = make_session(st.version_dir / entry["decoder"], self.provider, self.threads, spin=self.spin)
+        self.encoder = make_session(st.file(precision, "encoder"), self.provider, self.threads, spin=self.spin)
+        self.decoder = make_session(st.file(precision, "decoder"), self.provider, self.threads, spin=self.spin)
         self.style, self.name = st, st.name
 
     # -- style statistics ---------------------------------------------------------------------

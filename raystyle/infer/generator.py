@@ -115,7 +115,7 @@ class Stylizer:
             self.halo = int(tiling["halo"])
             self.layout = [(int(c), int(s)) for c, s in tiling.get("norms", [])]
         if "tile" in entry and "sums" in entry and tiling is not None:
-            self.tiling_sessions = tuple(make_session(st.version_dir / entry[k], self.provider, self.threads,
+            self.tiling_sessions = tuple(make_session(st.file(precision, k), self.provider, self.threads,
                                               low_memory=True, spin=self.spin) for k in ("tile", "stats", "sums"))
         elif "tile" in entry:
             self._legacy_tiling = True  # exported before exact tiling: no sums graph / halo

@@ -26,12 +26,25 @@ No torch, no Ray: the CLI (``raystyle stylize clip.mp4``) and the Ray Data chunk
 
 Bad input (not a video, truncated or damaged data, a codec FFmpeg cannot decode, no frames,
 frames over the pixel cap) raises ``VideoError`` with one line naming the file.
+
+A video is opened as data, never as a URL or a playlist: local paths are made absolute (a
+file named ``http:host:port.mp4`` is a file), FFmpeg may use its ``file`` protocol only,
+only the demuxers of ``CONTAINERS`` (MP4/MOV/M4V, Matroska/WebM, AVI: never concat, HLS, SDP,
+image2, ... that would read other files or the network) and only the decoders of
+``VIDEO_CODECS`` (audio: ``AUDIO_CODECS``; another audio codec is left out). The caps hold
+for every frame: the pixel cap (``RAYSTYLE_MAX_PIXELS``) on each decoded frame (the decoder
+itself refuses far larger ones before allocating them), the frame count and the duration
+(``RAYSTYLE_MAX_FRAMES``, ``RAYSTYLE_MAX_DURATION``) before any frame plan is built, so a
+timestamp gap cannot make a plan of billions of frames; frames waiting for the stylizer are
+held within ``BUFFER_BYTES``.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
+import functools
 import math
 import os
 import time
@@ -50,6 +63,18 @@ from raystyle.data.images import DEFAULT_MAX_PIXELS
 from raystyle.errors import RaystyleError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+# What is read as a video: FFmpeg demuxers (``mov`` reads .mp4/.mov/.m4v, ``matroska`` .mkv
+# and .webm) and codecs by their canonical names; anything else is refused before decoding.
+CONTAINERS = ("mov", "matroska", "avi")
+_CONTAINER_NAMES = "MP4/MOV/M4V, Matroska/WebM or AVI"
+VIDEO_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg1video", "mpeg2video",
+                          "mjpeg", "prores", "dnxhd", "theora", "h263", "msmpeg4v2", "msmpeg4v3", "ffv1"})
+AUDIO_CODECS = frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "opus", "vorbis", "flac", "alac",
+                          "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be",
+                          "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_u8", "pcm_alaw", "pcm_mulaw"})
+DEFAULT_MAX_FRAMES = 360_000  # 4 hours at 25 fps (RAYSTYLE_MAX_FRAMES, --max-frames)
+DEFAULT_MAX_DURATION = 4 * 3600.0  # seconds of video (RAYSTYLE_MAX_DURATION, --max-duration)
+BUFFER_BYTES = 256 << 20  # decoded frames waiting for one stylizer call (--batch-size), at most
 OUTPUT_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}  # H.264 in these
 # Audio codecs each output container takes as they are (others are transcoded to AAC).
 COPY_AUDIO: dict[str, frozenset[str] | None] = {
@@ -71,6 +96,34 @@ FrameFn = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 class VideoError(RaystyleError):
     """A file is not a usable video, or bad video options; the message says which and why."""
+
+
+def _env_limit(var: str, default: float, kind: type) -> float:
+    text = os.environ.get(var)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise VideoError(f"{var} must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise VideoError(f"{var} must be above 0, got {text!r}")
+    return value
+
+
+def check_limits(max_frames: int | None = None, max_duration: float | None = None) -> tuple[int, float]:
+    """(frames, seconds): the caps on a video's frame count and duration, as given (--max-frames,
+    --max-duration), else RAYSTYLE_MAX_FRAMES / RAYSTYLE_MAX_DURATION, else 360,000 frames and
+    4 hours. VideoError (one line) for values that are not above 0."""
+    if max_frames is None:
+        max_frames = int(_env_limit("RAYSTYLE_MAX_FRAMES", DEFAULT_MAX_FRAMES, int))
+    elif max_frames < 1:
+        raise VideoError(f"--max-frames must be at least 1, got {max_frames}")
+    if max_duration is None:
+        max_duration = float(_env_limit("RAYSTYLE_MAX_DURATION", DEFAULT_MAX_DURATION, float))
+    elif not (math.isfinite(max_duration) and max_duration > 0):
+        raise VideoError(f"--max-duration must be above 0 seconds, got {max_duration:g}")
+    return int(max_frames), float(max_duration)
 
 
 def is_video(path: str | Path) -> bool:
@@ -106,7 +159,10 @@ class VideoInfo:
     rate: Fraction  # average frame rate
     seekable: bool  # every packet has a timestamp (else frames are counted from the start)
     codec: str
-    audio: str | None  # the first audio stream's codec, if any
+    audio: str | None  # the first audio stream's codec, if any (None too where not in AUDIO_CODECS)
+    container: str | None = None  # the demuxer that read it (CONTAINERS): every later open names it
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the cap each decoded frame is held to
+    max_frames: int = DEFAULT_MAX_FRAMES  # the cap on the frames of a plan (--fps)
 
     @property
     def frames(self) -> int:
@@ -128,9 +184,49 @@ class VideoInfo:
         return self.times()[-1] + 1.0 / float(self.rate)
 
 
-def _open(source: Source, name: str, mode: str = "r", **kw):
+def _canonical(codec: av.Codec) -> str:
+    """The codec's own name (h264, av1), not its decoder's (libdav1d)."""
+    return getattr(codec, "canonical_name", None) or codec.name
+
+
+@functools.cache
+def _decoders() -> str:
+    """FFmpeg's decoders of the allowed codecs (its codec_whitelist: the decoders it may open
+    while reading a file's header)."""
+    names = set()
+    for codec in av.codecs_available:
+        try:
+            found = av.Codec(codec, "r")
+        except Exception:  # an encoder only
+            continue
+        if _canonical(found) in VIDEO_CODECS | AUDIO_CODECS:
+            names.add(found.name)
+    return ",".join(sorted(names))
+
+
+def _read_options() -> dict[str, str]:
+    """FFmpeg options of every input open: the file protocol only (no http:, tcp:, ... even in a
+    name), the allowed demuxers and decoders only."""
+    return {"protocol_whitelist": "file", "format_whitelist": ",".join(CONTAINERS),
+            "codec_whitelist": _decoders()}
+
+
+def _target(source: Source) -> Any:
+    """What FFmpeg is given: an absolute path (``http:x.mp4`` stays a file name), or the file."""
+    if isinstance(source, (str, Path)):
+        return os.path.abspath(os.fspath(source))
+    return source
+
+
+def _open(source: Source, name: str, mode: str = "r", container: str | None = None, **kw):
+    """``av.open`` of a video to read (the allowlists of ``_read_options``, the demuxer
+    ``container`` when it is known) or of a file to write; VideoError (one line) otherwise."""
+    if mode == "r":
+        kw = {**kw, "container_options": _read_options()}
+        if container is not None:
+            kw["format"] = container
     try:
-        return av.open(str(source) if isinstance(source, Path) else source, mode, **kw)
+        opened = av.open(_target(source), mode, **kw)
     except FileNotFoundError:
         raise VideoError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -138,7 +234,15 @@ def _open(source: Source, name: str, mode: str = "r", **kw):
     except av.error.FFmpegError as exc:
         if mode != "r":
             raise VideoError(f"{name}: cannot write ({_why(exc)})") from None
+        if getattr(exc, "errno", None) == errno.EINVAL:  # format_whitelist: a playlist, concat, sdp, ...
+            raise VideoError(f"{name}: not a video, or damaged (not an {_CONTAINER_NAMES} file)") from None
         raise VideoError(f"{name}: not a video, or damaged ({_why(exc)})") from None
+    if mode == "r" and not set(opened.format.name.split(",")) & set(CONTAINERS):
+        opened.close()
+        raise VideoError(f"{name}: a {opened.format.name} file is not read as a video "
+                         f"(only {_CONTAINER_NAMES})")
+    return opened
+
 
 
 def _why(exc: BaseException) -> str:
@@ -152,12 +256,18 @@ def _rotation(frame: av.VideoFrame) -> int:
     return int(round(angle / 90.0)) % 4 * 90
 
 
-def probe(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> VideoInfo:
+def probe(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None, *,
+          max_frames: int | None = None, max_duration: float | None = None) -> VideoInfo:
     """Open ``source`` (a path or a seekable binary file), list its frames' timestamps from the
     packets and decode the first frame (so a codec FFmpeg cannot decode fails here, not later).
-    VideoError (one line) for anything that is not a readable video within ``max_pixels``."""
+    VideoError (one line) for anything that is not a readable video within ``max_pixels``,
+    ``max_frames`` and ``max_duration`` (None: ``check_limits``'s), checked before any frame
+    plan is made: the returned info carries the caps, and every decoded frame is held to
+    ``max_pixels``."""
     name = name or str(getattr(source, "name", source))
+    max_frames, max_duration = check_limits(max_frames, max_duration)
     with _open(source, name) as container:
+        fmt = next(f for f in CONTAINERS if f in container.format.name.split(","))  # _open checked
         if not container.streams.video:
             raise VideoError(f"{name}: no video stream")
         stream = container.streams.video[0]
@@ -165,6 +275,10 @@ def probe(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None
         codec = ctx.name if ctx is not None else "unknown"
         if ctx is None or codec == "none":
             raise VideoError(f"{name}: its video codec is not one FFmpeg can decode")
+        canonical = _canonical(ctx.codec)
+        if canonical not in VIDEO_CODECS:
+            raise VideoError(f"{name}: its video codec {canonical} is not one raystyle reads "
+                             f"({', '.join(sorted(VIDEO_CODECS))})")
         width, height = ctx.width, ctx.height
         if width * height > max_pixels:
             raise VideoError(f"{name}: {width}x{height} frames ({width * height:,} pixels) are over "
@@ -182,6 +296,9 @@ def probe(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None
                 stored += 1
                 if not getattr(packet, "is_discard", False):
                     stamps.append(packet.pts if packet.pts is not None else packet.dts)
+                    if len(stamps) > max_frames:
+                        raise VideoError(f"{name}: more than {max_frames:,} frames, over the limit "
+                                         "(--max-frames, RAYSTYLE_MAX_FRAMES)")
         except av.error.FFmpegError as exc:
             raise VideoError(f"{name}: damaged ({_why(exc)})") from None
         if not stamps:
@@ -205,22 +322,30 @@ def probe(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None
     if hasattr(source, "seek"):
         source.seek(0)
     rotation = 0
-    info = VideoInfo(name, width, height, 0, pts, Fraction(time_base), Fraction(rate), seekable, codec, audio)
+    caps = dict(container=fmt, max_pixels=max_pixels, max_frames=max_frames)
+    info = VideoInfo(name, width, height, 0, pts, Fraction(time_base), Fraction(rate), seekable, codec, audio,
+                     **caps)
+    seconds = info.duration  # a gap between two timestamps counts: --fps would fill it with frames
+    if not (math.isfinite(seconds) and seconds <= max_duration):
+        raise VideoError(f"{name}: its frames span {seconds:,.0f} s, over the {max_duration:,g}-second limit "
+                         "(--max-duration, RAYSTYLE_MAX_DURATION)")
     for _, frame in decode_frames(source, info, 0, 1, raw=True):
         rotation = _rotation(frame)
     if hasattr(source, "seek"):
         source.seek(0)
     return VideoInfo(name, width, height, rotation, pts, Fraction(time_base), Fraction(rate), seekable,
-                     codec, audio)
+                     codec, audio, **caps)
 
 
 def _audio_codec(container) -> str | None:
-    """The first audio stream's codec; None without one, or with one FFmpeg does not know
-    (that track is left out rather than failing the video)."""
+    """The first audio stream's codec; None without one, or with one FFmpeg does not know or
+    that is not in AUDIO_CODECS (that track is left out rather than failing the video)."""
     if not container.streams.audio:
         return None
     ctx = container.streams.audio[0].codec_context
-    return ctx.name if ctx is not None and ctx.name != "none" else None
+    if ctx is None or ctx.name == "none" or _canonical(ctx.codec) not in AUDIO_CODECS:
+        return None
+    return ctx.name
 
 
 def _declared_seconds(stream) -> tuple[float, bool] | None:
@@ -242,15 +367,22 @@ def decode_frames(source: Source, info: VideoInfo, first: int, last: int, raw: b
             wanted: Callable[[int], bool] | None = None) -> Iterator[tuple[int, Any]]:
     """(index, frame) of input frames ``first .. last - 1`` in order: decoding seeks to the
     keyframe before ``first``. ``convert`` makes the arrays (frames ``wanted`` refuses yield
-    None). A missing frame or a decoder error is a VideoError."""
+    None). A missing frame, a decoder error or a frame over ``info.max_pixels`` (a stream
+    may change its size after the header) is a VideoError."""
     index_of = {p: i for i, p in enumerate(info.pts)} if info.seekable else None
     expected = first
-    with _open(source, info.name) as container:
+    cap = info.max_pixels
+    with _open(source, info.name, container=info.container) as container:
         stream = container.streams.video[0]
+        if _canonical(stream.codec_context.codec) not in VIDEO_CODECS:  # the file changed since probe
+            raise VideoError(f"{info.name}: its video codec is not one raystyle reads")
         # slice threads only: with frame threads (AUTO/FRAME), closing a decoder mid-stream (a
         # chunk's end) deadlocks in avcodec_free_context on PyAV 14 once torchvision is imported
         # (PyAV-Org/PyAV#1849; the floors CI hung here). Slice threads decoded H.264 as fast.
         stream.thread_type = "SLICE"
+        # the decoder refuses to allocate a far larger picture (its check pads the width to
+        # the stride alignment, hence the slack); each frame is held to the exact cap below
+        stream.codec_context.options = {"max_pixels": str(min(2**31 - 1, 2 * cap + 64 * 4096))}
         try:
             if first > 0 and info.seekable:
                 container.seek(info.pts[first], stream=stream, backward=True)
@@ -262,6 +394,8 @@ def decode_frames(source: Source, info: VideoInfo, first: int, last: int, raw: b
                     i, counted = counted, counted + 1
                     if index_of is not None:  # a frame without a timestamp: take it as the next
                         i = expected
+                if frame.width * frame.height > cap:  # skipped frames too: the clip stops here
+                    raise _over_cap(info, expected if i is None else i, frame.width, frame.height)
                 if i is None or i < first:
                     continue
                 if i != expected:
@@ -275,9 +409,17 @@ def decode_frames(source: Source, info: VideoInfo, first: int, last: int, raw: b
                 if expected >= last:
                     return
         except av.error.FFmpegError as exc:
+            ctx = stream.codec_context  # the size a refused picture announced
+            if ctx.width * ctx.height > cap:
+                raise _over_cap(info, expected, ctx.width, ctx.height) from None
             raise VideoError(f"{info.name}: cannot decode frame {expected} ({_why(exc)})") from None
     if expected < last:
         raise VideoError(f"{info.name}: decoded {expected} of {info.frames} frames (truncated or damaged)")
+
+
+def _over_cap(info: VideoInfo, index: int, width: int, height: int) -> VideoError:
+    return VideoError(f"{info.name}: frame {index} is {width}x{height} ({width * height:,} pixels), over the "
+                      f"{info.max_pixels:,}-pixel limit (RAYSTYLE_MAX_PIXELS)")
 
 
 def frame_converter(info: VideoInfo, width: int, height: int) -> Callable[[av.VideoFrame], np.ndarray]:
@@ -324,9 +466,12 @@ def output_size(width: int, height: int, max_side: int | None = None) -> tuple[i
     return even(round(width * scale)), even(round(height * scale))
 
 
-def plan_frames(info: VideoInfo, max_side: int | None = None, fps: float | None = None) -> FramePlan:
+def plan_frames(info: VideoInfo, max_side: int | None = None, fps: float | None = None,
+                max_frames: int | None = None) -> FramePlan:
     """Every input frame with its own timestamp (``fps`` None: rate and duration kept exactly),
-    or frames at ``fps`` over the same duration, each showing the latest input frame by then."""
+    or frames at ``fps`` over the same duration, each showing the latest input frame by then.
+    A plan of more than ``max_frames`` (None: the cap ``probe`` was given) is refused before
+    it is built."""
     if max_side is not None and max_side < 16:
         raise VideoError(f"--max-side must be at least 16 for a video, got {max_side}")
     width, height = output_size(*info.size, max_side)
@@ -337,8 +482,14 @@ def plan_frames(info: VideoInfo, max_side: int | None = None, fps: float | None 
                          1 / info.rate, info.rate)
     check_fps(fps)
     rate = Fraction(fps).limit_denominator(1001)
+    cap = info.max_frames if max_frames is None else max_frames
+    seconds = info.duration
+    wanted = seconds * float(rate)  # counted before any list is made: a timestamp gap makes it huge
+    if not (math.isfinite(wanted) and round(wanted) <= cap):
+        raise VideoError(f"{info.name}: {seconds:,.0f} s at {fps:g} fps is {wanted:,.0f} frames, over the "
+                         f"{cap:,}-frame limit (--max-frames, RAYSTYLE_MAX_FRAMES)")
     times = info.times()
-    count = max(1, round(info.duration * rate))
+    count = max(1, round(seconds * rate))
     source = tuple(max(0, bisect.bisect_right(times, float(i / rate) + 1e-6) - 1) for i in range(count))
     start = float(info.pts[0] * info.time_base) if info.seekable else 0.0
     offset = round(start * rate)
@@ -519,9 +670,10 @@ def stylized_frames(source: Source, info: VideoInfo, plan: FramePlan, stylize: F
     k = first  # the next output index
     last: np.ndarray | None = None
     pending: list[tuple[int, np.ndarray]] = []
+    held = 0  # bytes of the pending frames: a batch is also cut at BUFFER_BYTES
 
     def flush() -> Iterator[tuple[int, np.ndarray]]:
-        nonlocal k, last
+        nonlocal k, last, held
         results = stylize([f for _, f in pending])
         if len(results) != len(pending):
             raise VideoError(f"the stylizer returned {len(results)} frames for {len(pending)}")
@@ -536,12 +688,14 @@ def stylized_frames(source: Source, info: VideoInfo, plan: FramePlan, stylize: F
                     yield k, last
                 k += 1
         pending.clear()
+        held = 0
 
     for si, frame in decode_frames(source, info, need[0], need[-1] + 1, convert=convert, wanted=wanted.__contains__):
         if frame is None:
             continue
         pending.append((si, frame))
-        if len(pending) >= batch:
+        held += frame.nbytes
+        if len(pending) >= batch or held >= BUFFER_BYTES:
             yield from flush()
     if pending:
         yield from flush()
@@ -553,7 +707,8 @@ class VideoWriter:
     interleaved by time (transcoded to AAC if the container cannot hold its codec)."""
 
     def __init__(self, path: str | Path, plan: FramePlan, fmt: str, audio: Source | None = None,
-                 crf: int = 18, preset: str = "medium", name: str | None = None):
+                 crf: int = 18, preset: str = "medium", name: str | None = None,
+                 audio_container: str | None = None):
         self.name = name or str(path)
         self.container = _open(path, self.name, "w", format=fmt)
         self.time_base = plan.time_base
@@ -564,7 +719,8 @@ class VideoWriter:
             stream.codec_context.time_base = plan.time_base  # else pts are rounded to 1/rate: VFR frames merge
             stream.options = {"crf": str(crf), "preset": preset}
             self.stream = stream
-            self.audio = _AudioCopy(self.container, audio, fmt, self.name) if audio is not None else None
+            self.audio = _AudioCopy(self.container, audio, fmt, self.name, audio_container) \
+                if audio is not None else None
         except BaseException:
             self.abort()
             raise
@@ -611,8 +767,8 @@ class _AudioCopy:
     """The input's first audio stream, muxed into ``out`` up to a given time (copied packets,
     or decoded and encoded as AAC when ``fmt`` cannot hold the codec)."""
 
-    def __init__(self, out, source: Source, fmt: str, name: str):
-        self.input = _open(source, name)
+    def __init__(self, out, source: Source, fmt: str, name: str, container: str | None = None):
+        self.input = _open(source, name, container=container)
         self.name = name
         if not self.input.streams.audio:
             self.input.close()
@@ -704,23 +860,27 @@ def temp_path(dest: Path) -> Path:
 
 def stylize_video(source: str | Path, dest: str | Path, stylize: FrameFn, *, smooth: float = DEFAULT_SMOOTH,
                   max_side: int | None = None, fps: float | None = None, batch: int = 1, crf: int = 18,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, on_start: Callable[[VideoInfo, FramePlan], None] | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int | None = None,
+                  max_duration: float | None = None, on_start: Callable[[VideoInfo, FramePlan], None] | None = None,
                   progress: Callable[[int], None] | None = None) -> VideoResult:
     """Stylize the video file ``source`` into ``dest`` (.mp4/.mov/.mkv) frame by frame, streaming.
     ``on_start(info, plan)`` is called once probed (a progress bar's total), ``progress(1)`` per
-    frame. The output appears at ``dest`` only when complete (written under a temporary name)."""
+    frame. The output appears at ``dest`` only when complete (written under a temporary name):
+    a frame over ``max_pixels`` stops the clip with nothing written. ``max_frames`` and
+    ``max_duration``: ``check_limits``."""
     began = time.perf_counter()
     dest = Path(dest)
     fmt = output_format(dest)
     check_smooth(smooth)  # before anything is opened
     check_crf(crf)
-    info = probe(source, max_pixels)
+    info = probe(source, max_pixels, max_frames=max_frames, max_duration=max_duration)
     plan = plan_frames(info, max_side, fps)
     if on_start is not None:
         on_start(info, plan)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
-    writer = VideoWriter(tmp, plan, fmt, audio=source if info.audio else None, crf=crf, name=str(dest))
+    writer = VideoWriter(tmp, plan, fmt, audio=source if info.audio else None, crf=crf, name=str(dest),
+                         audio_container=info.container)
     try:
         for i, frame in stylized_frames(source, info, plan, stylize, smooth=smooth, batch=batch):
             writer.write(frame, plan.pts[i])

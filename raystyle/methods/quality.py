@@ -41,6 +41,7 @@ from raystyle.data.datasets import augment, scan_domain
 from raystyle.data.images import ImageError, load_rgb
 from raystyle.errors import RaystyleError
 from raystyle.runlog import metric_order as order  # noqa: F401  (max or min, per metric)
+from raystyle.util.storage import write_local_atomic
 
 DATASET_INFO = "raystyle_dataset.json"
 MIN_ACCURACY = 0.85  # held-out accuracy below which the domain score is not reported
@@ -322,13 +323,9 @@ def get_classifier(train_a: Sequence[str], train_b: Sequence[str], held_a: Seque
         except Exception:  # an old or damaged cache file is retrained, not trusted
             path.unlink(missing_ok=True)
     clf = train_classifier(train_a, train_b, held_a, held_b, cfg, progress=progress)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(clf.state(), tmp)
-        os.replace(tmp, path)
+    try:  # a fresh temporary name, created exclusively, renamed
+        write_local_atomic(path, lambda f: torch.save(clf.state(), f))
     except OSError as exc:  # a read-only home on a cluster node: use it uncached
-        tmp.unlink(missing_ok=True)
         if progress:
             progress(f"domain classifier not cached ({exc.__class__.__name__}: {folder}); "
                      "set RAYSTYLE_CACHE to a writable folder")

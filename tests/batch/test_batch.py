@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from raystyle.batch.stages import BatchError
 from raystyle.cli.batch import add_parser, cmd_batch
 from raystyle.data.images import decode
 from raystyle.infer.generator import Stylizer
-from raystyle.util.storage import TMP_SUFFIX
+from raystyle.util.storage import STALE_TMP_S, TMP_SUFFIX
 
 BROKEN = "broken.png"
 
@@ -166,7 +168,10 @@ def test_stale_temporary_files_are_not_outputs(photos, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     Image.new("RGB", (8, 8)).save(out / "astronaut_0.png")
-    (out / f".coffee_0.png.1234abcd{TMP_SUFFIX}").write_bytes(b"half an image")
+    stale = out / f".coffee_0.png.1234abcd{TMP_SUFFIX}"
+    stale.write_bytes(b"half an image")
+    long_ago = time.time() - STALE_TMP_S - 60  # younger ones may be another live run's
+    os.utime(stale, (long_ago, long_ago))
     work = batch.plan(str(photos), str(out))
     assert "astronaut_0.png" not in work.todo and "coffee_0.png" in work.todo
     assert not list(out.glob(f"*{TMP_SUFFIX}"))  # removed, never taken for a finished image

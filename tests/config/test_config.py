@@ -96,7 +96,6 @@ def test_raystyle_home_moves_every_default_path(tmp_path):
 def test_jobs_configs_are_the_package_presets():
     """README: the presets ship inside the package, linked from jobs/configs/ (the issue asks
     for presets in jobs/configs/; a link that broke, or copies that drifted, fail here)."""
-    from pathlib import Path
 
     root = REPO_ROOT
     jobs = {p.name: p.read_bytes() for p in (root / "jobs" / "configs").glob("*.yaml")}

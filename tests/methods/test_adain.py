@@ -17,7 +17,6 @@ from raystyle import runlog
 from raystyle.data.datasets import EpochBatches, UnpairedDataset, check_dataset, sample_photo_dir
 from raystyle.data.images import load_rgb
 from raystyle.methods.adain import AdaINMethod, adain, mean_std, plan
-
 from tests.conftest import ADAIN_TINY, one_torch_thread
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny nets: see conftest.one_torch_thread

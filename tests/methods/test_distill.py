@@ -167,7 +167,6 @@ def test_train_refuses_a_distillation_config(sample_data, tmp_path, capsys):
 def test_the_jobs_wrapper_takes_the_distill_options():
     import subprocess
     import sys
-    from pathlib import Path
 
     out = subprocess.run([sys.executable, str(REPO_ROOT / "jobs" / "distill.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout

@@ -13,7 +13,6 @@ from PIL import Image
 from raystyle.config import DataConfig
 from raystyle.data.datasets import painterly, write_sample_dataset
 from raystyle.methods import quality
-
 from tests.conftest import one_torch_thread
 
 CFG = DataConfig(load_size=40, crop_size=32)

@@ -15,7 +15,6 @@ from raystyle import runlog
 from raystyle.cluster import ClusterError
 from raystyle.config import ConfigError
 from raystyle.train.loop import CRASH_MARKER, fit
-
 from tests.conftest import one_torch_thread, tiny_config
 
 NETS = ("g_ab", "g_ba", "d_a", "d_b")  # a CycleGAN run's nets

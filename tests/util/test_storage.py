@@ -16,50 +16,21 @@ from raystyle import runlog
 from raystyle.monitor import snapshot as mon
 from raystyle.util import storage
 from raystyle.util.storage import StorageError
-
 from tests.conftest import tiny_config
+from tests.helpers import moto_s3, s3_keys
 
 BUCKET = "raystyle-test"
 
 
 @pytest.fixture(scope="module")
 def s3(ray_session):
-    """A moto S3 server on 127.0.0.1 that checks credentials, with one bucket and one user
-    whose keys are set (AWS_*) in this driver process only, after Ray started: like a
-    cluster started before the user's shell had them."""
-    import boto3
-    import requests
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # Authentication on after the 3 IAM calls that create the user and its key.
-    requests.post(f"{endpoint}/moto-api/reset-auth", data="3", timeout=10).raise_for_status()
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="setup", aws_secret_access_key="setup")
-    iam.create_user(UserName="raystyle")
-    iam.put_user_policy(UserName="raystyle", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="raystyle")["AccessKey"]
-    env = pytest.MonkeyPatch()
-    for name, value in (("AWS_ACCESS_KEY_ID", key["AccessKeyId"]),
-                        ("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"]),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
-        env.setenv(name, value)
-    env.delenv("AWS_SESSION_TOKEN", raising=False)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    env.undo()
-    requests.post(f"{endpoint}/moto-api/reset-auth", data="inf", timeout=10)
-    server.stop()
+    """tests.helpers.moto_s3, its keys set after Ray started (the workers lack them)."""
+    with moto_s3(BUCKET) as client:
+        yield client
 
 
 def _keys(client, prefix: str) -> set[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+    return s3_keys(client, BUCKET, prefix)
 
 
 def _metrics(client, run: str) -> list[dict]:
