@@ -48,7 +48,6 @@ import functools
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -855,7 +854,13 @@ class VideoResult:
 
 
 def temp_path(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    """A new, empty temporary file beside ``dest`` (a fresh name created exclusively, never an
+    existing file or a planted link); the writer fills it and it is renamed over ``dest``."""
+    from raystyle.util.storage import create_temp
+
+    fd, tmp = create_temp(dest)
+    os.close(fd)
+    return tmp
 
 
 def stylize_video(source: str | Path, dest: str | Path, stylize: FrameFn, *, smooth: float = DEFAULT_SMOOTH,
