@@ -16,16 +16,22 @@
 
 Every failure is JSON ``{"error": ..., "detail": ..., "request_id": ...}`` (the id is also
 the ``X-Request-ID`` response header and is in the replica's log line): 400 bad image,
-404 unknown style, 413 too large (body or pixels; the body limit is checked while the
-replica reads it), 415 unsupported format, 422 bad parameter, 500 inference failed (not
-retryable), 503 with ``Retry-After`` (retryable): "overloaded" when the ingress already
-holds ``max_pending`` requests or a style deployment's queue is full, "style unavailable"
+404 unknown style, 408 the body came too slowly, 413 too large (body or pixels; the body
+limit is checked while the replica reads it), 415 unsupported format, 422 bad parameter,
+500 inference failed (not retryable), 503 with ``Retry-After`` (retryable): "overloaded"
+when the ingress already holds ``max_pending`` requests, its decoded pixels in flight would
+pass ``max_pixels_in_flight`` or a style deployment's queue is full, "style unavailable"
 when its replica died or the deployment is being replaced.
 
 Load is shed at every hop, never queued without bound: the ingress answers 503 JSON above
 ``max_pending`` requests per replica (its ``max_ongoing_requests`` is kept above that so the
 refusal itself always gets in, and ``max_queued_requests`` bounds the proxy's queue in front
 of it); each style deployment has ``max_ongoing_requests`` and ``max_queued_requests``.
+A request counts against ``max_pending`` only once its body is in, and a body has a deadline
+(``body_timeout_s`` in all, and after ``body_grace_s`` an average of at least
+``body_min_bytes_per_s``; slower is 408), so clients that trickle their bodies cannot take
+the places of complete requests. The ingress holds at most ``max_pixels_in_flight`` decoded
+pixels (counted from the images' headers before they are decoded) and answers 503 above it.
 
 The ingress decodes and encodes in worker threads (never on its event loop, so /healthz
 answers while big uploads are decoded) and decodes JPEGs at a reduced DCT scale when
@@ -44,6 +50,7 @@ YAML (serve_configs/*.yaml).
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import math
@@ -64,6 +71,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from raystyle import registry
 from raystyle.config import ConfigError
@@ -78,7 +86,9 @@ from raystyle.data.images import (
     encode,
     fit_within,
     keep_colour,
+    probe,
 )
+from raystyle.errors import RaystyleError
 from raystyle.infer.arbitrary import MULTIPLE as ARBITRARY_MULTIPLE
 from raystyle.infer.arbitrary import blend, normalise_weights, parse_weights, style_array
 from raystyle.infer.base import StylizeError, blend_strength
@@ -120,6 +130,11 @@ class AppArgs(BaseModel):
     max_pixels: int = Field(40_000_000, gt=0)  # per request; ImageTooLarge -> 413
     max_style_images: int = Field(8, gt=0)  # style_image parts per request of an arbitrary style; more -> 422
     max_pending: int = Field(32, gt=0)  # stylize requests one ingress replica holds; more -> 503
+    # (counted once the body is in: a body still arriving takes no place of a complete request)
+    body_timeout_s: float = Field(60.0, gt=0)  # the whole body within this, else 408
+    body_grace_s: float = Field(5.0, ge=0)  # seconds a body may take before the floor rate applies
+    body_min_bytes_per_s: int = Field(16384, ge=0)  # then at least this average, else 408; 0: none
+    max_pixels_in_flight: int = Field(120_000_000, gt=0)  # decoded pixels one ingress replica holds; more -> 503
     ort_spinning: bool = False  # ORT's idle threads spin (ORT's default); off for shared cores
     deployment: dict[str, Any] = Field(default_factory=dict)  # merged over DEFAULT_DEPLOYMENT
     per_style: dict[str, dict[str, Any]] = Field(default_factory=dict)  # style -> overrides
@@ -236,9 +251,22 @@ def public_meta(meta: dict[str, Any], args: AppArgs) -> dict[str, Any]:
         "tiled": meta.get("tiling") is not None,
         "sizes": {"multiple_of": (meta.get("input") or {}).get("multiple_of", MULTIPLE),
                   "max_pixels": args.max_pixels, "max_body_bytes": int(args.max_body_mb * 2**20),
-                  "max_side_limit": MAX_SIDE_LIMIT},
+                  "max_side_limit": MAX_SIDE_LIMIT, "body_timeout_s": args.body_timeout_s,
+                  "body_min_bytes_per_s": args.body_min_bytes_per_s},
         **({"quality": quality} if isinstance(quality, dict) else {}),
     }
+
+
+def pixel_cost(parts: list[bytes], max_pixels: int) -> int:
+    """The pixels that decoding these images will hold, read from their headers (the stored
+    size, before any reduced JPEG scale). An image over ``max_pixels``, or not an image,
+    counts 0: ``decode`` refuses it before decoding. Runs in a worker thread."""
+    total = 0
+    for data in parts:
+        size = probe(io.BytesIO(data))  # PIL opens a file object as it opens a path
+        if size is not None and size[0] * size[1] <= max_pixels:
+            total += size[0] * size[1]
+    return total
 
 
 def _prepare(data: bytes, max_pixels: int, max_side: int | None) -> np.ndarray:
@@ -285,21 +313,51 @@ def _invalid(request: Request, where: str, msg: str) -> JSONResponse:
     return _error(422, "invalid parameter", [{"loc": loc, "msg": msg}], request)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(RaystyleError):
+    """The body passed ``max_body_mb``; its one argument is the byte count seen (413)."""
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes ``limit`` (Content-Length is checked first)."""
+class BodyTooSlow(RaystyleError):
+    """The body did not arrive in time; its one argument says which limit it broke (408)."""
+
+
+async def _read_limited(request: Request, limit: int, *, timeout_s: float, grace_s: float,
+                        min_rate: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (Content-Length is checked first),
+    or as soon as it is late: the whole of it must be in within ``timeout_s``, and after
+    ``grace_s`` it must have averaged ``min_rate`` bytes/s (each byte buys 1/min_rate s more,
+    as Apache's mod_reqtimeout counts), so a client that trickles bytes is cut at once."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(int(declared))
+    of = f" of {declared}" if declared is not None and declared.isdigit() else ""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    hard = start + timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(size)
-        chunks.append(chunk)
+    stream = request.stream()
+    try:
+        while True:
+            deadline = min(hard, start + grace_s + size / min_rate) if min_rate else hard
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                took = loop.time() - start
+                if deadline >= hard:
+                    raise BodyTooSlow(f"the body was not in within {timeout_s:g} s (body_timeout_s): "
+                                      f"{size}{of} bytes arrived") from None
+                raise BodyTooSlow(f"the body came too slowly: {size}{of} bytes in {took:.1f} s; after "
+                                  f"{grace_s:g} s (body_grace_s) it must average at least {min_rate} "
+                                  "bytes/s (body_min_bytes_per_s)") from None
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(size)
+            chunks.append(chunk)
+    finally:
+        await stream.aclose()
     return b"".join(chunks)
 
 
@@ -369,7 +427,9 @@ class Gateway:
         self.handles, self.args = handles, AppArgs(**args)
         self.meta = {name: public_meta(m, self.args) for name, m in meta.items()}
         self.limit = int(self.args.max_body_mb * 2**20)
-        self.pending = 0  # stylize requests in this replica (one event loop: no lock needed)
+        # one event loop: no lock needed for either count
+        self.pending = 0  # stylize requests in this replica whose body is in
+        self.pixels = 0  # decoded pixels these requests hold (or are about to)
 
     @api.get("/healthz", summary="liveness: the ingress answers and lists its styles")
     async def healthz(self) -> dict:
@@ -394,13 +454,16 @@ class Gateway:
                                         "X-Raystyle-Inference-Ms (and, for arbitrary styles, "
                                         "X-Raystyle-Style-Cache: hit or miss)"},
                    400: {"description": "not a readable image"}, 404: {"description": "unknown style"},
+                   408: {"description": "the body came too slowly (body_timeout_s, body_grace_s, "
+                                        "body_min_bytes_per_s)"},
                    413: {"description": "body or pixel count too large"},
                    415: {"description": "unsupported image format"},
                    422: {"description": "invalid parameter (also: an arbitrary style without "
                                          "`style_image`, bad `weights`, a generator style "
                                          "with `style_image`)"},
                    500: {"description": "inference failed (JSON with request_id)"},
-                   503: {"description": "overloaded or style unavailable: retry after Retry-After s"}},
+                   503: {"description": "overloaded (max_pending, max_pixels_in_flight, a full style "
+                                        "queue) or style unavailable: retry after Retry-After s"}},
     )
     async def stylize(
         self, name: str, request: Request,
@@ -418,13 +481,29 @@ class Gateway:
         handle = self.handles.get(name)
         if handle is None:
             return _error(404, "unknown style", f"{name!r}; available: {sorted(self.handles)}", request)
+        if self.pending >= self.args.max_pending:  # full already: refuse before reading the body
+            return self._full(request)
+        a = self.args
+        try:  # a body still arriving does not count against max_pending; it has a deadline
+            body = await _read_limited(request, self.limit, timeout_s=a.body_timeout_s,
+                                       grace_s=a.body_grace_s, min_rate=a.body_min_bytes_per_s)
+        except BodyTooLarge as exc:
+            return _error(413, "request too large", f"{exc.args[0]} bytes > {self.limit} bytes", request)
+        except BodyTooSlow as exc:
+            log.warning("request %s: %s", request_id(request), exc.args[0])
+            response = _error(408, "request timeout", exc.args[0], request)
+            response.headers["Connection"] = "close"  # the rest of the body is not read
+            return response
+        except ClientDisconnect:  # nobody reads the answer; not a server error either
+            log.info("request %s: the client left before its body was in", request_id(request))
+            return _error(400, "incomplete body", "the client closed the connection before its "
+                          "body was in", request)
         if self.pending >= self.args.max_pending:
-            return _error(503, "overloaded", f"the ingress holds {self.pending} requests "
-                          f"(max_pending {self.args.max_pending}); retry later", request)
+            return self._full(request)
         self.pending += 1
         try:
-            return await self._stylize(name, handle, request, strength, preserve_color, format,
-                                       max_side, alpha, weights)
+            return await self._stylize(name, handle, request, body, strength, preserve_color,
+                                       format, max_side, alpha, weights)
         except UNAVAILABLE as exc:
             log.warning("request %s: style %s unavailable: %s", request_id(request), name,
                         str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
@@ -437,13 +516,13 @@ class Gateway:
         finally:
             self.pending -= 1
 
-    async def _stylize(self, name: str, handle: DeploymentHandle, request: Request, strength: float,
-                       preserve_color: bool, fmt: str, max_side: int | None, alpha: float,
-                       weights: str | None) -> Response:
-        try:
-            body = await _read_limited(request, self.limit)
-        except BodyTooLarge as exc:
-            return _error(413, "request too large", f"{exc.args[0]} bytes > {self.limit} bytes", request)
+    def _full(self, request: Request) -> JSONResponse:
+        return _error(503, "overloaded", f"the ingress holds {self.pending} requests "
+                      f"(max_pending {self.args.max_pending}); retry later", request)
+
+    async def _stylize(self, name: str, handle: DeploymentHandle, request: Request, body: bytes,
+                       strength: float, preserve_color: bool, fmt: str, max_side: int | None,
+                       alpha: float, weights: str | None) -> Response:
         meta = self.meta[name]
         arbitrary = kind_of(meta).style_images
         try:
@@ -463,32 +542,48 @@ class Gateway:
                 blend_weights = _weights(weights, len(style_data)) if arbitrary else []
             except StylizeError as exc:
                 return _invalid(request, "weights", str(exc))
-            original = await asyncio.to_thread(_prepare, data, self.args.max_pixels, max_side)
-            del data
-            styles = await asyncio.to_thread(prepare_styles, style_data, self.args.max_pixels,
-                                             meta.get("style_size")) if arbitrary else []
-            del style_data
-        except ImageTooLarge as exc:
-            return _error(413, "image too large", str(exc), request)
-        except UnsupportedFormat as exc:
-            return _error(415, "unsupported image format", str(exc), request)
         except ImageError as exc:
             return _error(400, "bad image", str(exc), request)
-        headers = {"X-Raystyle-Style": name}
-        if strength == 0.0:
-            out, ms = original, 0.0
-        else:
+        budget = self.args.max_pixels_in_flight
+        cost = await asyncio.to_thread(pixel_cost, [data, *style_data], self.args.max_pixels)
+        if cost > budget:
+            return _error(413, "image too large", f"the images of this request are {cost:,} pixels, "
+                          f"over the {budget:,} one ingress replica holds (max_pixels_in_flight)", request)
+        if self.pixels + cost > budget:
+            return _error(503, "overloaded", f"{self.pixels:,} decoded pixels in flight and this "
+                          f"request's {cost:,} are over max_pixels_in_flight ({budget:,}); retry later",
+                          request)
+        self.pixels += cost
+        try:  # decode, stylize, encode: what holds the request's share of max_pixels_in_flight
             try:
-                if arbitrary:
-                    out, ms, hit = await handle.remote(original, styles, blend_weights, alpha)
-                    headers["X-Raystyle-Style-Cache"] = "hit" if hit else "miss"
-                else:
-                    out, ms = await handle.remote(original)
-            except BackPressureError as exc:
-                return _error(503, "overloaded", str(exc), request)
-        payload = await asyncio.to_thread(_finish, out, original, strength, preserve_color, fmt)
-        headers["X-Raystyle-Inference-Ms"] = f"{ms:.1f}"
-        return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[fmt]], headers=headers)
+                original = await asyncio.to_thread(_prepare, data, self.args.max_pixels, max_side)
+                del data
+                styles = await asyncio.to_thread(prepare_styles, style_data, self.args.max_pixels,
+                                                 meta.get("style_size")) if arbitrary else []
+                del style_data
+            except ImageTooLarge as exc:
+                return _error(413, "image too large", str(exc), request)
+            except UnsupportedFormat as exc:
+                return _error(415, "unsupported image format", str(exc), request)
+            except ImageError as exc:
+                return _error(400, "bad image", str(exc), request)
+            headers = {"X-Raystyle-Style": name}
+            if strength == 0.0:
+                out, ms = original, 0.0
+            else:
+                try:
+                    if arbitrary:
+                        out, ms, hit = await handle.remote(original, styles, blend_weights, alpha)
+                        headers["X-Raystyle-Style-Cache"] = "hit" if hit else "miss"
+                    else:
+                        out, ms = await handle.remote(original)
+                except BackPressureError as exc:
+                    return _error(503, "overloaded", str(exc), request)
+            payload = await asyncio.to_thread(_finish, out, original, strength, preserve_color, fmt)
+            headers["X-Raystyle-Inference-Ms"] = f"{ms:.1f}"
+            return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[fmt]], headers=headers)
+        finally:
+            self.pixels -= cost
 
 
 def deployment_name(style: str) -> str:
@@ -498,6 +593,9 @@ def deployment_name(style: str) -> str:
 def app_builder(args: dict[str, Any] | AppArgs):
     """The Serve application: ``import_path: raystyle.serve:app_builder`` in a serve config."""
     args = args if isinstance(args, AppArgs) else AppArgs(**(args or {}))
+    if args.max_pixels_in_flight < args.max_pixels:
+        raise ConfigError(f"max_pixels_in_flight ({args.max_pixels_in_flight}) must be at least "
+                          f"max_pixels ({args.max_pixels}): one image of the largest size must fit")
     found = {s.name: s for s in registry.list_styles(args.models_dir)}
     names = args.styles if args.styles is not None else sorted(found)
     missing = [n for n in names if n not in found]
@@ -546,6 +644,8 @@ def run_from_config(config: str | Path, *, models_dir: str | Path | None = None,
     port = port or http.get("port", 8000)
     app = app_builder(app_args)  # errors (no styles, bad args) before anything starts
     connect(address)
-    serve.start(http_options={"host": host, "port": port})
+    # request_timeout_s: the proxy's bound on a whole request (408 plain text past it)
+    extra = {k: http[k] for k in ("request_timeout_s", "keep_alive_timeout_s") if k in http}
+    serve.start(http_options={"host": host, "port": port, **extra})
     serve.run(app, name=name, route_prefix="/")
     return f"http://{host}:{port}"

@@ -302,8 +302,6 @@ def test_the_ingress_is_bounded_and_a_config_that_would_queue_at_the_proxy_is_re
 
 @pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
 def test_serve_configs_are_valid_and_bind_localhost(name):
-    from pathlib import Path
-
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
@@ -318,8 +316,6 @@ def test_serve_configs_are_valid_and_bind_localhost(name):
 
 def test_kuberay_rayservice_carries_the_same_application():
     """serve_configs/kuberay-rayservice.yaml: valid for Serve, same app as local.yaml."""
-    from pathlib import Path
-
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
