@@ -59,6 +59,7 @@ def _opened_versions(stylizer):
     return {s.get_modelmeta().custom_metadata_map.get("raystyle_version") for s in sessions}
 
 
+@pytest.mark.slow  # a concurrency drill
 def test_readers_never_see_a_missing_style_or_two_versions_mixed(exported, tmp_path):
     """A writer swaps in versions (40 or more) while readers build Stylizers and read styles in a loop.
 
@@ -129,6 +130,7 @@ def test_a_version_replaced_within_the_grace_period_is_kept(tmp_path):
     assert registry.versions("s", tmp_path) == [s.version for s in first[-registry.KEEP:]]
 
 
+@pytest.mark.slow  # a concurrency drill with exports
 def test_re_export_while_serving(trained_checkpoint, exported, tmp_path, torch_one_thread):
     """A real re-export of a style while Stylizers keep opening it: always one whole version."""
     from raystyle.export import export_style

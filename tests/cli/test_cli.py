@@ -203,6 +203,7 @@ def test_no_command_is_a_usage_error(capsys):
 # ---------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow  # a Ray Train run through the CLI
 def test_train_happy_path(capsys, ray_session, sample_data, tmp_path):
     # README: train ... --set train.amp=bf16 (bf16 autocast works on CPU too) and
     # train ... --export STYLE --models-dir DIR (export after training, as a Ray task).

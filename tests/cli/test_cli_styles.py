@@ -18,6 +18,7 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.slow  # exports through the CLI
 def test_export_then_list_styles(trained_checkpoint, tmp_path, capsys):
     models = tmp_path / "models"
     assert main(["export", str(trained_checkpoint.parent), "--style", "cli", "--models-dir", str(models),
@@ -111,6 +112,7 @@ def test_stdin_to_stdout(exported, sample_data):
     assert np.asarray(decode(done.stdout)).shape == np.asarray(decode(src)).shape
 
 
+@pytest.mark.slow  # an export as a Ray task
 @pytest.mark.usefixtures("ray_session")
 def test_export_as_a_ray_task(trained_checkpoint, tmp_path, capsys):
     assert main(["export", str(trained_checkpoint), "--style", "onray", "--models-dir",

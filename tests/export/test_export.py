@@ -74,6 +74,7 @@ def test_torchscript_matches_torch(exported, trained_checkpoint):
         assert torch.allclose(ts(x), gen(x), atol=1e-5)
 
 
+@pytest.mark.slow  # an export of its own
 def test_direction_ba_exports_the_other_generator(trained_checkpoint, tmp_path):
     style = export_style(trained_checkpoint, "rev", direction="ba", models_dir=tmp_path)
     gen_ba, _, _ = load_generator(trained_checkpoint, "ba")
@@ -186,7 +187,7 @@ def _shifted_tile(monkeypatch):
 
 
 @pytest.mark.parametrize(("corrupt", "message"), [
-    (_nan_tile, r"tile\.onnx outputs NaN/inf on held-out image"),
+    pytest.param(_nan_tile, r"tile\.onnx outputs NaN/inf on held-out image", marks=pytest.mark.slow),
     (_shifted_tile, r"tile\.onnx: max \|tile\(x, stats\(x\)\) - generator\(x\)\| .* > export\.max_abs_error 0\.001"),
 ])
 def test_a_broken_tile_graph_is_refused_and_nothing_registered(trained_checkpoint, tmp_path, monkeypatch,
@@ -210,6 +211,7 @@ def _install_copy(style, models, name):
     return registry.install(work, name, version, models)
 
 
+@pytest.mark.slow  # two exports of its own
 def test_int8_below_its_threshold_refuses_and_the_previous_version_stays(trained_checkpoint, exported, tmp_path,
                                                                            capsys):
     first = _install_copy(exported, tmp_path, "gate")  # the session's export stands in for an earlier one
@@ -229,6 +231,7 @@ def test_int8_below_its_threshold_refuses_and_the_previous_version_stays(trained
     assert _registry_state(tmp_path, "fresh") == (None, [], [])
 
 
+@pytest.mark.slow  # two exports of its own
 def test_fp16_that_this_machine_cannot_run_is_refused_unless_allowed(trained_checkpoint, tmp_path, monkeypatch):
     from raystyle.export import generator as export
 
@@ -290,6 +293,7 @@ def test_fp16_conversion_handles_float_list_constants(tmp_path):
     assert np.allclose(out, [1.0, -3.0, 8.0])
 
 
+@pytest.mark.slow  # an export of its own
 def test_a_residual_generator_exports_and_tiles_exactly(trained_checkpoint, tmp_path):
     """The `cpu` recipe's generator (a global skip) passes every export gate, tiling included."""
     import shutil
@@ -314,6 +318,7 @@ def test_a_residual_generator_exports_and_tiles_exactly(trained_checkpoint, tmp_
     shutil.rmtree(tmp_path / "run")
 
 
+@pytest.mark.slow  # an export of its own
 def test_the_averaged_generator_is_what_export_and_evaluate_use(trained_checkpoint, tmp_path, sample_data):
     """train.ema: a checkpoint with g_ab_ema exports and evaluates that one, not g_ab."""
     from raystyle import checkpoint as ckpt

@@ -118,6 +118,7 @@ def run(ray_session, sample_data, tmp_path_factory):
     return storage / "anynet", first, out.getvalue()
 
 
+@pytest.mark.slow  # two Ray Train runs
 def test_two_workers_train_equal_decoders_and_a_rerun_resumes(run, sample_data):
     run_dir, (_, nets4, state4), out = run
     last = ckpt.latest_checkpoint(run_dir)
@@ -136,6 +137,7 @@ def test_two_workers_train_equal_decoders_and_a_rerun_resumes(run, sample_data):
     assert "resumed from step 4" in out and f"training 'anynet': {n} content photos, {n} style images" in out
 
 
+@pytest.mark.slow  # needs the Ray Train run (conftest's arbitrary_style exports in the default run)
 def test_export_writes_an_arbitrary_style_whose_graphs_match_torch(run, tmp_path, capsys):
     from raystyle.cli.main import main
     from raystyle.export.gates import ExportError

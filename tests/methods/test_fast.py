@@ -112,6 +112,7 @@ def straight_run(ray_session, painting, sample_data, tmp_path_factory):
     return fit(cfg, sample_data, "fastnet", verbose=False, extra=extra)
 
 
+@pytest.mark.slow  # Ray Train runs (in-process fast tests above are default)
 def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting, sample_data, tmp_path, capsys):
     from raystyle.cli.main import main
 
@@ -172,6 +173,7 @@ def models(straight_run, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # needs the Ray Train run and a Serve app of its own
 def test_export_records_the_painting_and_serves_over_http(serve_url, models, straight_run, painting, capsys):
     from ray import serve
 
@@ -211,6 +213,7 @@ def test_export_records_the_painting_and_serves_over_http(serve_url, models, str
         serve.delete("fast")
 
 
+@pytest.mark.slow  # needs the Ray Train run
 def test_the_batch_job_stylizes_a_folder_with_the_fast_net(models, tmp_path):
     from raystyle.batch.images import run_batch
     from raystyle.infer.generator import Stylizer

@@ -218,6 +218,7 @@ def _replicas(app: str) -> int:
     return sum(n for state, n in dep.replica_states.items() if state == "RUNNING")
 
 
+@pytest.mark.slow  # an autoscaling drill (overload shedding stays default)
 def test_autoscaling_goes_up_under_load_and_back_down(server, models, images):
     from ray import serve
 
@@ -256,6 +257,7 @@ def test_autoscaling_goes_up_under_load_and_back_down(server, models, images):
     serve.delete("auto")
 
 
+@pytest.mark.slow  # a redeploy drill
 def test_redeploy_with_a_new_style_drops_no_request(server, trained_checkpoint, images, tmp_path_factory):
     from ray import serve
 

@@ -44,6 +44,7 @@ def _is_json_error(r: requests.Response, status: int) -> bool:
             and bool(r.json().get("error")) and r.json().get("request_id") == r.headers.get("x-request-id"))
 
 
+@pytest.mark.slow  # a load drill
 def test_healthz_answers_while_24_mp_uploads_are_processed(proxy, models):
     """4 uploads of 24 MP (2 PNG, 2 JPEG) with strength and colour options in flight:
     /healthz answers every probe within 200 ms meanwhile."""
@@ -87,6 +88,7 @@ def test_healthz_answers_while_24_mp_uploads_are_processed(proxy, models):
     serve.delete("big")
 
 
+@pytest.mark.slow  # a load drill (test_serve's overload test is default)
 def test_a_burst_of_4x_capacity_is_shed_with_json_503_and_recovers(proxy, models, sample_data):
     """Ingress admits 4 (max_pending), the style 2 (1 running + 1 queued): 16 clients at once.
     Every answer is 200 or 503 JSON, nothing hangs, and a request succeeds within 2 s after."""
@@ -142,6 +144,7 @@ def _replica_actors(app: str, deployment: str) -> list[str]:
             if a["name"].startswith(prefix)]
 
 
+@pytest.mark.slow  # a replica-kill drill
 def test_killing_the_style_replica_mid_request_gives_json_503_then_200(proxy, models, sample_data):
     import ray
     from ray import serve

@@ -12,7 +12,9 @@ from raystyle.methods.distill import plan
 from raystyle.train.loop import CRASH_MARKER, fit
 from tests.helpers import SMALL, png_bytes
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+# Ray Train runs of a distillation (a dead worker, the CLI, export and Serve): the in-process
+# distillation tests (tests/methods/test_distill.py) are in the default run
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
 
 OVERRIDES = ["model.ngf=4", "data.loader_workers=0", "train.log_every=2", "train.checkpoint_every=2",

@@ -30,9 +30,8 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.fixture(params=["nets.pt", "train_state.pt", "rank_0.pt"])
-def evil_run(request, tmp_path, sample_data):
-    """A run dir whose only checkpoint carries the payload in one of its files."""
+def make_evil_run(tmp_path, sample_data, poisoned: tuple[str, ...]):
+    """A run dir whose only checkpoint carries the payload in each of the files ``poisoned``."""
     marker = tmp_path / "PAYLOAD_RAN"
     cfg = load_config("tiny", [a for a in TRAIN_ARGS if "=" in a])
     run = tmp_path / "runs" / "evil"
@@ -42,18 +41,24 @@ def evil_run(request, tmp_path, sample_data):
     model = CycleGAN(cfg.model, cfg.loss, cfg.train)
     nets, state = model.nets_state(), {**model.train_state(), "step": 4, "world_size": 2}
     rank = model.rank_state()
-    if request.param == "nets.pt":
+    if "nets.pt" in poisoned:
         nets["g_ab"] = Payload(marker)
-    elif request.param == "train_state.pt":
+    if "train_state.pt" in poisoned:
         state["opt_g"] = Payload(marker)
-    else:
+    if "rank_0.pt" in poisoned:
         rank["pool_a"] = Payload(marker)
     ckpt.save_shared(target, cfg, nets, state, {"data_dir": str(sample_data)})
     ckpt.save_rank(target, 0, rank)
     ckpt.save_rank(target, 1, model.rank_state())
     runlog.append_metrics(run, {"step": 4, "cycle_a": 0.5})
     assert not marker.exists()
-    return request.param, run, target, marker
+    return run, target, marker
+
+
+@pytest.fixture(params=["nets.pt", "train_state.pt", "rank_0.pt"])
+def evil_run(request, tmp_path, sample_data):
+    """A run dir whose only checkpoint carries the payload in one of its files."""
+    return (request.param, *make_evil_run(tmp_path, sample_data, (request.param,)))
 
 
 def _refused(capsys, argv) -> str:
@@ -65,8 +70,11 @@ def _refused(capsys, argv) -> str:
     return err
 
 
-def test_export_and_evaluate_refuse_or_never_read_it(evil_run, capsys, tmp_path, sample_data, torch_one_thread):
-    which, run, target, marker = evil_run
+@pytest.mark.parametrize("which", ["nets.pt", "train_state.pt and rank_0.pt"])
+def test_export_and_evaluate_refuse_or_never_read_it(which, capsys, tmp_path, sample_data, torch_one_thread):
+    """Export and evaluate read only the nets and the manifest: a poisoned nets.pt is refused; a
+    poisoned train_state.pt and rank_0.pt (one checkpoint with both) are never unpickled."""
+    run, target, marker = make_evil_run(tmp_path, sample_data, tuple(which.split(" and ")))
     models = tmp_path / "models"
     # fp32 only: what an export reads of the checkpoint is the same for every precision (int8
     # calibrates on the data's images)

@@ -99,11 +99,17 @@ def _assert_same_checkpoint(one, other):
         _assert_same_state(ckpt.load_rank(one, rank), ckpt.load_rank(other, rank))
 
 
-def test_rerun_resumes_exactly(full_run, sample_data, tmp_path):
-    first = fit(_cfg(tmp_path, 4), sample_data, "split", verbose=False)
+def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run, sample_data, tmp_path):
+    """Stopped at step 4 and run again to 8, with validation off, against full_run (straight to
+    8, validation on): one comparison shows both that a resume is exact and that validating
+    never touches the training state."""
+    noval = {"validate": False}
+    first = fit(_cfg(tmp_path, 4).replace(train=noval), sample_data, "split", verbose=False)
     assert first.step == 4
-    second = fit(_cfg(tmp_path, 8), sample_data, "split", verbose=False)
+    second = fit(_cfg(tmp_path, 8).replace(train=noval), sample_data, "split", verbose=False)
     assert second.step == 8 and second.run_dir == first.run_dir
+    assert not any("val_time_s" in r for r in runlog.read_metrics(second.run_dir))
+    assert runlog.read_validation(second.run_dir) == {}
     # Interrupted at step 4 and resumed == trained straight to 8, bit for bit: weights of all
     # four nets, both optimisers' moments, schedulers, image pools and RNG states of each rank.
     _assert_same_checkpoint(second.checkpoint, full_run.checkpoint)
@@ -115,7 +121,7 @@ def test_rerun_resumes_exactly(full_run, sample_data, tmp_path):
         for key in ("g_total", "d_a", "d_b", "cycle_a", "cycle_b"):
             assert a[key] == b[key], (a["step"], key)
     # Running it a third time has nothing left to do and returns the same checkpoint.
-    third = fit(_cfg(tmp_path, 8), sample_data, "split", verbose=False)
+    third = fit(_cfg(tmp_path, 8).replace(train=noval), sample_data, "split", verbose=False)
     assert third.checkpoint == second.checkpoint and third.step == 8
 
 
@@ -136,14 +142,7 @@ def test_validation_is_logged_at_every_checkpoint(full_run):
     assert set(info["metrics"]) <= VAL_KEYS
 
 
-def test_validation_does_not_change_training(full_run, sample_data, tmp_path):
-    off = fit(_cfg(tmp_path, 8).replace(train={"validate": False}), sample_data, "noval", verbose=False)
-    assert not any("val_time_s" in r for r in runlog.read_metrics(off.run_dir))
-    assert runlog.read_validation(off.run_dir) == {}
-    # same weights, optimiser moments and RNG states with validation on (full_run) and off
-    _assert_same_checkpoint(off.checkpoint, full_run.checkpoint)
-
-
+@pytest.mark.slow  # a Ray Train run of its own
 def test_the_best_checkpoint_survives_rotation(sample_data, tmp_path):
     from raystyle.export import pick_checkpoint
 
@@ -193,6 +192,7 @@ def test_resuming_with_another_model_is_refused(full_run, sample_data):
         fit(cfg, sample_data, "full", verbose=False)
 
 
+@pytest.mark.slow  # a Ray Train run on 3 workers
 @pytest.mark.timeout(240)
 def test_one_image_per_domain_trains_on_three_workers(tmp_path):
     # |A| = |B| = 1 < 3 workers: padding by repeating the first N - world samples gave rank 2
@@ -227,6 +227,7 @@ EXPORT_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # starts its own Ray in a subprocess
 def test_export_on_cluster_uses_the_drivers_registry(trained_checkpoint, tmp_path):
     # `train --export` / `export --ray` without --models-dir: the registry is the driver's
     # ($RAYSTYLE_HOME/models here), not the one of the node that runs the export task.
@@ -283,6 +284,7 @@ def test_a_resumed_run_keeps_its_held_back_images_and_metric(sample_data, traine
     assert "validation off: the run started without holding train images back" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a Ray Train run of its own
 def test_averaged_colour_skip_generators_are_what_validation_judges(sample_data, tmp_path):
     """The `cpu` recipe's train.ema and model.colour_skip on Ray Train: the checkpoint keeps
     the averaged generators, the validation logged at a step is the average's figure (not the

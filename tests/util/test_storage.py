@@ -118,6 +118,7 @@ def test_remote_metrics_log_is_uploaded_whole_at_sync(s3, monkeypatch):
 # A real run on S3
 
 
+@pytest.mark.slow  # two Ray Train runs; resume itself is in tests/train (default)
 @pytest.mark.timeout(240)
 def test_train_on_s3_and_resume_from_the_bucket(s3, sample_data, tmp_path, monkeypatch, torch_one_thread):
     monkeypatch.chdir(tmp_path)  # a storage URI taken for a path would create ./s3: here
