@@ -369,14 +369,22 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     if val is not None:
         runlog.write_validation(run, val["info"])
     n = max(len(files_a), len(files_b))
+    total = total_steps(cfg, n, cl.workers)
     if verbose:
         print(
             f"[raystyle] {method.verb} {name!r}: "
             f"{method.data_text(len(files_a), len(files_b))}, "
             f"{cl.workers} worker(s){' on GPU' if cl.use_gpu else ''}, "
-            f"{total_steps(cfg, n, cl.workers)} steps -> {run}",
+            f"{total} steps -> {run}",
             flush=True,
         )
+    latest = ckpt.latest_checkpoint(run)
+    done = ckpt.read_manifest(latest)["step"] if latest is not None else 0
+    if done >= total:  # a finished run: its checkpoint, without starting the workers
+        if verbose:
+            print(f"[raystyle] {name!r} is already at step {done} of {total}: nothing to train "
+                  "(raise --max-steps to go on)", flush=True)
+        return TrainResult(run.native, latest, done)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

@@ -85,7 +85,8 @@ def test_direction_ba_exports_the_other_generator(trained_checkpoint, tmp_path):
     assert style.meta["source_domain"] == "B"
 
 
-def test_best_checkpoint_by_metric(tmp_path, trained_checkpoint):
+def _three_checkpoints(tmp_path, trained_checkpoint) -> None:
+    """checkpoint_00000010/20/30 (copies of the tiny checkpoint) with logged cycle_a and PSNR."""
     import shutil
 
     from raystyle import runlog
@@ -98,6 +99,12 @@ def test_best_checkpoint_by_metric(tmp_path, trained_checkpoint):
         (dst / "manifest.json").write_text(json.dumps(manifest))
         runlog.append_metrics(tmp_path, {"step": step, "cycle_a": {10: 0.5, 20: 0.1, 30: 0.3}[step],
                                          "val_gt_psnr": {10: 19.0, 20: 18.0, 30: 17.5}[step]})
+
+
+def test_best_checkpoint_by_metric(tmp_path, trained_checkpoint):
+    from raystyle import runlog
+
+    _three_checkpoints(tmp_path, trained_checkpoint)
     assert pick_checkpoint(tmp_path).name == "checkpoint_00000030"
     assert pick_checkpoint(tmp_path, best="cycle_a").name == "checkpoint_00000020"  # a loss: lowest
     assert pick_checkpoint(tmp_path, best="val_gt_psnr").name == "checkpoint_00000010"  # PSNR: highest
@@ -108,6 +115,10 @@ def test_best_checkpoint_by_metric(tmp_path, trained_checkpoint):
     runlog.write_validation(tmp_path, {"best_metric": "val_gt_psnr"})
     assert pick_checkpoint(tmp_path, best="auto").name == "checkpoint_00000010"
 
+
+@pytest.mark.slow  # an export with every precision and TorchScript of its own
+def test_the_readme_export_command_takes_the_best_checkpoint(tmp_path, trained_checkpoint):
+    _three_checkpoints(tmp_path, trained_checkpoint)
     # README: raystyle export RUN_DIR --style S --best cycle_a --precision fp32,fp16,int8
     # --torchscript, through the CLI (RUN_DIR with default precisions: test_cli_styles.py).
     from raystyle.cli.main import main

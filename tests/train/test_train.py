@@ -39,8 +39,11 @@ def _cfg(storage, max_steps):
 
 @pytest.fixture(scope="module")
 def full_run(sample_data, tmp_path_factory):
+    """8 steps on 2 workers, validation on, the last worker killed at step 6 (Ray restarts the
+    group from the step-4 checkpoint): test_rerun_resumes_exactly... compares a clean resume
+    with it bit for bit, so a recovery that lost or repeated anything fails there too."""
     storage = tmp_path_factory.mktemp("runs")
-    return fit(_cfg(storage, 8), sample_data, "full", verbose=False)
+    return fit(_cfg(storage, 8), sample_data, "full", crash_at_step=6, verbose=False)
 
 
 def test_run_writes_checkpoints_metrics_and_samples(full_run):
@@ -99,7 +102,7 @@ def _assert_same_checkpoint(one, other):
         _assert_same_state(ckpt.load_rank(one, rank), ckpt.load_rank(other, rank))
 
 
-def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run, sample_data, tmp_path):
+def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run, sample_data, tmp_path, capsys):
     """Stopped at step 4 and run again to 8, with validation off, against full_run (straight to
     8, validation on): one comparison shows both that a resume is exact and that validating
     never touches the training state."""
@@ -120,9 +123,12 @@ def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run,
         assert (a["epoch"], a["lr"]) == (b["epoch"], b["lr"])
         for key in ("g_total", "d_a", "d_b", "cycle_a", "cycle_b"):
             assert a[key] == b[key], (a["step"], key)
-    # Running it a third time has nothing left to do and returns the same checkpoint.
-    third = fit(_cfg(tmp_path, 8).replace(train=noval), sample_data, "split", verbose=False)
+    # Running it a third time has nothing left to do: the same checkpoint, no workers started.
+    capsys.readouterr()
+    third = fit(_cfg(tmp_path, 8).replace(train=noval), sample_data, "split", verbose=True)
     assert third.checkpoint == second.checkpoint and third.step == 8
+    out = capsys.readouterr().out
+    assert "'split' is already at step 8 of 8: nothing to train" in out and "RayTrainWorker" not in out
 
 
 VAL_KEYS = {"val_gt_psnr", "val_gt_gain_db", "val_domain_score", "val_domain_content",
@@ -168,12 +174,10 @@ def test_an_unknown_best_metric_is_refused_before_training(sample_data, tmp_path
         fit(cfg, sample_data, "nometric", verbose=False)
 
 
-def test_worker_killed_mid_run_recovers_from_checkpoint(sample_data, tmp_path):
-    result = fit(tiny_config(tmp_path, max_steps=8), sample_data, "crash", crash_at_step=6,
-                 verbose=False)
-    assert (result.run_dir / CRASH_MARKER).exists(), "the worker really died"
-    assert result.step == 8
-    lines = (result.run_dir / runlog.METRICS).read_text().splitlines()
+def test_worker_killed_mid_run_recovers_from_checkpoint(full_run):
+    assert (full_run.run_dir / CRASH_MARKER).exists(), "the worker really died"
+    assert full_run.step == 8
+    lines = (full_run.run_dir / runlog.METRICS).read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4, 6, 8]
 
 
