@@ -176,6 +176,7 @@ def test_killing_the_style_replica_mid_request_gives_json_503_then_200(proxy, mo
     serve.delete("kill")
 
 
+@pytest.mark.slow  # an app of its own with a broken model
 def test_an_inference_error_is_a_json_500_with_the_request_id(proxy, models, tmp_path, sample_data):
     """A model that fails inside ONNX Runtime (a real ORT error, in the style replica)."""
     import onnx

@@ -70,7 +70,7 @@ def _refused(capsys, argv) -> str:
     return err
 
 
-@pytest.mark.parametrize("which", ["nets.pt", "train_state.pt and rank_0.pt"])
+@pytest.mark.parametrize("which", ["nets.pt", pytest.param("train_state.pt and rank_0.pt", marks=pytest.mark.slow)])
 def test_export_and_evaluate_refuse_or_never_read_it(which, capsys, tmp_path, sample_data, torch_one_thread):
     """Export and evaluate read only the nets and the manifest: a poisoned nets.pt is refused; a
     poisoned train_state.pt and rank_0.pt (one checkpoint with both) are never unpickled."""

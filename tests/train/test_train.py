@@ -39,11 +39,15 @@ def _cfg(storage, max_steps):
 
 @pytest.fixture(scope="module")
 def full_run(sample_data, tmp_path_factory):
-    """8 steps on 2 workers, validation on, the last worker killed at step 6 (Ray restarts the
-    group from the step-4 checkpoint): test_rerun_resumes_exactly... compares a clean resume
-    with it bit for bit, so a recovery that lost or repeated anything fails there too."""
+    """8 steps on 2 workers, validation every 2 steps (between checkpoints too, so a validation
+    that touched the training state would carry into the next checkpoint), the last worker
+    killed at step 6 (Ray restarts the group from the step-4 checkpoint).
+    test_rerun_resumes_exactly... compares a clean resume without validation with it bit for
+    bit: a recovery that lost or repeated anything, or a validation that changed training,
+    fails there."""
     storage = tmp_path_factory.mktemp("runs")
-    return fit(_cfg(storage, 8), sample_data, "full", crash_at_step=6, verbose=False)
+    cfg = _cfg(storage, 8).replace(train={"validate_every": 2})
+    return fit(cfg, sample_data, "full", crash_at_step=6, verbose=False)
 
 
 def test_run_writes_checkpoints_metrics_and_samples(full_run):
@@ -138,7 +142,7 @@ VAL_KEYS = {"val_gt_psnr", "val_gt_gain_db", "val_domain_score", "val_domain_con
 def test_validation_is_logged_at_every_checkpoint(full_run):
     records = runlog.read_metrics(full_run.run_dir)
     val = {r["step"]: r for r in records if "val_time_s" in r}
-    assert sorted(val) == [4, 8]  # the checkpoint steps
+    assert sorted(val) == [2, 4, 6, 8]  # validate_every 2: the checkpoint steps and between
     for r in val.values():
         assert VAL_KEYS - {"val_domain_score", "val_domain_content"} <= set(r)
     info = runlog.read_validation(full_run.run_dir)
