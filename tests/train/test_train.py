@@ -39,15 +39,21 @@ def _cfg(storage, max_steps):
 
 @pytest.fixture(scope="module")
 def full_run(sample_data, tmp_path_factory):
-    """8 steps on 2 workers, validation every 2 steps (between checkpoints too, so a validation
-    that touched the training state would carry into the next checkpoint), the last worker
-    killed at step 6 (Ray restarts the group from the step-4 checkpoint).
-    test_rerun_resumes_exactly... compares a clean resume without validation with it bit for
-    bit: a recovery that lost or repeated anything, or a validation that changed training,
-    fails there."""
+    """8 steps on 2 workers straight through, validating every 2 steps (between checkpoints
+    too, so a validation that touched the training state would carry into the next checkpoint)."""
     storage = tmp_path_factory.mktemp("runs")
-    cfg = _cfg(storage, 8).replace(train={"validate_every": 2})
-    return fit(cfg, sample_data, "full", crash_at_step=6, verbose=False)
+    return fit(_cfg(storage, 8).replace(train={"validate_every": 2}), sample_data, "full", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def split_run(sample_data, tmp_path_factory):
+    """The same run without validation, stopped at step 4 (max_steps 4), then run again to 8
+    with its last worker killed at step 6 (Ray restarts the group from the step-4 checkpoint)."""
+    storage = tmp_path_factory.mktemp("split")
+    noval = {"validate": False}
+    first = fit(_cfg(storage, 4).replace(train=noval), sample_data, "split", verbose=False)
+    second = fit(_cfg(storage, 8).replace(train=noval), sample_data, "split", crash_at_step=6, verbose=False)
+    return first, second
 
 
 def test_run_writes_checkpoints_metrics_and_samples(full_run):
@@ -106,14 +112,14 @@ def _assert_same_checkpoint(one, other):
         _assert_same_state(ckpt.load_rank(one, rank), ckpt.load_rank(other, rank))
 
 
-def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run, sample_data, tmp_path, capsys):
-    """Stopped at step 4 and run again to 8, with validation off, against full_run (straight to
-    8, validation on): one comparison shows both that a resume is exact and that validating
-    never touches the training state."""
+def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run, split_run, sample_data,
+                                                                       capsys):
+    """Stopped at step 4, run again to 8 through a killed worker, validation off == straight to
+    8 with validation on, bit for bit: resuming and recovering lose and repeat nothing, and
+    validating never touches the training state."""
+    first, second = split_run
     noval = {"validate": False}
-    first = fit(_cfg(tmp_path, 4).replace(train=noval), sample_data, "split", verbose=False)
     assert first.step == 4
-    second = fit(_cfg(tmp_path, 8).replace(train=noval), sample_data, "split", verbose=False)
     assert second.step == 8 and second.run_dir == first.run_dir
     assert not any("val_time_s" in r for r in runlog.read_metrics(second.run_dir))
     assert runlog.read_validation(second.run_dir) == {}
@@ -129,7 +135,7 @@ def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run,
             assert a[key] == b[key], (a["step"], key)
     # Running it a third time has nothing left to do: the same checkpoint, no workers started.
     capsys.readouterr()
-    third = fit(_cfg(tmp_path, 8).replace(train=noval), sample_data, "split", verbose=True)
+    third = fit(_cfg(first.run_dir.parent, 8).replace(train=noval), sample_data, "split", verbose=True)
     assert third.checkpoint == second.checkpoint and third.step == 8
     out = capsys.readouterr().out
     assert "'split' is already at step 8 of 8: nothing to train" in out and "RayTrainWorker" not in out
@@ -178,10 +184,11 @@ def test_an_unknown_best_metric_is_refused_before_training(sample_data, tmp_path
         fit(cfg, sample_data, "nometric", verbose=False)
 
 
-def test_worker_killed_mid_run_recovers_from_checkpoint(full_run):
-    assert (full_run.run_dir / CRASH_MARKER).exists(), "the worker really died"
-    assert full_run.step == 8
-    lines = (full_run.run_dir / runlog.METRICS).read_text().splitlines()
+def test_worker_killed_mid_run_recovers_from_checkpoint(split_run):
+    _, killed = split_run
+    assert (killed.run_dir / CRASH_MARKER).exists(), "the worker really died"
+    assert killed.step == 8
+    lines = (killed.run_dir / runlog.METRICS).read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4, 6, 8]
 
 
