@@ -17,30 +17,20 @@ from raystyle.infer import video as V
 from tests.helpers import SIDE, h264_packets, mkv_of, small_clip
 
 
-@pytest.fixture
-def models(identity_models):
-    return identity_models
-
-
-@pytest.fixture
-def photo(noise_photo):
-    return noise_photo
-
-
-def test_hostile_videos_are_manifest_rows_and_the_batch_goes_on(models, photo, tmp_path, capsys):
+def test_hostile_videos_are_manifest_rows_and_the_batch_goes_on(identity_models, noise_photo, tmp_path, capsys):
     """A concat list, a timestamp gap that --fps 24 would fill with 2.4e10 frames (the driver's
     MemoryError ended the whole batch), a clip over --max-frames: rows, exit 0."""
     from raystyle.cli import main as cli
 
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(photo[:SIDE, :SIDE]).save(src / "secret.bin", format="PNG")  # not listed, but named
+    Image.fromarray(noise_photo[:SIDE, :SIDE]).save(src / "secret.bin", format="PNG")  # not listed, but named
     (src / "a_evil.mp4").write_text("ffconcat version 1.0\nfile secret.bin\n")
     mkv_of(src / "b_gap.mkv", h264_packets(SIDE, SIDE, 2, 0), (SIDE, SIDE), pts=[0, 10**12],
            time_base=Fraction(1, 1000))
-    small_clip(src / "c_long.mp4", photo, frames=24)
+    small_clip(src / "c_long.mp4", noise_photo, frames=24)
     out = tmp_path / "out"
-    result = run_batch(src, out, "ident", models_dir=models, fps=24, max_frames=12, echo=None)
+    result = run_batch(src, out, "ident", models_dir=identity_models, fps=24, max_frames=12, echo=None)
     errors = {e["path"]: e["error"] for e in result.errors}
     assert "not a video" in errors["a_evil.mp4"] and "over the 14,400-second limit" in errors["b_gap.mkv"], errors
     assert "more than 12 frames" in errors["c_long.mp4"], errors
@@ -49,7 +39,7 @@ def test_hostile_videos_are_manifest_rows_and_the_batch_goes_on(models, photo, t
     assert not list(out.rglob("*.mp4")) and not list(out.rglob("*.mkv"))
 
     capsys.readouterr()
-    rc = cli.main(["batch", str(src), str(tmp_path / "out2"), "--style", "ident", "--models-dir", str(models),
+    rc = cli.main(["batch", str(src), str(tmp_path / "out2"), "--style", "ident", "--models-dir", str(identity_models),
                    "--fps", "24", "--max-duration", "0.5"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
@@ -57,19 +47,19 @@ def test_hostile_videos_are_manifest_rows_and_the_batch_goes_on(models, photo, t
             for line in (tmp_path / "out2" / MANIFEST).read_text().splitlines()}
     assert "over the 0.5-second limit" in rows["c_long.mp4"], rows
     capsys.readouterr()
-    assert cli.main(["batch", str(src), str(tmp_path / "o3"), "--style", "ident", "--models-dir", str(models),
+    assert cli.main(["batch", str(src), str(tmp_path / "o3"), "--style", "ident", "--models-dir", str(identity_models),
                      "--max-frames", "-1"]) == 2
     assert "--max-frames must be at least 1" in capsys.readouterr().err
 
 
-def test_a_chunk_that_grows_past_the_pixel_cap_is_an_error(models, tmp_path):
+def test_a_chunk_that_grows_past_the_pixel_cap_is_an_error(identity_models, tmp_path):
     """The chunk actor (called here without Ray) gives the error, not 33 frames."""
     from raystyle.batch.videos import VideoChunkActor
 
     path = mkv_of(tmp_path / "grow.mkv", h264_packets(32, 32, 30, 0) + h264_packets(128, 128, 3, 30), (32, 32))
     info = V.probe(path, max_pixels=2000)
     actor = VideoChunkActor(jobs={"grow.mkv": (info, V.plan_frames(info))}, input=str(tmp_path), smooth=0.5,
-                            warmup=2, style="ident", models_dir=str(models), output=str(tmp_path / "out"))
+                            warmup=2, style="ident", models_dir=str(identity_models), output=str(tmp_path / "out"))
     row = actor({"path": np.array(["grow.mkv"], dtype=object), "start": np.array([24]), "stop": np.array([33])})
     assert "grow.mkv: frame 30 is 128x128 (16,384 pixels), over the 2,000-pixel limit" in row["error"][0]
     assert row["frames"][0] == b""
