@@ -137,3 +137,22 @@ def mkv_of(path: Path, packets: list, size: tuple[int, int], pts: list[int] | No
             packet.time_base, packet.stream, packet.is_keyframe = time_base, stream, p.is_keyframe
             out.mux(packet)
     return path
+
+
+# -- the CLI in this process -----------------------------------------------------------------
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``raystyle ARGV`` run in this process."""
+    from raystyle.cli import main as cli
+
+    capsys.readouterr()
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    """The one ``raystyle: error`` line of a refused command (exit 2, no traceback)."""
+    rc, out, err = run(argv, capsys)
+    lines = [line for line in err.splitlines() if "raystyle: error" in line]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, (rc, out, err)
+    return lines[0]

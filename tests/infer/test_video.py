@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from raystyle.cli import main as cli
 from raystyle.infer import video as V
 from raystyle.infer.generator import Stylizer
+from tests.helpers import one_line_error, run
 
 SPEED = (1.5, 0.5)  # px per frame: sub-pixel, both axes
 
@@ -51,20 +51,6 @@ def noisy_style(frames: list[np.ndarray], seed=[0]) -> list[np.ndarray]:  # noqa
         noise = np.random.default_rng(seed[0]).normal(0, 12, f.shape)
         out.append(np.clip(255.0 - f + noise, 0, 255).astype(np.uint8))
     return out
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = cli.main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    rc, out, err = run(argv, capsys)
-    lines = [line for line in err.splitlines() if "raystyle: error" in line]
-    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, (rc, out, err)
-    return lines[0]
 
 
 # -- reading and planning ---------------------------------------------------------------------

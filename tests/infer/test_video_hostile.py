@@ -17,23 +17,8 @@ import av
 import numpy as np
 import pytest
 
-from raystyle.cli import main as cli
 from raystyle.infer import video as V
-from tests.helpers import SIDE, h264_packets, mkv_of, small_clip
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = cli.main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    rc, out, err = run(argv, capsys)
-    lines = [line for line in err.splitlines() if "raystyle: error" in line]
-    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, (rc, out, err)
-    return lines[0]
+from tests.helpers import SIDE, h264_packets, mkv_of, one_line_error, run, small_clip
 
 
 def stylize(path: Path, identity_models: Path, out: Path, *extra: str) -> list[str]:
