@@ -28,3 +28,10 @@ net_retry() {
     sleep $((wait * try))
   done
 }
+
+# Each of .ci/run, .ci/smoke and .ci/floors builds a venv of ~7-9 GB (torch pulls its CUDA
+# wheels; smoke and floors remove theirs when done). Say plainly when the disk cannot hold one,
+# before an install fails half-way with "No space left on device".
+free_gib=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
+echo "ci: ${free_gib} GiB free here ($(basename "$0"); a venv takes about 9)"
+[ "$free_gib" -ge 12 ] || echo "ci: WARNING: under 12 GiB free: an install may fail with 'No space left on device'" >&2

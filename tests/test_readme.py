@@ -115,7 +115,7 @@ def test_readme_test_command_is_ci_run():
     commands = [body for kind, body in _fenced(quick) if kind == "bash"]
     assert commands[0] == QUICK_START
     assert ci[0] == ". .ci/lib.sh"
-    # net_retry runs it again only when a network error cut the install short (tests/test_ci.py)
+    # net_retry runs it again only when a network error cut the install short (tests/test_packaging.py)
     assert ci[1] == f'net_retry bash -c "set -e; {commands[1]}"', \
         "`.ci/run` must run exactly the README's test command"
     assert '"' not in commands[1]
