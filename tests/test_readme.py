@@ -4,8 +4,11 @@ exist beside the commands that made them. (The README's HTTP examples run agains
 in test_demo.py; the commands themselves run in the tests of each command; test_docs.py checks
 that links resolve.)"""
 
+import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,21 +71,33 @@ def _subparsers(parser):
     return next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
 
 
+USAGES = r"""
+import json
+from raystyle.cli.main import build_parser
+out = {}
+sp_action = next(a for a in build_parser(methods=True)._actions if a.__class__.__name__ == "_SubParsersAction")
+for sp in sp_action.choices.values():
+    subs = [a for a in sp._actions if a.__class__.__name__ == "_SubParsersAction"]
+    for p in (subs[0].choices.values() if subs else [sp]):
+        text = " ".join(p.format_usage().removeprefix("usage: ").split()).replace(" [-h]", "")
+        out[text.split(" [")[0].split(" --")[0]] = text
+print(json.dumps(out))
+"""
+
+
 def _usages() -> dict[str, str]:
-    out = {}
-    for sp in _subparsers(build_parser()).values():
-        subs = [a for a in sp._actions if a.__class__.__name__ == "_SubParsersAction"]
-        for p in (subs[0].choices.values() if subs else [sp]):
-            text = " ".join(p.format_usage().removeprefix("usage: ").split()).replace(" [-h]", "")
-            out[text.split(" [")[0].split(" --")[0]] = text
-    return out
+    """Each command's usage line, in a fresh interpreter: the package's own training methods
+    only (a test may register one of its own in this process)."""
+    out = subprocess.run([sys.executable, "-c", USAGES], capture_output=True, text=True, check=True,
+                         timeout=120, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_every_raystyle_command_in_the_readme_and_docs_parses():
     assert len(_raystyle_argvs(README)) >= 1, "the quick start's raystyle demo"
     argvs = _raystyle_argvs()
     assert len(argvs) >= 15
-    parser = build_parser()
+    parser = build_parser(methods=True)  # as `raystyle train` builds it: the methods' own flags too
     for argv in argvs:
         try:
             parser.parse_args(argv)

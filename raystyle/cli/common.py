@@ -54,13 +54,12 @@ def add_verbose_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
 
-def flag_overrides(args: argparse.Namespace, features: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """The --set items with the flags' own after them, and the string flags (storage, address);
-    ``features``: the config section --features sets (fast, adain; None: not used)."""
+def flag_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The --set items with the flags' own after them, and the string flags (storage, address)."""
     overrides = list(args.overrides)
     for flag, key in (("workers", "cluster.workers"), ("cpus_per_worker", "cluster.cpus_per_worker"),
-                      ("max_steps", "train.max_steps"), ("features", f"{features}.features")):
-        value = getattr(args, flag, None) if flag != "features" or features else None
+                      ("max_steps", "train.max_steps")):
+        value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     if getattr(args, "gpu", False):

@@ -4,7 +4,8 @@ Each command (or family of commands) is a module of raystyle.cli with ``add_pars
 and its ``cmd_*`` functions (``COMMANDS``); this module puts them under one parser, runs the
 one asked for and maps expected failures to exit codes: bad input, bad config or a cluster
 that cannot run the job print one line, ``raystyle: error: ...``, and exit 2; nothing prints
-a traceback for them. Building the parser imports neither torch nor Ray.
+a traceback for them. Building the parser imports neither torch nor Ray (`raystyle train`
+alone loads the training methods, whose own flags it takes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ MODULES = (train, demo, evaluate, export, stylize, serve, batch, nst, data)
 COMMANDS = {name: cmd for module in MODULES for name, cmd in module.COMMANDS.items()}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(methods: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``methods``: with every training method's own `train` flags
+    (raystyle.methods: imports torch, so only when the command is `train`)."""
     parser = argparse.ArgumentParser(
         prog="raystyle",
         description="Train CycleGAN style generators on a Ray cluster.",
@@ -31,11 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in MODULES:
         module.add_parser(sub)
+    if methods:
+        train.add_method_options(sub.choices["train"])
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return build_parser(methods=bool(argv) and argv[0] == "train").parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if getattr(args, "verbose", False):  # read by raystyle.cluster (and inherited by a local Ray)
         os.environ[VERBOSE_ENV] = "1"
     try:

@@ -25,16 +25,10 @@ def add_parser(sub) -> None:
                        "2016), with Ray Train (DDP). Running the same command again resumes from the "
                        "last checkpoint.")
     add_train_args(p, data_required=True)
-    p.add_argument("--method", choices=["cyclegan", "fast", "adain"], default="cyclegan",
-                   help="cyclegan (default): two unpaired domains; fast: photos + one --style-image; "
-                   "adain: one decoder for any painting (DATA/trainA photos, DATA/trainB paintings)")
-    p.add_argument("--style-image", metavar="PAINTING", help="--method fast: the style image")
-    p.add_argument("--features", choices=["vgg16", "vgg19", "random"],
-                   help="--method fast/adain: the feature network (fast.features: vgg16, adain.features: "
-                   "vgg19 in the presets). random needs no download; see the README for how it compares")
-    p.add_argument("--vgg-weights", metavar="PATH",
-                   help="--method fast/adain: a VGG weights file (default: $RAYSTYLE_VGG_WEIGHTS, else "
-                   "torchvision's cache under $TORCH_HOME, downloaded when missing)")
+    p.add_argument("--method",
+                   help="the training method (default: the one whose section --config has, else cyclegan): "
+                   "cyclegan, two unpaired domains; fast, photos + one --style-image; adain, one decoder "
+                   "for any painting (DATA/trainA photos, DATA/trainB paintings); or another registered one")
     p.add_argument("--export", metavar="STYLE",
                    help="after training, export g_ab as STYLE (fp32 + int8) with a Ray task")
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
@@ -65,64 +59,94 @@ def add_parser(sub) -> None:
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
 
 
-def train_config(args: argparse.Namespace):
-    """The config of a CycleGAN run: --config (default: the paper's recipe), --set, then the flags."""
-    from raystyle.config import load_config
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """Every training method's own flags (``Method.options``) on `raystyle train`; a flag that
+    several methods share is added once. Imports the methods (torch): only `train` needs them."""
+    from raystyle.methods import method_class, method_names
 
+    names = sorted((n for n in method_names() if method_class(n).command == "train"),
+                   key=lambda n: (n != "cyclegan", n))
+    next(a for a in p._actions if a.dest == "method").choices = names
+    users: dict[str, list[str]] = {}
+    for name in names:
+        for option in method_class(name).options:
+            users.setdefault(option.flag, []).append(name)
+    added = set()
+    for name in names:
+        for o in method_class(name).options:
+            if o.flag not in added:
+                added.add(o.flag)
+                p.add_argument(o.flag, dest=o.dest, metavar=o.metavar, choices=o.choices,
+                               help=f"--method {'/'.join(users[o.flag])}: {o.help}")
+
+
+def method_of(args: argparse.Namespace):
+    """The run's training method: --method, else the one whose section --config has, else CycleGAN."""
+    from raystyle.config import read_yaml, section_class
+    from raystyle.methods import method_class
+
+    in_config = []
+    if args.config:
+        in_config = [k for k, v in read_yaml(args.config).items()
+                     if v is not None and k not in ("data", "model", "loss", "train", "cluster", "export")
+                     and section_class(k) is not None]
+    if args.method and in_config and in_config != [args.method]:
+        raise RaystyleError(f"--config {args.config} is a {in_config[0]} config; drop --method {args.method} "
+                            "or give a config without that section")
+    return method_class(args.method or (in_config[0] if in_config else "cyclegan"))
+
+
+def plan_run(args: argparse.Namespace):
+    """(method, config, workers' extra) of `raystyle train`: the method's preset (or --config),
+    --set, then the flags (its own ones into its section); the method checks them all."""
+    from raystyle.methods import method_class, method_names
+
+    method = method_of(args)
+    if method.command != "train":
+        raise RaystyleError(f"a {method.name} run is started with `raystyle {method.command}`, not "
+                            f"`raystyle train` (a config with a {method.name} section is one)")
+    own = {o.flag for o in method.options}
+    users: dict[str, list[str]] = {}
+    for name in method_names():
+        for o in method_class(name).options:
+            if getattr(args, o.dest, None) is not None and o.flag not in own:
+                users.setdefault(o.flag, []).append(name)
+    if users:
+        flag, names = next(iter(users.items()))
+        raise RaystyleError(f"{flag} is an option of --method {' and '.join(names)}, not of {method.name} "
+                            "(see `raystyle train --help`)")
     overrides, strings = flag_overrides(args)
-    cfg = load_config(args.config, overrides)
-    return cfg.replace(cluster=strings) if strings else cfg
-
-
-def fast_config(args: argparse.Namespace):
-    """(config, workers' extra) of a fast style run: the `fast` preset (or --config), --set,
-    then the flags; the style image and the feature weights are checked here."""
-    from raystyle.methods.fast import plan
-
-    if not args.style_image:
-        raise RaystyleError("--method fast needs --style-image PAINTING")
-    overrides, strings = flag_overrides(args, "fast")
     settings: dict = {"cluster": strings} if strings else {}
-    if args.vgg_weights:
-        settings["fast"] = {"vgg_weights": str(Path(args.vgg_weights).expanduser().resolve())}
-    return plan(args.style_image, args.config, overrides, settings)
+    values = {}
+    for o in method.options:
+        value = getattr(args, o.dest, None)
+        if value is not None:
+            values[o.key] = str(Path(value).expanduser().resolve()) if o.path else value
+    if values:
+        settings[method.name] = values
+    cfg, extra = method.plan(args.config, overrides, settings)
+    return method, cfg, extra
 
 
-def adain_config(args: argparse.Namespace):
-    """(config, workers' extra) of an arbitrary-style run: the `adain` preset (or --config),
-    --set, then the flags; the feature weights are checked here."""
-    from raystyle.methods.adain import plan
+def _local_for_export(storage: str | None) -> None:
+    from raystyle.util.storage import is_uri
 
-    if args.style_image:
-        raise RaystyleError("--method adain takes its paintings from DATA/trainB, not --style-image")
-    overrides, strings = flag_overrides(args, "adain")
-    settings: dict = {"cluster": strings} if strings else {}
-    if args.vgg_weights:
-        settings["adain"] = {"vgg_weights": str(Path(args.vgg_weights).expanduser().resolve())}
-    return plan(args.config, overrides, settings)
+    if storage and is_uri(storage):
+        raise RaystyleError(f"--export needs a local --storage for now (export reads local checkpoints); "
+                            f"train to {storage.split('?', 1)[0]} without --export, then copy "
+                            f"the checkpoint folder and run `raystyle export DIR`")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raystyle.registry import check_name
-    from raystyle.util.storage import is_uri
 
     if args.export:
         check_name(args.export)  # fail before hours of training, not after
-    cfg = train_config(args)
-    if args.export and cfg.cluster.storage and is_uri(cfg.cluster.storage):
-        raise RaystyleError(f"--export needs a local --storage for now (export reads local checkpoints); "
-                         f"train to {cfg.cluster.storage.split('?', 1)[0]} without --export, then copy "
-                         f"the checkpoint folder and run `raystyle export DIR`")
-    if cfg.distill is not None:
-        raise RaystyleError("a config with a distill section is a distillation: run `raystyle distill TEACHER ...`")
-    extra = None
-    if args.method == "fast" or cfg.fast is not None:
-        cfg, extra = fast_config(args)  # the fast preset, not the paper's CycleGAN recipe
-    elif args.method == "adain" or cfg.adain is not None:
-        cfg, extra = adain_config(args)
-    elif args.style_image or args.features or args.vgg_weights:
-        raise RaystyleError("--style-image, --features and --vgg-weights are for --method fast or adain")
-    result = run_training(cfg, args.data, args.style, extra)
+        _local_for_export(args.storage)  # before the plan (which may load VGG weights)
+    _, cfg, extra = plan_run(args)
+    if args.export:
+        _local_for_export(cfg.cluster.storage)
+    result = run_training(cfg, args.data, args.style, extra or None)
     if args.export:
         export_run(result, args.export, args.models_dir)
     return 0

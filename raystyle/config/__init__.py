@@ -1,9 +1,9 @@
 """Typed configuration: frozen dataclasses that load from YAML and ``--set a.b=value``.
 
 A ``Config`` has one section per concern (data, model, loss, train, cluster, export) and
-one per training method beyond CycleGAN (distill: its presence makes a run a
-distillation, and its ``model`` section the student's; fast; adain). Each
-function receives only the section it needs. Ray workers receive ``config.to_dict()``
+at most one training method's own section, registered by name (``register_section``; the
+built-in ones: distill, whose presence makes a run a distillation and its ``model`` section
+the student's; fast; adain). Each function receives only the section it needs. Ray workers receive ``config.to_dict()``
 and rebuild the dataclass with ``Config.from_dict`` on their first line.
 
 Unknown keys and values of the wrong type are ``ConfigError``s that name the key.
@@ -310,50 +310,118 @@ class ExportConfig:
         _positive(self, "export", "max_abs_error", "stats_max_rel_error")
 
 
+# -- training methods' own sections ---------------------------------------------------------
+# A training method beyond CycleGAN keeps its settings in a section of its own, named after it
+# (``fast:``, ``adain:``, ``distill:``): a frozen dataclass registered here by name. The built-in
+# methods' sections are registered below (so a config reads without torch); a new method
+# registers its section from its own module (raystyle.methods.base.register_method(name,
+# section=...)). A section named in a file but not registered yet is looked up through the
+# finders the upper layers install (raystyle.methods installs one that imports the method's module).
+_SECTIONS: dict[str, type] = {}
+_FINDERS: list[Any] = []
+
+
+def register_section(name: str, cls: type) -> None:
+    """``cls`` (a frozen dataclass) is training method ``name``'s config section."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"the config section of method {name!r} must be a dataclass, not {cls!r}")
+    if name in CORE_SECTIONS or _SECTIONS.get(name, cls) is not cls:
+        raise ValueError(f"config section {name!r} is registered twice")
+    _SECTIONS[name] = cls
+
+
+def add_section_finder(finder: Any) -> None:
+    """``finder(name)`` is called for a section name not registered yet (it may register it)."""
+    if finder not in _FINDERS:
+        _FINDERS.append(finder)
+
+
+def section_class(name: str) -> type | None:
+    """The dataclass of method ``name``'s section; None when no method has that name."""
+    if name not in _SECTIONS and isinstance(name, str) and name.isidentifier() and not name.startswith("_"):
+        for finder in _FINDERS:
+            with contextlib.suppress(RaystyleError):
+                finder(name)
+            if name in _SECTIONS:
+                break
+    return _SECTIONS.get(name)
+
+
+def section_names() -> list[str]:
+    """The method sections registered so far."""
+    return sorted(_SECTIONS)
+
+
+CORE_SECTIONS = ("data", "model", "loss", "train", "cluster", "export")
+
+
 @dataclass(frozen=True)
 class Config:
+    """The core sections, and at most one training method's own (``method``, ``section``).
+
+    In a file (YAML, config.json) the method's section sits beside the core ones under the
+    method's name (``fast: {...}``); no method section means CycleGAN. ``cfg.fast`` (any
+    registered method's name) is that section when it is this run's method, else None.
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    # present only in a distillation run's config (raystyle.methods.distill); None: a CycleGAN run
-    distill: DistillConfig | None = None
-    # present only in a fast per-style network's config (raystyle.methods.fast)
-    fast: FastConfig | None = None
-    # present only in an arbitrary-style (AdaIN) run's config (raystyle.methods.adain)
-    adain: AdaINConfig | None = None
+    method: str = "cyclegan"  # the training method (recorded in checkpoints and model.json)
+    section: Any = None  # its own section: an instance of section_class(method); None for CycleGAN
 
     def __post_init__(self) -> None:
-        present = [n for n in ("distill", "fast", "adain") if getattr(self, n) is not None]
-        if len(present) > 1:
-            raise ConfigError(f"a config has at most one of the distill, fast and adain sections, "
-                              f"not {' and '.join(present)}")
+        cls = _SECTIONS.get(self.method)
+        if (self.section is None) != (cls is None) or (cls is not None and type(self.section) is not cls):
+            raise ConfigError(f"a {self.method} config needs its {self.method!r} section "
+                              f"({cls.__name__ if cls else 'none'}), got {type(self.section).__name__}")
 
-    @property
-    def method(self) -> str:
-        """The training method this config describes (recorded in checkpoints and model.json)."""
-        for name in ("distill", "fast", "adain"):
-            if getattr(self, name) is not None:
-                return name
-        return "cyclegan"
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.fast``, ``cfg.adain``, ``cfg.distill`` ...: the section, or None for another method."""
+        if name.startswith("_") or name not in _SECTIONS:
+            raise AttributeError(name)
+        return self.section if self.method == name else None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS}
+        if self.section is not None:
+            data[self.method] = dataclasses.asdict(self.section)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        return _build(cls, data, prefix="")
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+        core = {k: v for k, v in data.items() if k in CORE_SECTIONS}
+        extra = {k: v for k, v in data.items() if k not in CORE_SECTIONS}
+        for key in extra:
+            if section_class(key) is None:
+                allowed = ", ".join([*sorted(CORE_SECTIONS), *section_names()])
+                raise ConfigError(f"unknown config key {key!r}; allowed: {allowed}")
+        present = [k for k, v in extra.items() if v is not None]  # older files: `fast: null` ...
+        if len(present) > 1:
+            raise ConfigError(f"a config has at most one training method's section, not {' and '.join(present)}")
+        config = _build(cls, core, prefix="")
+        if not present:
+            return config
+        method = present[0]
+        return dataclasses.replace(config, method=method, section=_build(_SECTIONS[method], data[method], method))
 
     def replace(self, **sections: Any) -> Config:
         """Return a copy with nested overrides, e.g. ``replace(train={"max_steps": 5})``."""
         merged = self.to_dict()
         for name, values in sections.items():
-            if name not in merged:
+            if name not in merged and section_class(name) is None:
                 raise ConfigError(f"unknown config section {name!r}")
-            merged[name] = {**(merged[name] or {}), **values}
+            merged[name] = {**(merged.get(name) or {}), **values}
         return Config.from_dict(merged)
+
+
+for _name, _cls in (("distill", DistillConfig), ("fast", FastConfig), ("adain", AdaINConfig)):
+    register_section(_name, _cls)
 
 
 # Shipped inside the package, so a wheel has them too; jobs/configs in a clone is a link here

@@ -77,8 +77,8 @@ from raystyle.export.gates import (
 )
 from raystyle.infer.generator import Stylizer
 from raystyle.infer.tiles import TilePlan, stats_change, to_input, to_uint8
+from raystyle.methods import method_class
 from raystyle.methods.cyclegan import generator_state
-from raystyle.runlog import read_metrics, read_validation
 
 INPUT_SPEC = {
     "name": "image", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [-1.0, 1.0],
@@ -87,9 +87,9 @@ INPUT_SPEC = {
 
 
 def resolve_direction(config: Config, direction: str | None) -> str:
-    """``direction`` as given; None: a distilled student's own direction, else ab."""
+    """``direction`` as given; None: the training method's (a distilled student's own, else ab)."""
     if direction is None:
-        return config.distill.direction if config.distill is not None else "ab"
+        return method_class(config.method).export_direction(config)
     return direction
 
 
@@ -100,8 +100,9 @@ def load_generator(checkpoint: Path, direction: str | None = None) -> tuple[nn.M
     if direction not in ("ab", "ba"):
         raise ExportError(f"--direction must be ab or ba, got {direction!r}")
     if f"g_{direction}" not in nets:
-        kind = f"a student distilled in direction {config.distill.direction}" if config.distill else "its nets"
-        raise ExportError(f"{checkpoint} has no g_{direction} generator ({kind}); drop --direction or use the other one")
+        own = resolve_direction(config, None)
+        raise ExportError(f"{checkpoint} has no g_{direction} generator (its {config.method} run trained "
+                          f"g_{own}); drop --direction or use the other one")
     gen = build_generator(config.model)
     gen.load_state_dict(generator_state(nets, direction))
     return gen.eval(), config, ckpt.read_manifest(checkpoint)
@@ -113,55 +114,17 @@ def cost_figures(gen: nn.Module) -> dict[str, Any]:
     return {"params": count_params(gen), "macs": macs, "gmacs": round(macs / 1e9, 3), "side": COST_SIDE}
 
 
-def distillation_record(config: Any, checkpoint: Path, step: int) -> dict[str, Any]:
-    """A student's teacher (checkpoint, run, step) and its agreement with the teacher on
-    held-out images at this checkpoint's step (PSNR/SSIM from the run's metrics log)."""
-    d = config.distill
-    teacher = str(d.teacher)
-    record: dict[str, Any] = {"teacher": {"checkpoint": teacher, "run": teacher.rstrip("/").rsplit("/", 1)[0],
-                                          "step": d.teacher_step, "direction": d.direction}}
-    found = [r for r in read_metrics(checkpoint.parent) if r.get("step") == step and "val_teacher_psnr" in r]
-    if found:
-        info = read_validation(checkpoint.parent)
-        held = (info.get("held_out") or [config.train.val_images] * 2)[0 if d.direction == "ab" else 1]
-        record["vs_teacher"] = {"psnr_db": found[-1]["val_teacher_psnr"], "ssim": found[-1]["val_teacher_ssim"],
-                                "step": step, "held_out_images": min(config.train.val_images, held),
-                                "split": info.get("split"), "side": config.data.crop_size}
-    else:
-        record["vs_teacher"] = None  # the run validated nothing at this step (validation off)
-    return record
-
-
-def _source_folders(manifest: dict, direction: str) -> tuple[Path | None, Path | None]:
-    """(calibration folder = train split of the source domain, held-out = test split); a fast
-    style net trained on a plain photo folder calibrates on that folder."""
+def _source_folders(manifest: dict, direction: str, method: Any) -> tuple[Path | None, Path | None]:
+    """(calibration folder = train split of the source domain, held-out = test split); a method
+    trained on a plain photo folder (``one_folder``) calibrates on that folder."""
     data = manifest.get("data_dir")
     if not data:
         return None, None
     src = "A" if direction == "ab" else "B"
     train = Path(data) / f"train{src}"
-    if manifest.get("method") == "fast" and not train.is_dir():
+    if method.one_folder and not train.is_dir():
         return Path(data), None
     return train, Path(data) / f"test{src}"
-
-
-def style_image_record(config: Any, checkpoint: Path, work: Path) -> dict[str, Any]:
-    """A fast style net's painting: its file's sha256, size, features, and a thumbnail
-    (``style.jpg`` beside model.onnx) from the copy the checkpoint carries."""
-    from PIL import Image
-
-    from raystyle.methods.fast import layers_of, thumbnail
-
-    _, nets = ckpt.load_nets(checkpoint)
-    image = nets["style_image"]  # (3, H, W) uint8, as trained on
-    Image.fromarray(thumbnail(image)).save(work / "style.jpg", quality=90)
-    fc = config.fast
-    content, style = layers_of(fc)
-    return {"file": fc.style_image, "sha256": fc.style_sha256, "thumbnail": "style.jpg",
-            "trained_size": [int(image.shape[2]), int(image.shape[1])],
-            "features": fc.features, "features_sha256": fc.features_sha256 or None,
-            "content_layers": list(content), "style_layers": list(style),
-            "weights": {"content": fc.content_weight, "style": fc.style_weight, "tv": fc.tv_weight}}
 
 
 @dataclasses.dataclass
@@ -254,7 +217,8 @@ def export(checkpoint: Path, style: str, *, direction: str | None = None,
     gen, config, manifest = load_generator(checkpoint, direction)
     direction = resolve_direction(config, direction)
     gates = export_settings(config, overrides)
-    calib_dir, test_dir = _source_folders(manifest, direction)
+    method = method_class(config.method)
+    calib_dir, test_dir = _source_folders(manifest, direction, method)
     crop = config.data.crop_size
     held_out = image_files(test_dir, 4)  # never used for calibration
     held = _HeldOut(load_images(held_out, 2 * crop), [f"held-out image {Path(f).name}" for f in held_out])
@@ -286,10 +250,7 @@ def export(checkpoint: Path, style: str, *, direction: str | None = None,
             raise ExportError(f"model.onnx: {onnx_macs} MACs at {COST_SIDE} px in the graph, "
                               f"{meta['cost']['macs']} counted on the torch generator")
         meta["cost"]["macs_checked_on"] = "model.onnx"
-        if config.distill is not None:
-            meta["distillation"] = distillation_record(config, checkpoint, manifest["step"])
-        if config.fast is not None:
-            meta["style_image"] = style_image_record(config, checkpoint, work)
+        meta.update(method.export_record(config, checkpoint, manifest, work))  # its own entries
 
         def run32(x):
             return sess32.run(None, {"image": x})[0]

@@ -15,6 +15,7 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
+from raystyle.config import add_section_finder
 from raystyle.errors import RaystyleError
 
 
@@ -23,11 +24,13 @@ class UnknownMethod(RaystyleError):
 
 
 def method_names() -> list[str]:
-    """The registered training methods (imports every method module)."""
-    from raystyle.methods.base import registered
+    """The training methods: every module here that registers one (imported), and any method
+    registered from elsewhere (a plugin's module, a method a test defines)."""
+    from raystyle.methods.base import registered, registered_names
 
     names = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])]
-    return [n for n in names if n != "base" and _load(n) and registered(n) is not None]
+    found = [n for n in names if n != "base" and _load(n) and registered(n) is not None]
+    return found + [n for n in registered_names() if n not in found]
 
 
 def _load(name: str) -> bool:
@@ -44,9 +47,26 @@ def method_class(name: str) -> Any:
     """The class of training method ``name`` (``Config.method``); UnknownMethod otherwise."""
     from raystyle.methods.base import registered
 
-    cls = None
-    if isinstance(name, str) and name.isidentifier() and not name.startswith("_") and _load(name):
+    cls = registered(name) if isinstance(name, str) else None
+    if cls is None and isinstance(name, str) and name.isidentifier() and not name.startswith("_") and _load(name):
         cls = registered(name)
     if cls is None:
         raise UnknownMethod(f"unknown training method {name!r}; known: {', '.join(method_names())}")
     return cls
+
+
+def plugin_modules() -> list[str]:
+    """The modules of the methods registered from outside this package (a plugin, a test's
+    method): what a Ray worker imports before it reads such a method's config."""
+    from raystyle.methods.base import registered, registered_names
+
+    modules = {registered(n).__module__ for n in registered_names()}
+    return sorted(m for m in modules if not m.startswith(f"{__name__}."))
+
+
+def _find_section(name: str) -> None:
+    """A config names section ``name``: import method ``name``'s module, which registers it."""
+    method_class(name)
+
+
+add_section_finder(_find_section)

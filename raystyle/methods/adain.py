@@ -33,6 +33,7 @@ from torch import nn
 from raystyle.config import AdaINConfig, Config, ConfigError
 from raystyle.core.perceptual import FeatureNet
 from raystyle.methods.base import (
+    FEATURE_OPTIONS,
     PerceptualMethod,
     feature_weights,
     linear_decay,
@@ -151,11 +152,18 @@ class AdaINNet(nn.Module):
         return self.decoder(adain(self.encoder(content)[CODE], m, s, alpha))
 
 
-@register_method("adain")
+@register_method("adain", section=AdaINConfig)
 class AdaINMethod(PerceptualMethod):
     """The decoder, its optimiser and the fixed encoder; ``train_step`` on (content, style) batches."""
 
     style_kind = "arbitrary"  # raystyle.infer.kinds: an encoder + decoder and style images per request
+    default_preset = "adain"
+    options = FEATURE_OPTIONS  # its paintings come from DATA/trainB
+
+    @classmethod
+    def plan(cls, config, overrides, settings):
+        """(config, workers' extra): see the module function ``plan``."""
+        return plan(config, overrides, settings)
 
     def __init__(self, cfg: Config, features_state: dict[str, Any] | None,
                  device: torch.device | str = "cpu", rank: int = 0):
@@ -269,7 +277,7 @@ def load_net(nets: dict[str, Any], cfg: Config) -> AdaINNet:
 # ---------------------------------------------------------------------------------------
 # The run's configuration and features (driver side; still no Ray)
 
-DEFAULT_PRESET = "adain"
+DEFAULT_PRESET = AdaINMethod.default_preset
 
 
 def plan(config: str | Path | None = None, overrides: list[str] | None = None,

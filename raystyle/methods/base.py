@@ -1,20 +1,35 @@
 """The training-method seam: the Method protocol, the registry, and the base classes. Pure torch.
 
 A training method is one module ``raystyle/methods/<name>.py`` whose class is decorated
-``@register_method("<name>")``; ``method_class(name)`` (raystyle.methods) imports that module
-and returns the class, so raystyle.train, the CLI and export never name a method. (The pattern
-of junyanz's CycleGAN ``models/<name>_model.py``, with a registry instead of string maps.)
-``style_kind`` names the kind of registry style its export produces (raystyle.infer.kinds,
-raystyle.export): ``generator`` or ``arbitrary``.
+``@register_method("<name>", section=ItsConfig)``; ``method_class(name)`` (raystyle.methods)
+imports that module and returns the class, so raystyle.train, the CLI and export never name a
+method. (The pattern of junyanz's CycleGAN ``models/<name>_model.py``, whose
+``modify_commandline_options`` adds a model's own flags, with a registry instead of string maps.)
+What a method brings besides its training step, each with a default in ``GANMethod``:
+
+  section          its config section (a frozen dataclass; ``cfg.<name>``), registered with it
+  default_preset   the preset a run starts from without --config
+  options          its own ``raystyle train`` flags (``Option``: a flag that sets a section key)
+  plan(...)        the run's config and the workers' ``extra``, checked before Ray starts
+  check_resume     what must match before a run resumes, beyond its config sections
+  export_direction / export_record / one_folder
+                   what the generator exporter asks (direction, model.json entries, calibration)
+  style_kind       the kind of registry style its export produces (raystyle.infer.kinds,
+                   raystyle.export): ``generator`` or ``arbitrary``
+  command          the command that starts its runs (``train``; a distillation: ``distill``)
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+
+from raystyle.config import FEATURE_ARCHS
 
 _REGISTRY: dict[str, type] = {}
 
@@ -39,6 +54,8 @@ class Method(Protocol):
       check_data(data_dir, crop) -> (A, B)     the images it trains on (B empty: one domain)
       data_text(n_a, n_b), verb                 them, and what it does, in the run's first line
       style_kind                               the registry style kind its export produces
+      plan, check_resume, export_direction, export_record, default_preset, options, command,
+      one_folder                               see the module's docstring (defaults: GANMethod)
     """
 
     name: ClassVar[str]
@@ -70,12 +87,17 @@ class Method(Protocol):
              rank_state: dict[str, Any] | None) -> None: ...
 
 
-def register_method(name: str) -> Callable[[type], type]:
-    """Class decorator: the training method ``name`` (``Config.method``, ``--method``)."""
+def register_method(name: str, section: type | None = None) -> Callable[[type], type]:
+    """Class decorator: the training method ``name`` (``Config.method``, ``--method``), with its
+    config section ``section`` (a frozen dataclass, the file's ``NAME:`` mapping; None: CycleGAN's
+    core sections only)."""
+    from raystyle.config import register_section, section_class
 
     def add(cls: type) -> type:
         if _REGISTRY.get(name, cls) is not cls:
             raise ValueError(f"training method {name!r} is registered twice")
+        if section is not None and section_class(name) is not section:
+            register_section(name, section)
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -86,6 +108,35 @@ def register_method(name: str) -> Callable[[type], type]:
 def registered(name: str) -> type | None:
     """The class registered as ``name`` (None: none is, yet)."""
     return _REGISTRY.get(name)
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method's own ``raystyle train`` flag: ``--flag VALUE`` sets ``<method>.<key>``."""
+
+    flag: str  # "--style-image"
+    key: str  # the key of the method's section it sets: "style_image"
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    path: bool = False  # a local file: made absolute before it goes into the config
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+FEATURE_OPTIONS = (  # the perceptual methods' (fast, adain): the feature network and its weights
+    Option("--features", "features", "the feature network (fast.features: vgg16, adain.features: vgg19 in "
+           "the presets). random needs no download; see docs/training.md for how it compares",
+           choices=FEATURE_ARCHS),
+    Option("--vgg-weights", "vgg_weights", "a VGG weights file (default: $RAYSTYLE_VGG_WEIGHTS, else "
+           "torchvision's cache under $TORCH_HOME, downloaded when missing)", metavar="PATH", path=True),
+)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -146,6 +197,38 @@ class GANMethod:
     style_kind: ClassVar[str] = "generator"  # raystyle.infer.kinds: its export is one generator
     validates = True  # held-out figures at validation steps (raystyle.methods.quality)
     verb = "training"  # in the run's first line
+    default_preset: ClassVar[str | None] = None  # without --config (None: the config's defaults)
+    options: ClassVar[tuple[Option, ...]] = ()  # its own `raystyle train` flags
+    command: ClassVar[str] = "train"  # the command that starts its runs
+    one_folder: ClassVar[bool] = False  # trains on one folder of photos (export calibrates on it)
+
+    @classmethod
+    def plan(cls, config: str | Path | None, overrides: list[str] | None,
+             settings: dict[str, dict[str, Any]] | None) -> tuple[Any, dict[str, Any]]:
+        """(the run's config, the workers' ``extra``): ``config`` (a preset or YAML; default
+        ``default_preset``), ``overrides`` (--set), then ``settings`` (the CLI's flags, by
+        section). Everything a run needs is checked here, before Ray starts."""
+        from raystyle.config import Config
+
+        data = run_data(config, cls.default_preset, overrides, settings)
+        if cls.name != "cyclegan":
+            data[cls.name] = data.get(cls.name) or {}
+        return Config.from_dict(data), {}
+
+    @classmethod
+    def check_resume(cls, old: Any, new: Any, run: Any) -> None:
+        """Refuse (ConfigError) to resume ``run`` (config ``old``) with ``new`` beyond what the
+        config sections compare; nothing by default."""
+
+    @classmethod
+    def export_direction(cls, config: Any) -> str:
+        """The generator an export takes without --direction."""
+        return "ab"
+
+    @classmethod
+    def export_record(cls, config: Any, checkpoint: Path, manifest: dict[str, Any], work: Path) -> dict[str, Any]:
+        """Entries the method adds to an export's model.json (files it writes go in ``work``)."""
+        return {}
 
     @staticmethod
     def check_data(data_dir: Any, crop_size: int) -> tuple[Any, Any]:
@@ -205,13 +288,13 @@ class PerceptualMethod(GANMethod):
 
 
 # -- what the perceptual methods' plans share (driver side, before Ray starts) -----------------
-def run_data(config: Any, default_preset: str, overrides: list[str] | None,
+def run_data(config: Any, default_preset: str | None, overrides: list[str] | None,
              settings: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
     """The run's config as a dict: ``config`` (a preset or YAML; default ``default_preset``),
     then ``overrides`` (--set), then ``settings`` (the CLI's flags, by section)."""
     from raystyle.config import parse_overrides, read_yaml
 
-    data = read_yaml(config or default_preset)
+    data = read_yaml(config or default_preset) if (config or default_preset) else {}
     parse_overrides(overrides, data)
     for section, values in (settings or {}).items():
         data[section] = {**(data.get(section) or {}), **values}

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raystyle.config import Config, ConfigError, ModelConfig
+from raystyle.config import Config, ConfigError, DistillConfig, ModelConfig
 from raystyle.core.losses import discriminator_loss, gan_loss
 from raystyle.core.nets import ResidualBlock, build_discriminator, build_generator
 from raystyle.errors import RaystyleError
@@ -172,12 +172,48 @@ def check_pair(teacher: ModelConfig, student: ModelConfig) -> None:
                            "match the teacher's: its discriminator starts as the teacher's")
 
 
-@register_method("distill")
+@register_method("distill", section=DistillConfig)
 class Distiller(GANMethod):
     """A student, its adapters and a discriminator, trained against a frozen teacher."""
 
     uses_classifier = False  # validation compares with the teacher, not with a domain
     verb = "distilling"
+    command = "distill"  # `raystyle distill TEACHER ...` (plan() below), not `raystyle train`
+
+    @classmethod
+    def check_resume(cls, old: Config, new: Config, run: Any) -> None:
+        """A student run resumes only against the teacher checkpoint it started from."""
+        a, b = old.distill, new.distill
+        if (a.teacher, a.teacher_step) != (b.teacher, b.teacher_step):
+            raise ConfigError(f"run {run} distils {a.teacher} (step {a.teacher_step}), not {b.teacher} "
+                              f"(step {b.teacher_step}); resume it with that teacher checkpoint or pick a "
+                              "new --style name")
+
+    @classmethod
+    def export_direction(cls, config: Config) -> str:
+        return config.distill.direction  # the student's own
+
+    @classmethod
+    def export_record(cls, config: Config, checkpoint: Path, manifest: dict[str, Any], work: Path) -> dict[str, Any]:
+        """``distillation``: the student's teacher (checkpoint, run, step) and its agreement with
+        the teacher on held-out images at this checkpoint's step (PSNR/SSIM from the run's
+        metrics log)."""
+        from raystyle.runlog import read_metrics, read_validation
+
+        d, step = config.distill, manifest["step"]
+        teacher = str(d.teacher)
+        record: dict[str, Any] = {"teacher": {"checkpoint": teacher, "run": teacher.rstrip("/").rsplit("/", 1)[0],
+                                              "step": d.teacher_step, "direction": d.direction}}
+        found = [r for r in read_metrics(checkpoint.parent) if r.get("step") == step and "val_teacher_psnr" in r]
+        if found:
+            info = read_validation(checkpoint.parent)
+            held = (info.get("held_out") or [config.train.val_images] * 2)[0 if d.direction == "ab" else 1]
+            record["vs_teacher"] = {"psnr_db": found[-1]["val_teacher_psnr"], "ssim": found[-1]["val_teacher_ssim"],
+                                    "step": step, "held_out_images": min(config.train.val_images, held),
+                                    "split": info.get("split"), "side": config.data.crop_size}
+        else:
+            record["vs_teacher"] = None  # the run validated nothing at this step (validation off)
+        return {"distillation": record}
 
     def __init__(self, cfg: Config, teacher_cfg: Config, teacher_g: dict[str, Any],
                  teacher_d: dict[str, Any], device: torch.device | str = "cpu", rank: int = 0):

@@ -39,6 +39,8 @@ from raystyle.core.perceptual import (
 from raystyle.data.datasets import DomainScan, check_photos
 from raystyle.errors import RaystyleError
 from raystyle.methods.base import (
+    FEATURE_OPTIONS,
+    Option,
     PerceptualMethod,
     feature_weights,
     linear_decay,
@@ -91,9 +93,44 @@ def _to_net(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(127.5).sub(1.0).unsqueeze(0)
 
 
-@register_method("fast")
+@register_method("fast", section=FastConfig)
 class FastStyle(PerceptualMethod):
     """The transformer net, its optimiser and the fixed style targets; ``train_step``."""
+
+    default_preset = "fast"
+    one_folder = True  # any folder of photos (or a dataset: its trainA/)
+    options = (Option("--style-image", "style_image", "the style image", metavar="PAINTING", path=True),
+               *FEATURE_OPTIONS)
+
+    @classmethod
+    def plan(cls, config, overrides, settings):
+        """(config, workers' extra): see the module function ``plan``; the painting is
+        ``fast.style_image`` (--style-image)."""
+        data = run_data(config, cls.default_preset, overrides, settings)
+        image = (data.get("fast") or {}).get("style_image")
+        if not image:
+            raise StyleImageError("--method fast needs --style-image PAINTING")
+        return plan(image, config, overrides, settings)
+
+    @classmethod
+    def export_record(cls, config, checkpoint, manifest, work):
+        """``style_image``: the painting's file, sha256, size, features, and a thumbnail
+        (``style.jpg`` beside model.onnx) from the copy the checkpoint carries."""
+        from PIL import Image
+
+        from raystyle import checkpoint as ckpt
+
+        _, nets = ckpt.load_nets(checkpoint)
+        image = nets["style_image"]  # (3, H, W) uint8, as trained on
+        Image.fromarray(thumbnail(image)).save(work / "style.jpg", quality=90)
+        fc = config.fast
+        content, style = layers_of(fc)
+        return {"style_image": {
+            "file": fc.style_image, "sha256": fc.style_sha256, "thumbnail": "style.jpg",
+            "trained_size": [int(image.shape[2]), int(image.shape[1])],
+            "features": fc.features, "features_sha256": fc.features_sha256 or None,
+            "content_layers": list(content), "style_layers": list(style),
+            "weights": {"content": fc.content_weight, "style": fc.style_weight, "tv": fc.tv_weight}}}
 
     def __init__(self, cfg: Config, style: torch.Tensor, features_state: dict[str, Any] | None,
                  device: torch.device | str = "cpu", rank: int = 0):
@@ -195,7 +232,7 @@ class FastStyle(PerceptualMethod):
 # ---------------------------------------------------------------------------------------
 # The run's configuration, style image and features (driver side; still no Ray)
 
-DEFAULT_PRESET = "fast"
+DEFAULT_PRESET = FastStyle.default_preset
 
 
 def plan(style_image: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,

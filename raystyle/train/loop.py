@@ -15,6 +15,7 @@ to rank 0, which writes the metrics log and sample grids through it (runlog.py).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import tempfile
@@ -37,7 +38,7 @@ from raystyle import runlog
 from raystyle.cluster import check_resources, connect, ray_log_level, ray_verbose
 from raystyle.config import Config, ConfigError, default_storage
 from raystyle.data.datasets import EpochBatches, UnpairedDataset, steps_per_epoch
-from raystyle.methods import method_class, quality
+from raystyle.methods import method_class, plugin_modules, quality
 from raystyle.util import storage
 from raystyle.util.storage import Location
 
@@ -70,6 +71,7 @@ def _memory_mb(device: torch.device) -> float:
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    importlib.import_module(loop["method_module"])  # registers the method and its config section
     cfg = Config.from_dict(loop["config"])
     if not loop.get("ray_verbose"):
         _quiet_ray_train()  # our progress lines say enough; --verbose shows Ray Train's too
@@ -247,18 +249,15 @@ def check_compatible(run: Location, cfg: Config) -> None:
     old = ckpt.load_config(latest)
     if old.method != cfg.method:
         raise ConfigError(f"run {run} exists as a {old.method} run; pick a new --style name for this {cfg.method} run")
-    if old.distill is not None and cfg.distill is not None and (
-            (old.distill.teacher, old.distill.teacher_step) != (cfg.distill.teacher, cfg.distill.teacher_step)):
-        raise ConfigError(f"run {run} distils {old.distill.teacher} (step {old.distill.teacher_step}), "
-                          f"not {cfg.distill.teacher} (step {cfg.distill.teacher_step}); resume it with "
-                          f"that teacher checkpoint or pick a new --style name")
-    for section in ("model", "loss", "data", "distill", "fast", "adain"):
+    method_class(cfg.method).check_resume(old, cfg, run)
+    for section in ("model", "loss", "data", "section"):
         before, now = getattr(old, section), getattr(cfg, section)
         if hasattr(before, "identity") and hasattr(now, "identity"):  # files compare by hash
             before, now = before.identity(), now.identity()
         if before != now:
+            name = cfg.method if section == "section" else section
             raise ConfigError(
-                f"run {run} exists with a different {section} config; resume it with the "
+                f"run {run} exists with a different {name} config; resume it with the "
                 f"same config or pick a new --style name"
             )
 
@@ -388,7 +387,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config": cfg.to_dict(), "run": run, "crash_at_step": crash_at_step,
+            "config": cfg.to_dict(), "method_module": method.__module__, "run": run, "crash_at_step": crash_at_step,
             "data_dir": str(Path(data_dir).expanduser().resolve()),
             "files_a": list(files_a), "files_b": list(files_b), "val": val, "extra": extra,
             "ray_verbose": ray_verbose(),
@@ -443,11 +442,19 @@ def export_on_cluster(checkpoint: str | Path, style: str, *, address: str | None
     ($RAYSTYLE_MODELS or $RAYSTYLE_HOME/models) and relative paths mean the driver's, not
     those of whichever node runs the task.
     """
-    from raystyle.export import export_style
     from raystyle.registry import models_dir
 
     kwargs["models_dir"] = str(models_dir(kwargs.get("models_dir")).resolve())
     source = checkpoint if storage.is_uri(str(checkpoint)) else Path(checkpoint).expanduser().resolve()
     connect(address)
-    task = ray.remote(num_cpus=1, max_retries=1)(export_style)
-    return ray.get(task.remote(str(source), style, **kwargs))
+    task = ray.remote(num_cpus=1, max_retries=1)(_export_task)
+    return ray.get(task.remote(plugin_modules(), str(source), style, **kwargs))
+
+
+def _export_task(plugins: list[str], source: str, style: str, **kwargs: Any):
+    """``export_style`` on a worker, with the driver's methods registered from outside raystyle."""
+    from raystyle.export import export_style
+
+    for module in plugins:
+        importlib.import_module(module)
+    return export_style(source, style, **kwargs)

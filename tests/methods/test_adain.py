@@ -83,7 +83,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(sample_data, tmp_path, cap
     storage = tmp_path / "runs"
     sets = [a for item in ADAIN_TINY for a in ("--set", item)]
     cases = [
-        (str(sample_data), ["--style-image", str(tmp_path / "p.png")], "DATA/trainB, not --style-image"),
+        (str(sample_data), ["--style-image", str(tmp_path / "p.png")], "--style-image is an option of --method fast, not of adain"),
         (str(photos_only), [], "trainB"),  # paintings are missing
         (str(sample_data), ["--vgg-weights", "x.pth"], "random features need no file"),
     ]
@@ -381,14 +381,14 @@ def test_features_flag_applies_when_the_method_comes_from_the_config(tmp_path):
     from raystyle.cli import main as cli
     from raystyle.cli import train as cli_train
 
-    args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config",
-                                          "adain-small", "--features", "random"])
-    assert args.method == "cyclegan"
-    cfg, extra = cli_train.adain_config(args)
-    assert cfg.adain.features == "random" and extra["features"] is None
+    args = cli.parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config",
+                           "adain-small", "--features", "random"])
+    assert args.method is None
+    method, cfg, extra = cli_train.plan_run(args)
+    assert method.name == "adain" and cfg.adain.features == "random" and extra["features"] is None
     painting = tmp_path / "p.png"
     load_rgb(sample_photo_dir() / "coffee.png").save(painting)
-    args = cli.build_parser().parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config", "fast",
-                                          "--style-image", str(painting), "--features", "random"])
-    cfg, _ = cli_train.fast_config(args)
+    args = cli.parse_args(["train", "--data", str(tmp_path), "--style", "x", "--config", "fast",
+                           "--style-image", str(painting), "--features", "random"])
+    _, cfg, _ = cli_train.plan_run(args)
     assert cfg.fast.features == "random"
