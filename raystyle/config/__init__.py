@@ -72,7 +72,7 @@ class DataConfig:
     loader_workers: int = 2  # DataLoader processes per training worker (0 = in-process)
 
     def __post_init__(self) -> None:
-        _positive(self, "data", "load_size", "crop_size")
+        positive(self, "data", "load_size", "crop_size")
         if self.crop_size > self.load_size:
             raise ConfigError(f"data.crop_size ({self.crop_size}) must be <= data.load_size ({self.load_size})")
         if self.crop_size % 4:
@@ -104,7 +104,7 @@ class ModelConfig:
     edge_kernel: Literal[7, 9] = 7
 
     def __post_init__(self) -> None:
-        _positive(self, "model", "ngf", "ndf", "d_layers")
+        positive(self, "model", "ngf", "ndf", "d_layers")
         if self.colour_skip and not self.residual:
             raise ConfigError("model.colour_skip needs model.residual: true (it is the residual's skip)")
         if self.n_blocks < 0 or not 0.0 <= self.dropout < 1.0:
@@ -153,7 +153,7 @@ class TrainConfig:
     best_metric: str = "auto"
 
     def __post_init__(self) -> None:
-        _positive(self, "train", "batch_size", "lr", "log_every", "checkpoint_every",
+        positive(self, "train", "batch_size", "lr", "log_every", "checkpoint_every",
                   "sample_every", "keep_checkpoints", "val_images")
         if self.validate_every < 0 or not 0.0 <= self.val_holdout < 1.0:
             raise ConfigError("train.validate_every must be >= 0 and train.val_holdout in [0, 1)")
@@ -222,7 +222,7 @@ class FastConfig:
     tv_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive(self, "fast", "style_size")
+        positive(self, "fast", "style_size")
         for name in ("content_weight", "style_weight", "tv_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"fast.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -262,7 +262,7 @@ class AdaINConfig:
     style_size: int | None = None
 
     def __post_init__(self) -> None:
-        _positive(self, "adain", "decoder_width", "style_weight")
+        positive(self, "adain", "decoder_width", "style_weight")
         if self.style_size is not None and (self.style_size < 16 or self.style_size % 8):
             raise ConfigError(f"adain.style_size must be a multiple of 8 and at least 16 px, got {self.style_size!r}")
         for name in ("content_weight", "identity_weight"):
@@ -286,7 +286,7 @@ class ClusterConfig:
     max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
 
     def __post_init__(self) -> None:
-        _positive(self, "cluster", "workers", "cpus_per_worker")
+        positive(self, "cluster", "workers", "cpus_per_worker")
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,7 @@ class ExportConfig:
     fp16_min_psnr_db: float = 45.0  # fp16 model and tile graph vs fp32
 
     def __post_init__(self) -> None:
-        _positive(self, "export", "max_abs_error", "stats_max_rel_error")
+        positive(self, "export", "max_abs_error", "stats_max_rel_error")
 
 
 # -- training methods' own sections ---------------------------------------------------------
@@ -479,11 +479,28 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def _positive(obj: Any, section: str, *names: str) -> None:
+def from_mapping(cls: type, data: Any, where: str) -> Any:
+    """A frozen dataclass ``cls`` from a mapping (YAML, JSON, a Serve config's ``args:``): each
+    value checked against its field's type; unknown keys and wrong types are ConfigErrors that
+    name ``where.key``. The one way raystyle reads typed settings (config, Serve arguments)."""
+    return _build(cls, data, prefix=where)
+
+
+def positive(obj: Any, section: str, *names: str) -> None:
+    """ConfigError unless each field ``names`` of ``obj`` is > 0."""
     for name in names:
         value = getattr(obj, name)
         if value <= 0:
             raise ConfigError(f"{section}.{name} must be > 0, got {value!r}")
+
+
+def at_least_zero(obj: Any, section: str, *names: str) -> None:
+    """ConfigError unless each field ``names`` of ``obj`` is >= 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0:
+            raise ConfigError(f"{section}.{name} must be >= 0, got {value!r}")
+
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -514,10 +531,22 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return None
         inner = [o for o in options if o is not type(None)]
         return _coerce(inner[0], value, key)
+    if hint is Any:
+        return value
     if origin is tuple:  # tuple[X, ...]: a YAML list (or one item)
         item = typing.get_args(hint)[0]
         values = value if isinstance(value, list | tuple) else [value]
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(values))
+    if origin is list:  # list[X]: a YAML list
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # dict[str, X]: a YAML mapping
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        item = typing.get_args(hint)[1]
+        return {k: _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:

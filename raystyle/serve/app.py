@@ -49,12 +49,14 @@ YAML (serve_configs/*.yaml).
 
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +65,6 @@ import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 from ray import exceptions as ray_errors
 from ray import serve
 from ray.serve import exceptions as serve_errors
@@ -74,7 +75,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from raystyle import registry
-from raystyle.config import ConfigError
+from raystyle.config import ConfigError, at_least_zero, from_mapping, positive
 from raystyle.data.images import (
     ENCODE_FORMATS,
     MEDIA_TYPES,
@@ -119,26 +120,44 @@ DEFAULT_DEPLOYMENT: dict[str, Any] = {
 }
 
 
-class AppArgs(BaseModel):
-    """Arguments of ``app_builder`` (the ``args:`` block of a serve config)."""
+@dataclass(frozen=True)
+class AppArgs:
+    """Arguments of ``app_builder`` (the ``args:`` block of a serve config), read like the
+    training config (raystyle.config.from_mapping): an unknown key or a wrong type is one
+    ConfigError naming ``args.KEY``."""
 
     models_dir: str | None = None  # default: RAYSTYLE_MODELS or ~/raystyle/models
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     styles: list[str] | None = None  # default: every style in the registry
-    max_body_mb: float = Field(20.0, gt=0)
-    max_pixels: int = Field(40_000_000, gt=0)  # per request; ImageTooLarge -> 413
-    max_style_images: int = Field(8, gt=0)  # style_image parts per request of an arbitrary style; more -> 422
-    max_pending: int = Field(32, gt=0)  # stylize requests one ingress replica holds; more -> 503
+    max_body_mb: float = 20.0
+    max_pixels: int = 40_000_000  # per request; ImageTooLarge -> 413
+    max_style_images: int = 8  # style_image parts per request of an arbitrary style; more -> 422
+    max_pending: int = 32  # stylize requests one ingress replica holds; more -> 503
     # (counted once the body is in: a body still arriving takes no place of a complete request)
-    body_timeout_s: float = Field(60.0, gt=0)  # the whole body within this, else 408
-    body_grace_s: float = Field(5.0, ge=0)  # seconds a body may take before the floor rate applies
-    body_min_bytes_per_s: int = Field(16384, ge=0)  # then at least this average, else 408; 0: none
-    max_pixels_in_flight: int = Field(120_000_000, gt=0)  # decoded pixels one ingress replica holds; more -> 503
+    body_timeout_s: float = 60.0  # the whole body within this, else 408
+    body_grace_s: float = 5.0  # seconds a body may take before the floor rate applies
+    body_min_bytes_per_s: int = 16384  # then at least this average, else 408; 0: none
+    max_pixels_in_flight: int = 120_000_000  # decoded pixels one ingress replica holds; more -> 503
     ort_spinning: bool = False  # ORT's idle threads spin (ORT's default); off for shared cores
-    deployment: dict[str, Any] = Field(default_factory=dict)  # merged over DEFAULT_DEPLOYMENT
-    per_style: dict[str, dict[str, Any]] = Field(default_factory=dict)  # style -> overrides
-    ingress: dict[str, Any] = Field(default_factory=dict)  # merged over DEFAULT_INGRESS
+    deployment: dict[str, Any] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_DEPLOYMENT
+    per_style: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # style -> overrides
+    ingress: dict[str, Any] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_INGRESS
+
+    def __post_init__(self) -> None:
+        positive(self, "args", "max_body_mb", "max_pixels", "max_style_images", "max_pending",
+                 "body_timeout_s", "max_pixels_in_flight")
+        at_least_zero(self, "args", "body_grace_s", "body_min_bytes_per_s")
+        if self.max_pixels_in_flight < self.max_pixels:
+            raise ConfigError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least "
+                              f"max_pixels ({self.max_pixels}): one image of the largest size must fit")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "AppArgs":
+        return from_mapping(cls, data or {}, "args")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -424,7 +443,7 @@ class Gateway:
     routing to the style deployments."""
 
     def __init__(self, handles: dict[str, DeploymentHandle], meta: dict[str, dict], args: dict):
-        self.handles, self.args = handles, AppArgs(**args)
+        self.handles, self.args = handles, AppArgs.from_dict(args)
         self.meta = {name: public_meta(m, self.args) for name, m in meta.items()}
         self.limit = int(self.args.max_body_mb * 2**20)
         # one event loop: no lock needed for either count
@@ -592,10 +611,7 @@ def deployment_name(style: str) -> str:
 
 def app_builder(args: dict[str, Any] | AppArgs):
     """The Serve application: ``import_path: raystyle.serve:app_builder`` in a serve config."""
-    args = args if isinstance(args, AppArgs) else AppArgs(**(args or {}))
-    if args.max_pixels_in_flight < args.max_pixels:
-        raise ConfigError(f"max_pixels_in_flight ({args.max_pixels_in_flight}) must be at least "
-                          f"max_pixels ({args.max_pixels}): one image of the largest size must fit")
+    args = args if isinstance(args, AppArgs) else AppArgs.from_dict(args)
     found = {s.name: s for s in registry.list_styles(args.models_dir)}
     names = args.styles if args.styles is not None else sorted(found)
     missing = [n for n in names if n not in found]
@@ -616,7 +632,7 @@ def app_builder(args: dict[str, Any] | AppArgs):
         raise ConfigError(f"ingress.max_ongoing_requests ({ingress.get('max_ongoing_requests')}) must be "
                          f"above max_pending ({args.max_pending}) so that overload is answered with "
                          "503 JSON by the ingress rather than queued at the proxy")
-    return Gateway.options(**ingress).bind(handles, json.loads(json.dumps(meta)), args.model_dump())
+    return Gateway.options(**ingress).bind(handles, json.loads(json.dumps(meta)), args.to_dict())
 
 
 def load_serve_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

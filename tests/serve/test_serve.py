@@ -313,7 +313,27 @@ def test_serve_configs_are_valid_and_bind_localhost(name):
     ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     http, args = load_serve_config(path)
     assert http["host"] == "127.0.0.1"
-    AppArgs(**args)  # every key is one app_builder knows
+    AppArgs.from_dict(args)  # every key is one app_builder knows
+
+
+def test_app_args_are_read_like_the_training_config():
+    """The Serve app's `args:` go through raystyle.config like the training config: a typo or a
+    wrong type is one line naming the key (pydantic's default let an unknown key pass unseen)."""
+    from raystyle.config import ConfigError
+    from raystyle.serve.app import AppArgs
+
+    args = AppArgs.from_dict({"styles": ["a"], "per_style": {"a": {"num_replicas": 2}}, "max_pending": 4})
+    assert (args.styles, args.per_style, args.max_pending) == (["a"], {"a": {"num_replicas": 2}}, 4)
+    assert AppArgs.from_dict(args.to_dict()) == args  # as the ingress replica receives it
+    for bad, message in [({"max_pendnig": 4}, "unknown config key 'args.max_pendnig'"),
+                         ({"max_pending": 0}, "args.max_pending must be > 0"),
+                         ({"styles": "a"}, "args.styles: expected a list"),
+                         ({"precision": "fp8"}, "args.precision: 'fp8' is not one of"),
+                         ({"body_grace_s": -1}, "args.body_grace_s must be >= 0"),
+                         ({"per_style": {"a": 3}}, "args.per_style.a: expected a mapping"),
+                         ({"max_pixels": 10, "max_pixels_in_flight": 5}, "must be at least max_pixels")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            AppArgs.from_dict(bad)
 
 
 def test_kuberay_rayservice_carries_the_same_application():
@@ -330,7 +350,7 @@ def test_kuberay_rayservice_carries_the_same_application():
     ServeDeploySchema.model_validate(serve_cfg)
     (app,) = serve_cfg["applications"]
     _, local = load_serve_config(root / "local.yaml")
-    args = AppArgs(**app["args"])
+    args = AppArgs.from_dict(app["args"])
     assert app["import_path"] == "raystyle.serve:app_builder" and args.models_dir == "/models"
     assert set(app["args"]) == set(local) and app["args"]["deployment"].keys() == local["deployment"].keys()
     assert re.fullmatch(r"\d+\.\d+\.\d+", doc["spec"]["rayClusterConfig"]["rayVersion"])

@@ -207,7 +207,7 @@ def test_a_generator_style_refuses_a_style_image(server, arbitrary_style, photos
         "anystyle", args["models_dir"], "fp32", "cpu", False)
     generator_meta = {k: v for k, v in arbitrary_style.meta.items() if k not in ("kind", "arbitrary")}
     serve.run(Gateway.options(**SMALL).bind({"gen": model}, {"gen": generator_meta},
-                                            AppArgs(**args).model_dump()), name="gen", route_prefix="/gen")
+                                            AppArgs.from_dict(args).to_dict()), name="gen", route_prefix="/gen")
     try:
         meta = requests.get(f"{url}/gen/styles").json()["gen"]
         assert meta["kind"] == "generator" and "style_size" not in meta

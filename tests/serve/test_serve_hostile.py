@@ -171,7 +171,7 @@ def test_the_shipped_configs_bound_requests_at_the_proxy_and_bodies_in_the_app(n
     schema = ServeDeploySchema.model_validate(doc)
     timeout = schema.http_options.request_timeout_s
     (app,) = doc["applications"]
-    args = AppArgs(**app["args"])
+    args = AppArgs.from_dict(app["args"])
     assert timeout is not None and timeout > args.body_timeout_s, (timeout, args.body_timeout_s)
     for key in ("body_timeout_s", "body_grace_s", "body_min_bytes_per_s", "max_pixels_in_flight"):
         assert key in app["args"], key
