@@ -1,4 +1,7 @@
-"""`raystyle stylize`: images, videos, folders or stdin through a registry style with ONNX Runtime."""
+"""`raystyle stylize`: images, videos, folders or stdin through a registry style with ONNX Runtime.
+
+The options and the lines printed live here; what the inputs mean, where each result goes and
+how a style of any kind runs is raystyle.infer.files."""
 
 from __future__ import annotations
 
@@ -57,78 +60,16 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON line per image instead of text")
 
 
-def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path | None]]:
-    """(input, relative output stem) for files, folders (recursive: images and videos) and '-'.
-    A folder is listed by raystyle.util.storage.list_inside: folder links are not followed and
-    links to files outside the folder are not read (a warning line each)."""
-    from pyarrow import fs as pafs
-
-    from raystyle.data.images import IMAGE_SUFFIXES
-    from raystyle.infer.video import VIDEO_SUFFIXES
-    from raystyle.util.storage import list_inside
-
-    out: list[tuple[str, Path | None]] = []
-    for item in inputs:
-        path = Path(item)
-        if item == "-":
-            out.append(("-", None))
-        elif path.is_dir():
-            listing = list_inside(pafs.LocalFileSystem(), str(path.absolute()), IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-            for error in listing.refused.values():
-                print(f"raystyle: warning: {path}/{error}", file=sys.stderr)
-            out += [(str(path / rel), Path(rel)) for rel in listing.files]
-        else:
-            out.append((item, Path(path.name)))
-    return out
-
-
-def _frames_fn(args: argparse.Namespace):
-    """``run(images, **options) -> list of uint8 arrays`` for the style (generator or arbitrary)."""
-    from raystyle.data.images import ImageError
-    from raystyle.infer.generator import Stylizer
-    from raystyle.infer.kinds import kind_of
-    from raystyle.registry import get_style
-
-    style = get_style(args.style, args.models_dir)
-    if kind_of(style).style_images:
-        from raystyle.infer.arbitrary import ArbitraryStylizer, parse_weights
-
-        if not args.style_images:
-            raise RaystyleError(f"style {args.style!r} is an arbitrary style: give --style-image PAINTING")
-        stylizer = ArbitraryStylizer(args.style, models_dir=args.models_dir, precision=args.precision,
-                                     provider=args.provider, tile=1024 if args.tile is None else args.tile)
-        weights = parse_weights(args.weights)
-        try:  # the paintings are read and encoded once, for every input (a bad one fails here)
-            stats = stylizer.blend([Path(p) for p in args.style_images], weights)
-        except (ImageError, OSError) as exc:
-            raise RaystyleError(f"style image: {exc}") from None
-
-        def run(images, **kw):
-            return stylizer.stylize_batch(images, styles=[stats] * len(images), alpha=args.alpha, **kw)
-        return run
-    if args.style_images or args.weights or args.alpha != 1.0:
-        raise RaystyleError(f"--style-image, --weights and --alpha are for arbitrary styles; "
-                         f"{args.style!r} is a {style.kind} style")
-    return Stylizer(args.style, models_dir=args.models_dir, precision=args.precision,
-                    provider=args.provider, tile=1024 if args.tile is None else args.tile).stylize_batch
-
-
 def cmd_stylize(args: argparse.Namespace) -> int:
-    from raystyle.data.images import ENCODE_FORMATS, ImageError, encode, format_for_path
-    from raystyle.infer.video import (
-        OUTPUT_FORMATS,
-        VIDEO_SUFFIXES,
-        VIDEO_TILE,
-        VideoError,
-        is_video,
-    )
-    from raystyle.infer.video import output_name as video_output_name
+    from raystyle.data.images import ImageError, encode
+    from raystyle.infer.files import NO_INPUTS, STDIN, expand_inputs, plan_outputs, style_runner
+    from raystyle.infer.video import VIDEO_TILE, VideoError
     from raystyle.util.storage import write_local_atomic
 
-    items = _expand_inputs(args.inputs)
+    items = expand_inputs(args.inputs, warn=lambda line: print(f"raystyle: warning: {line}", file=sys.stderr))
     if not items:
-        raise RaystyleError("no input images or videos found")
-    videos = [src for src, _ in items if src != "-" and is_video(src)]
+        raise RaystyleError(NO_INPUTS)
+    videos = [i for i in items if i.video]
     if not videos and (args.smooth is not None or args.fps is not None):
         raise RaystyleError("--smooth and --fps are for videos; no input is a video")
     if not videos and (args.max_frames is not None or args.max_duration is not None):
@@ -145,35 +86,15 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         check_limits(args.max_frames, args.max_duration)
     if args.batch_size < 1:
         raise RaystyleError(f"--batch-size must be at least 1, got {args.batch_size}")
-    to_stdout = args.output == "-"
-    out = Path(args.output)
-    if to_stdout and (len(items) != 1 or videos):
-        raise RaystyleError("-o - (stdout) takes exactly one input image")
-    suffix = out.suffix.lower()
-    single_file = len(items) == 1 and (suffix.lstrip(".") in ENCODE_FORMATS or suffix in OUTPUT_FORMATS)
-    if videos and suffix in VIDEO_SUFFIXES and suffix not in OUTPUT_FORMATS:
-        raise RaystyleError(f"-o {out}: a video is written as .mp4, .mov or .mkv (H.264)")
-    if single_file and bool(videos) != (suffix in OUTPUT_FORMATS):
-        raise RaystyleError(f"-o {out}: " + ("a video is written as .mp4, .mov or .mkv" if videos else
-                                          "an image is written as .png, .jpg or .webp"))
-    def image_dest(rel: Path | None) -> tuple[str, Path | None]:
-        suffix = rel.suffix.lower().lstrip(".") if rel is not None else ""
-        fmt = args.format or (suffix if suffix in ENCODE_FORMATS else "png")
-        return fmt, None if to_stdout else out / (rel or Path("stdin")).with_suffix(f".{fmt}")
-
-    if not single_file and not to_stdout:  # a.webm and a.mp4 both become a.mp4: refuse, lose nothing
-        seen: dict[Path, str] = {}
-        for src, rel in items:
-            dest = out / video_output_name(rel.as_posix()) if src in videos else image_dest(rel)[1]
-            if dest in seen:
-                raise RaystyleError(f"{seen[dest]} and {src} would both be written to {dest}")
-            seen[dest] = src
-    run = _frames_fn(args)
+    jobs = plan_outputs(items, args.output, args.format)  # every destination, before any work
+    run = style_runner(args.style, models_dir=args.models_dir, precision=args.precision, provider=args.provider,
+                       tile=1024 if args.tile is None else args.tile, style_images=args.style_images,
+                       weights=args.weights, alpha=args.alpha)
     options = dict(strength=args.strength, preserve_color=args.preserve_color)
     failed = 0
-    for src, rel in items:
-        if src in videos:
-            dest = out if single_file else out / video_output_name(rel.as_posix())
+    for job in jobs:
+        src, dest = job.src, job.dest
+        if job.video:
             try:
                 result = _stylize_video(args, src, dest,
                                         lambda frames: run(frames, tile=VIDEO_TILE if args.tile is None else args.tile, **options))
@@ -194,19 +115,15 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             continue
         start = time.perf_counter()
         try:
-            data = sys.stdin.buffer.read() if src == "-" else Path(src)
+            data = sys.stdin.buffer.read() if src == STDIN else Path(src)
             result = run([data], max_side=args.max_side, **options)[0]
         except ImageError as exc:
             failed += 1
             print(f"raystyle: error: {exc}", file=sys.stderr)
             continue
-        if single_file:
-            fmt, dest = format_for_path(out), out
-        else:
-            fmt, dest = image_dest(rel)
-        payload = encode(result, fmt)
+        payload = encode(result, job.fmt)
         ms = (time.perf_counter() - start) * 1000
-        if to_stdout or (src == "-" and args.output == "stylized"):
+        if dest is None or (src == STDIN and args.output == "stylized"):
             sys.stdout.buffer.write(payload)
             sys.stdout.buffer.flush()
             continue
