@@ -130,7 +130,7 @@ def export_arbitrary(checkpoint: Path, config: Config, manifest: dict[str, Any],
         enc_macs = count_macs(encoder, COST_SIDE)
         macs = count_macs(nn.Sequential(encoder, decoder), COST_SIDE)
         meta: dict[str, Any] = {
-            "style": style, "version": version, "kind": KIND.name, "method": "adain",
+            "style": style, "version": version, "kind": KIND.name, "method": config.method,
             "direction": "ab", "source_domain": "A", "target_domain": "any style image",
             "architecture": {"encoder": f"{ac.features} up to {CODE}", "decoder_width": ac.decoder_width,
                              "channels": CHANNELS},

@@ -28,6 +28,17 @@ def test_round_trip_through_dict():
     assert Config.from_dict(cfg.to_dict()) == cfg
 
 
+def test_older_config_files_with_every_method_key_still_load():
+    """Checkpoints written before methods registered their sections kept all three keys, the
+    unused ones null; they read as before (a method section by name, the rest ignored)."""
+    old = {**load_config("tiny").to_dict(), "distill": None, "fast": None, "adain": None}
+    assert Config.from_dict(old).method == "cyclegan" and Config.from_dict(old).fast is None
+    old["adain"] = {"features": "random"}
+    cfg = Config.from_dict(old)
+    assert (cfg.method, cfg.adain.features, cfg.fast, cfg.distill) == ("adain", "random", None, None)
+    assert "fast" not in cfg.to_dict() and cfg.to_dict()["adain"]["features"] == "random"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
