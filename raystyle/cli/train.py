@@ -76,24 +76,25 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         for o in method_class(name).options:
             if o.flag not in added:
                 added.add(o.flag)
-                p.add_argument(o.flag, dest=o.dest, metavar=o.metavar, choices=o.choices,
+                p.add_argument(o.flag, dest=o.dest, metavar=o.metavar, choices=o.choices, type=o.type,
                                help=f"--method {'/'.join(users[o.flag])}: {o.help}")
 
 
 def method_of(args: argparse.Namespace):
-    """The run's training method: --method, else the one whose section --config has, else CycleGAN."""
-    from raystyle.config import read_yaml, section_class
+    """The run's training method: --method, else the one whose section --config or --set
+    gives, else CycleGAN."""
+    from raystyle.config import CORE_SECTIONS, parse_overrides, read_yaml, section_class
     from raystyle.methods import method_class
 
-    in_config = []
-    if args.config:
-        in_config = [k for k, v in read_yaml(args.config).items()
-                     if v is not None and k not in ("data", "model", "loss", "train", "cluster", "export")
-                     and section_class(k) is not None]
-    if args.method and in_config and in_config != [args.method]:
-        raise RaystyleError(f"--config {args.config} is a {in_config[0]} config; drop --method {args.method} "
-                            "or give a config without that section")
-    return method_class(args.method or (in_config[0] if in_config else "cyclegan"))
+    data = read_yaml(args.config) if args.config else {}
+    parse_overrides(args.overrides, data)
+    given = [k for k, v in data.items() if v is not None and k not in CORE_SECTIONS and section_class(k) is not None]
+    if len(given) > 1:
+        raise RaystyleError(f"--config and --set give the sections of two training methods: {' and '.join(given)}")
+    if args.method and given and given != [args.method]:
+        raise RaystyleError(f"--config/--set give the {given[0]} section; drop --method {args.method} "
+                            f"or the {given[0]} settings")
+    return method_class(args.method or (given[0] if given else "cyclegan"))
 
 
 def plan_run(args: argparse.Namespace):
@@ -113,7 +114,9 @@ def plan_run(args: argparse.Namespace):
                 users.setdefault(o.flag, []).append(name)
     if users:
         flag, names = next(iter(users.items()))
-        raise RaystyleError(f"{flag} is an option of --method {' and '.join(names)}, not of {method.name} "
+        why = method.refuses.get(flag)
+        raise RaystyleError(f"--method {method.name} takes no {flag}: {why}" if why else
+                            f"{flag} is an option of --method {' and '.join(names)}, not of {method.name} "
                             "(see `raystyle train --help`)")
     overrides, strings = flag_overrides(args)
     settings: dict = {"cluster": strings} if strings else {}
@@ -125,6 +128,8 @@ def plan_run(args: argparse.Namespace):
     if values:
         settings[method.name] = values
     cfg, extra = method.plan(args.config, overrides, settings)
+    if cfg.method != method.name:  # a method's plan must build its own config
+        raise RaystyleError(f"--method {method.name}: its plan built a {cfg.method} config")
     return method, cfg, extra
 
 

@@ -347,6 +347,11 @@ def section_class(name: str) -> type | None:
     return _SECTIONS.get(name)
 
 
+def registered_section(name: str) -> type | None:
+    """The section registered as ``name`` so far (no finder is asked)."""
+    return _SECTIONS.get(name)
+
+
 def section_names() -> list[str]:
     """The method sections registered so far."""
     return sorted(_SECTIONS)
@@ -375,6 +380,8 @@ class Config:
 
     def __post_init__(self) -> None:
         cls = _SECTIONS.get(self.method)
+        if cls is None and self.method != "cyclegan":
+            raise ConfigError(f"training method {self.method!r} has no registered config section")
         if (self.section is None) != (cls is None) or (cls is not None and type(self.section) is not cls):
             raise ConfigError(f"a {self.method} config needs its {self.method!r} section "
                               f"({cls.__name__ if cls else 'none'}), got {type(self.section).__name__}")
@@ -399,7 +406,7 @@ class Config:
         extra = {k: v for k, v in data.items() if k not in CORE_SECTIONS}
         for key in extra:
             if section_class(key) is None:
-                allowed = ", ".join([*sorted(CORE_SECTIONS), *section_names()])
+                allowed = ", ".join(sorted([*CORE_SECTIONS, *section_names()]))
                 raise ConfigError(f"unknown config key {key!r}; allowed: {allowed}")
         present = [k for k, v in extra.items() if v is not None]  # older files: `fast: null` ...
         if len(present) > 1:

@@ -158,7 +158,8 @@ class AdaINMethod(PerceptualMethod):
 
     style_kind = "arbitrary"  # raystyle.infer.kinds: an encoder + decoder and style images per request
     default_preset = "adain"
-    options = FEATURE_OPTIONS  # its paintings come from DATA/trainB
+    options = FEATURE_OPTIONS
+    refuses = {"--style-image": "its paintings come from DATA/trainB"}
 
     @classmethod
     def plan(cls, config, overrides, settings):

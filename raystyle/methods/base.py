@@ -91,12 +91,15 @@ def register_method(name: str, section: type | None = None) -> Callable[[type], 
     """Class decorator: the training method ``name`` (``Config.method``, ``--method``), with its
     config section ``section`` (a frozen dataclass, the file's ``NAME:`` mapping; None: CycleGAN's
     core sections only)."""
-    from raystyle.config import register_section, section_class
+    from raystyle.config import register_section, registered_section
 
     def add(cls: type) -> type:
         if _REGISTRY.get(name, cls) is not cls:
             raise ValueError(f"training method {name!r} is registered twice")
-        if section is not None and section_class(name) is not section:
+        if section is None and name != "cyclegan":  # a file names its method by its section
+            raise ValueError(f"training method {name!r} needs its config section (a dataclass, "
+                             "empty when it has no settings)")
+        if section is not None and registered_section(name) is not section:
             register_section(name, section)
         cls.name = name
         _REGISTRY[name] = cls
@@ -124,6 +127,7 @@ class Option:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     path: bool = False  # a local file: made absolute before it goes into the config
+    type: Callable[[str], Any] | None = None  # argparse's: int, float ... (None: the string)
 
     @property
     def dest(self) -> str:
@@ -199,6 +203,7 @@ class GANMethod:
     verb = "training"  # in the run's first line
     default_preset: ClassVar[str | None] = None  # without --config (None: the config's defaults)
     options: ClassVar[tuple[Option, ...]] = ()  # its own `raystyle train` flags
+    refuses: ClassVar[dict[str, str]] = {}  # another method's flag -> why this one takes none
     command: ClassVar[str] = "train"  # the command that starts its runs
     one_folder: ClassVar[bool] = False  # trains on one folder of photos (export calibrates on it)
 

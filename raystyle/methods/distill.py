@@ -474,6 +474,8 @@ def run_config(teacher_cfg: Config, student: dict[str, Any], extra: dict[str, An
     merged["distill"] = {}
     for layer in (student, extra):
         for section, values in layer.items():
+            if values is None:  # `fast:` left empty in a YAML: no section
+                continue
             if section not in merged:
                 raise ConfigError(f"unknown config section {section!r}")
             if not isinstance(values, dict):

@@ -83,7 +83,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(sample_data, tmp_path, cap
     storage = tmp_path / "runs"
     sets = [a for item in ADAIN_TINY for a in ("--set", item)]
     cases = [
-        (str(sample_data), ["--style-image", str(tmp_path / "p.png")], "--style-image is an option of --method fast, not of adain"),
+        (str(sample_data), ["--style-image", str(tmp_path / "p.png")], "--method adain takes no --style-image: its paintings come from DATA/trainB"),
         (str(photos_only), [], "trainB"),  # paintings are missing
         (str(sample_data), ["--vgg-weights", "x.pth"], "random features need no file"),
     ]

@@ -4,7 +4,10 @@ export record; the config, the CLI, Ray Train and the exporter take it without n
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,11 @@ def test_train_takes_its_flag_and_preset_and_refuses_flags_of_other_methods(tmp_
     # the method is also the one whose section --config has
     method, cfg, _ = plan_run(cli.parse_args([*base, "--config", ToyTone.default_preset]))
     assert (method, cfg.toy.tone) == (ToyTone, "sepia")
+    # ... or whose section --set gives; another method's section is refused, never trained as this one
+    assert plan_run(cli.parse_args([*base, "--set", "toy.tone=grey"]))[1].toy.tone == "grey"
+    assert "give the fast section; drop --method toy" in one_line_error(
+        [*base, "--method", "toy", "--set", "fast.style_weight=2"], capsys)
+    assert "started with `raystyle distill`" in one_line_error([*base, "--set", "distill.lambda_gan=0"], capsys)
     assert "--tone is an option of --method toy, not of cyclegan" in one_line_error([*base, "--tone", "grey"], capsys)
     line = one_line_error([*base, "--method", "toy", "--style-image", str(tmp_path / "p.png")], capsys)
     assert "--style-image is an option of --method fast, not of toy" in line
@@ -57,6 +65,28 @@ def test_train_takes_its_flag_and_preset_and_refuses_flags_of_other_methods(tmp_
     with pytest.raises(SystemExit) as exc:  # argparse: not one of the methods
         cli.main([*base, "--method", "nope"])
     assert exc.value.code == 2 and "choose from 'cyclegan', 'adain', 'fast', 'toy'" in capsys.readouterr().err
+
+
+def test_an_installed_package_adds_its_method_through_an_entry_point(tmp_path):
+    """In a new process nothing has imported the method: an installed package names its module
+    in the `raystyle.methods` entry-point group, and a config with its section, `--method` and
+    `train --help` find it there."""
+    dist = tmp_path / "raystyle_toy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: raystyle-toy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[raystyle.methods]\ntoy = tests.methods.toy_method\n")
+    code = ("import sys; from raystyle.config import load_config; from raystyle.cli.main import main\n"
+            "print(load_config(sys.argv[1]).method)\n"
+            "main(['train', '--help'])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
+    out = subprocess.run([sys.executable, "-c", code, ToyTone.default_preset], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert out.stdout.splitlines()[0] == "toy", out.stderr
+    assert "--tone {sepia,grey}" in out.stdout and "cyclegan,adain,fast,toy" in out.stdout
+    (dist / "entry_points.txt").write_text("")  # without it, the section is unknown
+    out = subprocess.run([sys.executable, "-c", code, ToyTone.default_preset], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode != 0 and "unknown config key 'toy'" in out.stderr
 
 
 def test_it_trains_in_process(torch_one_thread):
