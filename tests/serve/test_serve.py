@@ -336,6 +336,17 @@ def test_app_args_are_read_like_the_training_config():
             AppArgs.from_dict(bad)
 
 
+def test_raystyle_serve_refuses_a_misspelt_arg_in_one_line_before_ray(tmp_path, capsys):
+    """docs/serving.md: a key the app does not know stops `raystyle serve` with one line naming it."""
+    from tests.helpers import one_line_error
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("applications:\n- name: raystyle\n  import_path: raystyle.serve:app_builder\n"
+                      "  args: {max_pendnig: 4}\n")
+    line = one_line_error(["serve", "--config", str(config), "--models-dir", str(tmp_path)], capsys)
+    assert "unknown config key 'args.max_pendnig'" in line
+
+
 def test_kuberay_rayservice_carries_the_same_application():
     """serve_configs/kuberay-rayservice.yaml: valid for Serve, same app as local.yaml."""
     import yaml
