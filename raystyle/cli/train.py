@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from raystyle.cli.common import (
     add_cluster_args,
@@ -59,25 +60,32 @@ def add_parser(sub) -> None:
     p.add_argument("--models-dir", type=Path, metavar="DIR", help="styles registry for --export (env RAYSTYLE_MODELS)")
 
 
+def _train_methods() -> list[str]:
+    """The methods `raystyle train` runs, CycleGAN first."""
+    from raystyle.methods import method_class, method_names
+
+    return sorted((n for n in method_names() if method_class(n).command == "train"),
+                  key=lambda n: (n != "cyclegan", n))
+
+
+def _options() -> dict[str, tuple[Any, list[str]]]:
+    """flag -> (its Option, the train methods that take it), in the order they are met."""
+    from raystyle.methods import method_class
+
+    found: dict[str, tuple[Any, list[str]]] = {}
+    for name in _train_methods():
+        for option in method_class(name).options:
+            found.setdefault(option.flag, (option, []))[1].append(name)
+    return found
+
+
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """Every training method's own flags (``Method.options``) on `raystyle train`; a flag that
     several methods share is added once. Imports the methods (torch): only `train` needs them."""
-    from raystyle.methods import method_class, method_names
-
-    names = sorted((n for n in method_names() if method_class(n).command == "train"),
-                   key=lambda n: (n != "cyclegan", n))
-    next(a for a in p._actions if a.dest == "method").choices = names
-    users: dict[str, list[str]] = {}
-    for name in names:
-        for option in method_class(name).options:
-            users.setdefault(option.flag, []).append(name)
-    added = set()
-    for name in names:
-        for o in method_class(name).options:
-            if o.flag not in added:
-                added.add(o.flag)
-                p.add_argument(o.flag, dest=o.dest, metavar=o.metavar, choices=o.choices, type=o.type,
-                               help=f"--method {'/'.join(users[o.flag])}: {o.help}")
+    next(a for a in p._actions if a.dest == "method").choices = _train_methods()
+    for o, users in _options().values():
+        p.add_argument(o.flag, dest=o.dest, metavar=o.metavar, choices=o.choices, type=o.type,
+                       help=f"--method {'/'.join(users)}: {o.help}")
 
 
 def method_of(args: argparse.Namespace):
@@ -100,23 +108,18 @@ def method_of(args: argparse.Namespace):
 def plan_run(args: argparse.Namespace):
     """(method, config, workers' extra) of `raystyle train`: the method's preset (or --config),
     --set, then the flags (its own ones into its section); the method checks them all."""
-    from raystyle.methods import method_class, method_names
-
     method = method_of(args)
     if method.command != "train":
         raise RaystyleError(f"a {method.name} run is started with `raystyle {method.command}`, not "
                             f"`raystyle train` (a config with a {method.name} section is one)")
     own = {o.flag for o in method.options}
-    users: dict[str, list[str]] = {}
-    for name in method_names():
-        for o in method_class(name).options:
-            if getattr(args, o.dest, None) is not None and o.flag not in own:
-                users.setdefault(o.flag, []).append(name)
-    if users:
-        flag, names = next(iter(users.items()))
+    foreign = [(flag, users) for flag, (o, users) in _options().items()
+               if flag not in own and getattr(args, o.dest, None) is not None]
+    if foreign:
+        flag, users = foreign[0]
         why = method.refuses.get(flag)
         raise RaystyleError(f"--method {method.name} takes no {flag}: {why}" if why else
-                            f"{flag} is an option of --method {' and '.join(names)}, not of {method.name} "
+                            f"{flag} is an option of --method {' and '.join(users)}, not of {method.name} "
                             "(see `raystyle train --help`)")
     overrides, strings = flag_overrides(args)
     settings: dict = {"cluster": strings} if strings else {}
@@ -151,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _, cfg, extra = plan_run(args)
     if args.export:
         _local_for_export(cfg.cluster.storage)
-    result = run_training(cfg, args.data, args.style, extra or None)
+    result = run_training(cfg, args.data, args.style, extra)
     if args.export:
         export_run(result, args.export, args.models_dir)
     return 0

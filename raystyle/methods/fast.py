@@ -110,7 +110,7 @@ class FastStyle(PerceptualMethod):
         image = (data.get("fast") or {}).get("style_image")
         if not image:
             raise StyleImageError("--method fast needs --style-image PAINTING")
-        return plan(image, config, overrides, settings)
+        return plan_data(image, data)
 
     @classmethod
     def export_record(cls, config, checkpoint, manifest, work):
@@ -242,7 +242,11 @@ def plan(style_image: str | Path, config: str | Path | None = None, overrides: l
     ``overrides`` (--set), then ``settings`` (the CLI's flags). Every check happens here, before
     Ray starts: config, style image, feature weights (a missing VGG file is a one-line error).
     """
-    data = run_data(config, DEFAULT_PRESET, overrides, settings)
+    return plan_data(style_image, run_data(config, DEFAULT_PRESET, overrides, settings))
+
+
+def plan_data(style_image: str | Path, data: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """``plan`` of a config already read into ``data`` (sections as dicts)."""
     path = Path(style_image).expanduser().resolve()
     if not path.is_file():
         raise StyleImageError(f"style image {style_image} does not exist")

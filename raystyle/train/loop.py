@@ -71,7 +71,8 @@ def _memory_mb(device: torch.device) -> float:
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    importlib.import_module(loop["method_module"])  # registers the method and its config section
+    for module in loop["plugins"]:  # methods registered from outside raystyle (and their sections)
+        importlib.import_module(module)
     cfg = Config.from_dict(loop["config"])
     if not loop.get("ray_verbose"):
         _quiet_ray_train()  # our progress lines say enough; --verbose shows Ray Train's too
@@ -387,7 +388,7 @@ def fit(cfg: Config, data_dir: str | Path, name: str, *, crash_at_step: int | No
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config": cfg.to_dict(), "method_module": method.__module__, "run": run, "crash_at_step": crash_at_step,
+            "config": cfg.to_dict(), "plugins": plugin_modules(), "run": run, "crash_at_step": crash_at_step,
             "data_dir": str(Path(data_dir).expanduser().resolve()),
             "files_a": list(files_a), "files_b": list(files_b), "val": val, "extra": extra,
             "ray_verbose": ray_verbose(),
