@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from raystyle import checkpoint as ckpt
@@ -64,7 +66,8 @@ def test_evaluate_scores_the_checkpoints_own_weights(trained_checkpoint, sample_
     g_ab, g_ba = build_generator(config.model).eval(), build_generator(config.model).eval()
     g_ab.load_state_dict(nets["g_ab"])
     g_ba.load_state_dict(nets["g_ba"])
-    a = sorted((sample_data / "testA").iterdir())[:3]
+    split = quality.split_dataset(sample_data, config.data.crop_size, config.train.val_holdout)
+    a = [Path(f) for f in split.part("report")[0][:3]]  # evaluate reports on the reporting split
     photos = torch.stack([quality.centre_tensor(p, config.data) for p in a])
     truth = torch.stack([quality.centre_tensor(sample_data / "testB" / p.name, config.data) for p in a])
     with torch.no_grad():
@@ -72,7 +75,7 @@ def test_evaluate_scores_the_checkpoints_own_weights(trained_checkpoint, sample_
         cycle = float(quality.psnr(g_ba(fakes), photos).mean())
     gt = float(quality.psnr(fakes, truth).mean())
     assert ev.images == 3 and ev.step == ckpt.read_manifest(trained_checkpoint)["step"] == 150
-    assert ev.paired and ev.split == "test"
+    assert ev.paired and ev.split == "report" and ev.source == "test"
     assert ev.trained["val_cycle_psnr"] == pytest.approx(cycle, abs=1e-3)
     assert ev.trained["val_gt_psnr"] == pytest.approx(gt, abs=1e-3)
     identity = float(quality.psnr(photos, truth).mean())
@@ -90,7 +93,7 @@ def test_evaluate_command_prints_the_figures_side_by_side(trained_checkpoint, sa
 
     assert main(["evaluate", str(trained_checkpoint), "--data", str(sample_data), "--limit", "3"]) == 0
     out = capsys.readouterr().out
-    assert "held-out figures (3 test images, paired with ground truth)" in out
+    assert "held-out figures (3 images of the report split of test, paired with ground truth" in out
     assert "ground-truth PSNR, dB" in out and "content SSIM vs photo" in out
     assert "ground-truth PSNR gain over the photo itself: " in out
     assert "domain classifier: held-out accuracy" in out
@@ -98,4 +101,45 @@ def test_evaluate_command_prints_the_figures_side_by_side(trained_checkpoint, sa
                  "--json", "--no-classifier"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["classifier"] is None and "val_domain_score" not in figures["trained"]
-    assert set(figures) >= {"identity", "untrained", "trained", "step", "paired"}
+    assert set(figures) >= {"identity", "untrained", "trained", "step", "paired", "baseline"}
+
+
+def test_evaluate_shows_the_colour_map_baseline_and_realism_on_pretrained_features(trained_checkpoint, sample_data,
+                                                                                   capsys):
+    """Every evaluation has the colour-transfer baseline beside the photo and the model, with
+    KID/FID-EL0; the baseline is the photo histogram-matched to B: closer to B's colours than
+    the photo, with the photo's structure."""
+    from raystyle.cli.main import main
+
+    ev = evaluate(trained_checkpoint, sample_data, limit=7, classifier=False)
+    for figures in (ev.identity, ev.baseline, ev.untrained, ev.trained):
+        assert {"val_kid_el0", "val_kid_el0_se", "val_fid_el0"} <= set(figures)
+    assert ev.baseline["val_colour_distance"] < ev.identity["val_colour_distance"] / 2
+    assert ev.baseline["val_content_ssim"] > 0.5
+    assert main(["evaluate", str(trained_checkpoint), "--data", str(sample_data), "--limit", "3",
+                 "--no-classifier"]) == 0
+    out = capsys.readouterr().out
+    assert "colour map" in out and "KID-EL0" in out and "not Inception's FID" in out
+
+
+def test_evaluating_a_run_reports_its_best_checkpoint_beside_its_last(trained_checkpoint, sample_data, tmp_path):
+    """A run dir -> the checkpoint its validation ranked best and, beside it, the last one."""
+    import shutil
+
+    from raystyle import runlog
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(trained_checkpoint, run / ckpt.checkpoint_name(150))
+    config, _, _ = ckpt.load_shared(trained_checkpoint)
+    _save(run / ckpt.checkpoint_name(300), 300, config)  # later, but untrained: worse
+    runlog.write_validation(run, {"best_metric": "val_gt_psnr"})
+    runlog.append_metrics(run, {"step": 150, "val_gt_psnr": 20.0})
+    runlog.append_metrics(run, {"step": 300, "val_gt_psnr": 10.0})
+    ev = evaluate(run, sample_data, limit=3, classifier=False)
+    assert ev.step == 150 and ev.last_step == 300
+    assert ev.last["val_gt_psnr"] < ev.trained["val_gt_psnr"]
+    alone = evaluate(run / ckpt.checkpoint_name(300), sample_data, limit=3, classifier=False)
+    assert alone.last is None and alone.step == 300  # the last one itself: nothing beside it
+    first = evaluate(run / ckpt.checkpoint_name(150), sample_data, limit=3, classifier=False, last=True)
+    assert first.last_step == 300

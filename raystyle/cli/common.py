@@ -97,11 +97,21 @@ def export_run(result, style_name: str, models_dir) -> None:
 
 EVAL_ROWS = (  # (key, label, format)
     ("val_gt_psnr", "ground-truth PSNR, dB (higher: closer to B)", "{:.2f}"),
-    ("val_domain_score", "domain score, % judged B", "{:.0%}"),
+    ("val_kid_el0", "KID-EL0 x1000 vs held-out B (lower)", "kid"),
+    ("val_fid_el0", "FID-EL0 vs held-out B (lower)", "{:.1f}"),
+    ("val_domain_score", "domain score, mean P(B)", "{:.2f}"),
     ("val_content_ssim", "content SSIM vs photo (1: same structure)", "{:.3f}"),
     ("val_cycle_psnr", "cycle-reconstruction PSNR, dB", "{:.2f}"),
     ("val_colour_distance", "colour distance to B (lower: closer)", "{:.2f}"),
 )
+
+
+def _cell(figures: dict, key: str, fmt: str) -> str:
+    if key not in figures:
+        return "-"
+    if fmt == "kid":
+        return f"{1000 * figures[key]:.1f}±{1000 * figures.get('val_kid_el0_se', 0.0):.1f}"
+    return fmt.format(figures[key])
 
 
 def print_evaluation(ev, as_json: bool = False) -> None:
@@ -109,16 +119,24 @@ def print_evaluation(ev, as_json: bool = False) -> None:
         print(json.dumps(ev.to_dict()))
         return
     paired = ", paired with ground truth" if ev.paired else ""
-    print(f"held-out figures ({ev.images} {ev.split} images{paired}):")
-    print(f"  {'':44} {'photo':>9} {'untrained':>10} {f'step {ev.step}':>10}")
+    print(f"held-out figures ({ev.images} images of the {ev.split} split of {ev.source}{paired}; "
+          f"EL0: EfficientNet-Lite0 features, not Inception's FID):")
+    columns = [("photo", ev.identity), ("colour map", ev.baseline), ("untrained", ev.untrained),
+               (f"step {ev.step}", ev.trained)]
+    if ev.last is not None:
+        columns.append((f"last {ev.last_step}", ev.last))
+    print(f"  {'':40}" + "".join(f" {name:>11}" for name, _ in columns))
     for key, label, fmt in EVAL_ROWS:
         if key not in ev.trained:
             continue
-        cells = [fmt.format(d[key]) if key in d else "-" for d in (ev.identity, ev.untrained, ev.trained)]
-        print(f"  {label:44} {cells[0]:>9} {cells[1]:>10} {cells[2]:>10}")
+        print(f"  {label:40}" + "".join(f" {_cell(d, key, fmt):>11}" for _, d in columns))
     if ev.paired:
-        print(f"ground-truth PSNR gain over the photo itself: {ev.trained['val_gt_gain_db']:+.2f} dB "
-              f"(untrained nets: {ev.untrained['val_gt_gain_db']:+.2f} dB)")
+        line = (f"ground-truth PSNR gain over the photo itself: {ev.trained['val_gt_gain_db']:+.2f} dB "
+                f"(colour map: {ev.baseline['val_gt_gain_db']:+.2f} dB; untrained nets: "
+                f"{ev.untrained['val_gt_gain_db']:+.2f} dB")
+        if ev.last is not None:
+            line += f"; last checkpoint: {ev.last['val_gt_gain_db']:+.2f} dB"
+        print(line + ")")
     if ev.classifier:
         print(ev.classifier)
     for note in ev.notes:

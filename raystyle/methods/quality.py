@@ -1,14 +1,20 @@
 """Quality figures that need no downloaded network: pure torch (+ scikit-image's SSIM), no Ray.
 
 Held-out images (``testA``/``testB``, or a share of train held back when a dataset has no test
-split) are prepared the way training sees them at the centre: the shorter side resized to
+split) are divided once more, by a hash of each file's name, into a **selection** split and a
+**reporting** split that never share a file (``divide``): training validates, and ``--best``
+ranks checkpoints, on the selection split only; ``raystyle evaluate`` and every figure the docs
+report use the reporting split, so a reported gain is not the best of many noisy draws on the
+same images. The held-out images are prepared the way training sees them at the centre: the shorter side resized to
 ``data.load_size``, then a centre crop of ``data.crop_size``. On them a ``Validator`` measures
 a pair of generators:
 
 - ``val_cycle_psnr``    PSNR(G_ba(G_ab(a)), a) in dB: content survives the round trip
 - ``val_colour_distance``  ||mean - mean_B|| + ||std - std_B|| of G_ab(A)'s RGB (0..255) vs held-out B
 - ``val_content_ssim``  SSIM of the luminance of a and G_ab(a): structure kept (1 = identical)
-- ``val_domain_score``  share of G_ab(a) that a domain classifier judges to be B (below)
+- ``val_domain_score``  mean probability a domain classifier (below) gives G_ab(a) of being B
+- ``val_kid_el0``, ``val_fid_el0``  KID and FID of G_ab(A) against held-out B on EfficientNet-Lite0
+  ImageNet features (raystyle.quality: offline, checked by hash; not Inception's FID)
 - ``val_gt_psnr``       PSNR(G_ab(a), b) where the dataset pairs its held-out A and B
   (``raystyle_dataset.json``: ``{"paired": ["test"]}``, as the bundled sample data does), and
   ``val_gt_gain_db``, its gain over the identity (PSNR(a, b))
@@ -36,6 +42,7 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from raystyle import quality as pretrained
 from raystyle.config import DataConfig
 from raystyle.data.datasets import augment, scan_domain
 from raystyle.data.images import ImageError, load_rgb
@@ -91,6 +98,32 @@ def hold_back(files: Sequence[str], fraction: float) -> tuple[tuple[str, ...], t
         held = held[:-1]
     keep = [f for f in files if f not in set(held)]
     return tuple(keep), tuple(held)
+
+
+SELECT_SHARE = 0.5  # of the held-out images, the share that selects checkpoints
+
+
+def _name_hash(key: str, salt: str) -> float:
+    return int(hashlib.sha256(f"{salt}:{key}".encode()).hexdigest()[:8], 16) / 2**32
+
+
+def divide(files: Sequence[str], share: float = SELECT_SHARE, key: Callable[[str], str] | None = None
+           ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(selection, reporting): held-out ``files`` divided by a hash of ``key(file)`` (the file's
+    stem by default, so paired A and B images of one name fall on the same side), independent of
+    ``hold_back``'s. Both sides get at least one file when there are two or more; one file is
+    reported (and nothing selects)."""
+    key = key or (lambda f: Path(f).stem)
+    if len(files) < 2:
+        return (), tuple(files)
+    select = [f for f in files if _name_hash(key(f), "select") < share]
+    if not select:
+        select = [min(files, key=lambda f: _name_hash(key(f), "select"))]
+    if len(select) == len(files):
+        select = [max(files, key=lambda f: _name_hash(key(f), "select"))]
+        select = [f for f in files if f not in select]
+    chosen = set(select)
+    return tuple(select), tuple(f for f in files if f not in chosen)
 
 
 def centre_tensor(path: str | Path, cfg: DataConfig) -> torch.Tensor:
@@ -353,11 +386,31 @@ def _eval_mode(*nets: nn.Module | None) -> Iterator[None]:
 class Validator:
     """Held-out figures of a generator pair; no randomness, no state kept between calls."""
 
-    def __init__(self, heldout: HeldOut, classifier: Classifier | None = None, batch: int = 8):
+    def __init__(self, heldout: HeldOut, classifier: Classifier | None = None, batch: int = 8,
+                 realism: bool = True):
         self.h, self.batch = heldout, batch
         self.classifier = classifier if classifier is not None and classifier.usable else None
         self.ref_b = colour_stats(heldout.b)
         self.identity_gt = psnr(heldout.a, heldout.gt_b).mean() if heldout.gt_b is not None else None
+        self.realism = realism and len(heldout.a) >= 3 and len(heldout.b) >= 3  # KID needs 3 a side
+        self._features_b: pretrained.Features | None = None
+        self._features_a: pretrained.Features | None = None
+
+    def realism_figures(self, fake: torch.Tensor, target: str = "b") -> dict[str, float]:
+        """KID-EL0 (with its standard error) and FID-EL0 of ``fake`` against the held-out
+        images of domain ``target`` (their features computed once)."""
+        if not self.realism:
+            return {}
+        if target == "b":
+            self._features_b = self._features_b or pretrained.features(self.h.b)
+            ref = self._features_b
+        else:
+            self._features_a = self._features_a or pretrained.features(self.h.a)
+            ref = self._features_a
+        f = pretrained.features(fake)
+        k = pretrained.kid(f, ref)
+        return {"val_kid_el0": round(k.value, 6), "val_kid_el0_se": round(k.se, 6),
+                "val_fid_el0": round(pretrained.fid(f, ref), 3)}
 
     def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         device = next(net.parameters()).device
@@ -381,10 +434,11 @@ class Validator:
         if rec is not None:
             out["val_cycle_psnr"] = round(float(psnr(rec, h.a).mean()), 4)
         if self.classifier is not None:
-            share = float((self.classifier.net.prob_b(fake) >= 0.5).float().mean())
+            share = float(self.classifier.net.prob_b(fake).mean())  # mean probability, not a count
             out["val_domain_score"] = round(share, 5)
             # both at once: painting every photo the same scores 0 on content
             out["val_domain_content"] = round(math.sqrt(share * max(out["val_content_ssim"], 0.0)), 5)
+        out.update(self.realism_figures(fake))
         if h.gt_b is not None:
             gt = float(psnr(fake, h.gt_b).mean())
             out["val_gt_psnr"] = round(gt, 4)
@@ -408,12 +462,13 @@ class Validator:
             s, t = self._run(student, x), self._run(teacher, x)
         return {"val_teacher_psnr": round(float(psnr(s, t).mean()), 4),
                 "val_teacher_ssim": round(sum(content_ssim(t, s)) / len(s), 5),
+                **self.realism_figures(s, "b" if source == "a" else "a"),  # realism beside agreement
                 "val_time_s": round(time.perf_counter() - start, 4)}
 
 
 def metrics_available(paired: bool, classifier: Classifier | None) -> list[str]:
     """The figures a Validator reports for such a dataset and classifier."""
-    names = ["val_colour_distance", "val_content_ssim", "val_cycle_psnr"]
+    names = ["val_colour_distance", "val_content_ssim", "val_cycle_psnr", "val_kid_el0", "val_fid_el0"]
     if classifier is not None and classifier.usable:
         names += ["val_domain_score", "val_domain_content"]
     if paired:
@@ -439,6 +494,24 @@ class Split:
     held_b: tuple[str, ...]
     paired: bool  # held_b[i] is the ground truth of the held_a image with the same name
     source: str  # "test" (testA/testB) or "held-back train"
+
+    def part(self, which: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(A files, B files) of ``which``: "selection" or "report" (``divide``; paired B files
+        follow their A file's stem), "held-out" (both) or "train"."""
+        if which == "train":
+            return self.train_a, self.train_b
+        if which == "held-out":
+            return self.held_a, self.held_b
+        if which not in ("selection", "report"):
+            raise ValueError(f"no split {which!r}: selection, report, held-out or train")
+        side = 0 if which == "selection" else 1
+        a = divide(self.held_a)[side]
+        if self.paired:
+            stems = {Path(f).stem for f in a}
+            b = tuple(f for f in self.held_b if Path(f).stem in stems)
+        else:
+            b = divide(self.held_b)[side]
+        return a, b
 
 
 def split_dataset(root: str | Path, crop_size: int, holdout: float,

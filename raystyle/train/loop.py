@@ -296,7 +296,8 @@ def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str
             sp = quality.split_dataset(data_dir, cfg.data.crop_size, tc.val_holdout, train)
             if resumed and sp.source != "test":  # holding back now would change its images
                 raise quality.QualityError("the run started without holding train images back")
-        heldout = quality.HeldOut.from_files(sp.held_a, sp.held_b, cfg.data, tc.val_images, sp.paired)
+        select_a, select_b = sp.part("selection")  # the reporting split stays unseen
+        heldout = quality.HeldOut.from_files(select_a, select_b, cfg.data, tc.val_images, sp.paired)
     except (quality.QualityError, ValueError) as exc:
         say(f"validation off: {exc}")
         return tuple(train[0]), tuple(train[1]), None, None
@@ -330,15 +331,16 @@ def plan_validation(cfg: Config, data_dir: str | Path, train: tuple[Sequence[str
     if best is not None and best not in available + losses:
         say(f"validation off: {best}, which ranks this run's checkpoints, is no longer measured")
         return tuple(sp.train_a), tuple(sp.train_b), None, None
-    say(f"validation on {len(heldout.a)} held-out images per domain ({sp.source}"
+    say(f"validation on {len(heldout.a)} held-out images per domain (the selection split of {sp.source}"
         f"{', paired: ground truth' if sp.paired else ''}); checkpoints ranked by "
         f"{best or 'age (no best_metric)'}")
     info = {"best_metric": best, "order": quality.order(best) if best else None, "split": sp.source,
             "paired": sp.paired, "held_out": [len(sp.held_a), len(sp.held_b)],
+            "selection": [len(select_a), len(select_b)],
             "metrics": available, "classifier": clf_info}
     if sp.source == "held-back train":
         info["held_back"] = [list(sp.held_a), list(sp.held_b)]
-    plan = {"files_a": list(sp.held_a), "files_b": list(sp.held_b), "paired": sp.paired,
+    plan = {"files_a": list(select_a), "files_b": list(select_b), "paired": sp.paired,
             "classifier": clf.state() if clf is not None and clf.usable else None, "info": info}
     return sp.train_a, sp.train_b, plan, best
 

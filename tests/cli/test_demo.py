@@ -123,7 +123,7 @@ def test_demo_prints_its_outputs_and_urls(demo):
     assert "sample dataset written" in out and "(exported)" in out
     assert f"step {STEPS}/{STEPS}" in out
     # the held-out figures of the exported checkpoint, and its ground-truth gain, whatever it is
-    assert "held-out figures (14 test images, paired with ground truth)" in out
+    assert "images of the report split of test, paired with ground truth" in out
     assert re.search(r"^ground-truth PSNR gain over the photo itself: [+-]\d+\.\d\d dB", out, re.M)
     assert "validation: ground truth" in out  # training's own progress lines
     assert demo.url("Serve \\(HTTP API\\)") == f"http://127.0.0.1:{demo.ports['serve']}"

@@ -155,3 +155,44 @@ def test_validation_does_not_touch_the_nets_state():
     assert g.training  # back in training mode
     assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())  # BN stats untouched
     assert torch.equal(rng, torch.get_rng_state())  # no random draws (dropout off in eval)
+
+
+def test_selection_and_report_splits_never_share_a_file(split, tmp_path):
+    """Checkpoints are ranked on one half of the held-out images and reported on the other:
+    disjoint, together all of them, both non-empty, paired B files on their A file's side, and
+    a file's side depends on its own name only."""
+    for sp in (split, quality.split_dataset(_unpaired(tmp_path), 32, 0.4)):
+        sel_a, sel_b = sp.part("selection")
+        rep_a, rep_b = sp.part("report")
+        assert sel_a and sel_b and rep_a and rep_b
+        assert not set(sel_a) & set(rep_a) and not set(sel_b) & set(rep_b)
+        assert set(sel_a) | set(rep_a) == set(sp.held_a) and set(sel_b) | set(rep_b) == set(sp.held_b)
+        assert not (set(sel_a) | set(rep_a) | set(sel_b) | set(rep_b)) & (set(sp.train_a) | set(sp.train_b))
+        if sp.paired:
+            stem = lambda files: {f.rsplit("/", 1)[-1] for f in files}  # noqa: E731
+            assert stem(sel_a) == stem(sel_b) and stem(rep_a) == stem(rep_b)
+    files = [f"/d/testA/{i}.png" for i in range(40)]
+    select, report = quality.divide(files)
+    assert 10 <= len(select) <= 30
+    more_select, more_report = quality.divide(files + ["/d/testA/new.png"])
+    assert set(select) <= set(more_select) and set(report) <= set(more_report)
+    assert quality.divide(["/x/1.png"]) == ((), ("/x/1.png",))  # one image: reported, not selected on
+    assert all(quality.divide(["/x/1.png", "/x/2.png"]))
+
+
+def _unpaired(root):
+    write_sample_dataset(root, size=32, per_photo=3, test_per_photo=1)
+    for d in ("testA", "testB"):
+        for f in (root / d).iterdir():
+            f.unlink()
+        (root / d).rmdir()
+    return root
+
+
+def test_the_domain_score_is_a_mean_probability_not_a_count(split, classifier):
+    """A translation the classifier is barely sure of scores near 0.5, not 100%: the score is
+    the mean of P(B), so a colour change that just flips the threshold gains little."""
+    held = quality.HeldOut.from_files(split.held_a, split.held_b, CFG, 16, paired=True)
+    val = quality.Validator(held, classifier, realism=False)
+    probs = classifier.net.prob_b(held.gt_b)
+    assert val.measure(held.gt_b)["val_domain_score"] == pytest.approx(float(probs.mean()), abs=1e-4)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,6 +306,7 @@ def test_averaged_colour_skip_generators_are_what_validation_judges(sample_data,
     the averaged generators, the validation logged at a step is the average's figure (not the
     trained weights'), both ranks hold the same average, and evaluate agrees with the log."""
     from raystyle.core.nets import build_generator
+    from raystyle.methods import quality
     from raystyle.methods.quality import centre_tensor, psnr
     from raystyle.train.evaluate import evaluate
 
@@ -320,8 +322,10 @@ def test_averaged_colour_skip_generators_are_what_validation_judges(sample_data,
         assert ranks[0][name] == pytest.approx(ranks[1][name], rel=1e-6, abs=1e-7), name
     logged = [r for r in runlog.read_metrics(res.run_dir) if r["step"] == 6 and "val_gt_psnr" in r][0]
     info = runlog.read_validation(res.run_dir)
-    n = info["held_out"][0]
-    photos = sorted((sample_data / "testA").iterdir())[:n]
+    n = info["selection"][0]  # validation judges on the selection split only
+    split = quality.split_dataset(sample_data, config.data.crop_size, config.train.val_holdout)
+    photos = [Path(f) for f in split.part("selection")[0]]
+    assert len(photos) == n
     a = torch.stack([centre_tensor(p, config.data) for p in photos])
     b = torch.stack([centre_tensor(sample_data / "testB" / p.name, config.data) for p in photos])
     scores = {}
@@ -332,5 +336,7 @@ def test_averaged_colour_skip_generators_are_what_validation_judges(sample_data,
             scores[key] = float(psnr(g(a), b).mean())
     assert logged["val_gt_psnr"] == pytest.approx(scores["g_ab_ema"], abs=1e-3)
     assert abs(scores["g_ab"] - scores["g_ab_ema"]) > 1e-2  # the two differ, so the check means something
-    ev = evaluate(res.checkpoint, sample_data, limit=n, classifier=False)
+    ev = evaluate(res.checkpoint, sample_data, split="selection", limit=n, classifier=False)
     assert ev.trained["val_gt_psnr"] == pytest.approx(logged["val_gt_psnr"], abs=1e-3)
+    report = evaluate(res.checkpoint, sample_data, limit=n, classifier=False)  # other images
+    assert report.trained["val_gt_psnr"] != pytest.approx(logged["val_gt_psnr"], abs=1e-3)
