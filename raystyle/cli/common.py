@@ -164,8 +164,9 @@ def print_style(style) -> None:
     dist = m.get("distillation")
     if dist:
         t, vs = dist["teacher"], dist.get("vs_teacher")
+        kid = f", KID-EL0 x1000 {1000 * vs['kid_el0']:.1f} to domain B" if vs and vs.get("kid_el0") is not None else ""
         figure = (f"{vs['psnr_db']:.2f} dB PSNR, SSIM {vs['ssim']:.3f} vs the teacher on {vs['held_out_images']} "
-                  f"held-out images" if vs else "no held-out figure (validation was off)")
+                  f"held-out images{kid}" if vs else "no held-out figure (validation was off)")
         print(f"    distilled from {t['checkpoint']} (step {t['step']}): {figure}")
     painting = m.get("style_image")
     if painting:

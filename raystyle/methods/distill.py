@@ -207,8 +207,10 @@ class Distiller(GANMethod):
         found = [r for r in read_metrics(checkpoint.parent) if r.get("step") == step and "val_teacher_psnr" in r]
         if found:
             info = read_validation(checkpoint.parent)
-            held = (info.get("held_out") or [config.train.val_images] * 2)[0 if d.direction == "ab" else 1]
+            held = (info.get("selection") or info.get("held_out") or [config.train.val_images] * 2
+                    )[0 if d.direction == "ab" else 1]
             record["vs_teacher"] = {"psnr_db": found[-1]["val_teacher_psnr"], "ssim": found[-1]["val_teacher_ssim"],
+                                    "kid_el0": found[-1].get("val_kid_el0"),  # realism beside agreement
                                     "step": step, "held_out_images": min(config.train.val_images, held),
                                     "split": info.get("split"), "side": config.data.crop_size}
         else:
@@ -310,7 +312,7 @@ class Distiller(GANMethod):
 
     @staticmethod
     def validation_metrics(paired: bool, classifier: Any) -> list[str]:
-        return ["val_teacher_psnr", "val_teacher_ssim"]
+        return ["val_teacher_psnr", "val_teacher_ssim", "val_kid_el0", "val_fid_el0"]
 
     @staticmethod
     def auto_metric(paired: bool, classifier: Any) -> str:

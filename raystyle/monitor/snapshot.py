@@ -408,7 +408,9 @@ LOSS_KEYS = (*runlog.LOSS_KEYS, "recon_l1", "feature_mse", "g_gan", "d", "total"
 VAL_CHARTS = (("Validation: PSNR, dB (held-out)", ("val_gt_psnr", "val_cycle_psnr", "val_teacher_psnr")),
               ("Validation: scores 0..1 (held-out)", ("val_domain_score", "val_content_ssim",
                                                       "val_domain_content", "val_teacher_ssim")),
-              ("Validation: colour distance to B", ("val_colour_distance",)))
+              ("Validation: colour distance to B", ("val_colour_distance",)),
+              ("Validation: KID-EL0 to held-out B (lower is better)", ("val_kid_el0",)),
+              ("Validation: FID-EL0 to held-out B (lower; not Inception's FID)", ("val_fid_el0",)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def load_images(folder: Path, limit: int, max_side: int) -> list[torch.Tensor]:
     return out
 
 
-def _best_and_last(checkpoint: str | Path) -> tuple[str | Path, str | Path | None]:
+def best_and_last(checkpoint: str | Path) -> tuple[str | Path, str | Path | None]:
     """(the checkpoint to evaluate, the run's last checkpoint if it is another one). A run dir
     gives its best checkpoint by the metric it ranked them on (else its latest)."""
     path = Path(str(checkpoint)).expanduser()
@@ -123,7 +123,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "report", li
         split = "report"
     if split not in SPLITS:
         raise DataError(f"no split {split!r}: choose {', '.join(SPLITS)}")
-    path, last_path = _best_and_last(checkpoint)
+    path, last_path = best_and_last(checkpoint)
     config, nets = ckpt.load_nets(path)
     step = ckpt.read_manifest(path)["step"]
     root = Path(data).expanduser()

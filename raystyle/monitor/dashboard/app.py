@@ -171,7 +171,7 @@ def training_section() -> None:
             cols[i % 2].line_chart(df[keys].dropna(how="all"), height=height)
         if run.best_metric:
             v = run.validation
-            st.caption(f"Checkpoints are ranked by **{mon.plain(run.best_metric)}** (held-out {mon.plain(v.get('split'))}"
+            st.caption(f"Checkpoints are ranked by **{mon.plain(run.best_metric)}** (the selection split of held-out {mon.plain(v.get('split'))}"
                        f"{', paired with ground truth' if v.get('paired') else ''}); "
                        "`raystyle export RUN --best auto` exports the best one.")
     if run.samples:
