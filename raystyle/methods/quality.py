@@ -408,7 +408,9 @@ class Validator:
             self._features_a = self._features_a or pretrained.features(self.h.a)
             ref = self._features_a
         f = pretrained.features(fake)
-        k = pretrained.kid(f, ref)
+        # a paired split: fake[i] and its ground truth b[i] share their content (pairs left out)
+        paired = target == "b" and self.h.gt_b is not None and len(fake) == len(self.h.b)
+        k = pretrained.kid(f, ref, paired=paired)
         return {"val_kid_el0": round(k.value, 6), "val_kid_el0_se": round(k.se, 6),
                 "val_fid_el0": round(pretrained.fid(f, ref), 3)}
 

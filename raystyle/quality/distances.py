@@ -62,19 +62,36 @@ class KID:
         return f"{1000 * self.value:.2f} ± {1000 * self.se:.2f} (x10^3)"
 
 
-def kid(x: torch.Tensor | Features, y: torch.Tensor | Features) -> KID:
-    """KID-EL0 of two image sets or their ``Features`` (at least 3 images each)."""
+def kid(x: torch.Tensor | Features, y: torch.Tensor | Features, paired: bool = False) -> KID:
+    """KID-EL0 of two image sets or their ``Features`` (at least 3 images each).
+
+    ``paired``: ``y[i]`` belongs with ``x[i]`` (a translation and its ground truth, which share
+    their content): the cross term then leaves out the pairs themselves, Gretton et al.'s
+    (2012) U-statistic over pairs, which stays unbiased when each pair is one draw. Two sets of
+    matched pairs compared with the two-sample formula would score far *below* 0 (each x is
+    closest to its own y), which reads as "more alike than two draws of one distribution"."""
     a, b = _as_features(x).pooled.numpy(), _as_features(y).pooled.numpy()
     n, m = len(a), len(b)
     if n < 3 or m < 3:
         raise ValueError("KID needs at least three images per set")
+    if paired and n != m:
+        raise ValueError(f"paired KID needs as many images on each side, got {n} and {m}")
     d = a.shape[1]
     kxx = (a @ a.T / d + 1) ** 3
     kyy = (b @ b.T / d + 1) ** 3
     kxy = (a @ b.T / d + 1) ** 3
     np.fill_diagonal(kxx, 0)
     np.fill_diagonal(kyy, 0)
-    sxx, syy, sxy = kxx.sum(), kyy.sum(), kxy.sum()
+    sxx, syy = kxx.sum(), kyy.sum()
+    if paired:  # leave out each pair i: its rows and columns
+        np.fill_diagonal(kxy, 0)
+        sxy = kxy.sum()
+        value = (sxx + syy - 2 * sxy) / (n * (n - 1))
+        loo = ((sxx - 2 * kxx.sum(1)) + (syy - 2 * kyy.sum(1))
+               - 2 * (sxy - kxy.sum(1) - kxy.sum(0))) / ((n - 1) * (n - 2))
+        var = (n - 1) / n * ((loo - loo.mean()) ** 2).sum()
+        return KID(float(value), float(math.sqrt(max(var, 0.0))))
+    sxy = kxy.sum()
     value = sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2 * sxy / (n * m)
     # jackknife: leave out each x_i, then each y_j
     loo_x = ((sxx - 2 * kxx.sum(1)) / ((n - 1) * (n - 2)) + syy / (m * (m - 1))

@@ -201,7 +201,8 @@ def _progress_line(m: dict[str, Any], total: int, losses_text: Any) -> str:
 _VAL_PARTS = (
     (("val_teacher_psnr", "val_teacher_ssim"), "vs teacher {val_teacher_psnr:.2f} dB, SSIM {val_teacher_ssim:.3f}"),
     (("val_gt_psnr", "val_gt_gain_db"), "ground truth {val_gt_psnr:.2f} dB ({val_gt_gain_db:+.2f} vs photo)"),
-    (("val_domain_score",), "domain {pct:.0f}%"),
+    (("val_domain_score",), "domain P(B) {val_domain_score:.2f}"),
+    (("val_kid_el0", "val_kid_el0_se"), "KID-EL0 {kid:.1f}±{kid_se:.1f} e-3"),
     (("val_content_ssim",), "content SSIM {val_content_ssim:.3f}"),
     (("val_cycle_psnr",), "cycle {val_cycle_psnr:.2f} dB"),
     (("val_colour_distance",), "colour dist {val_colour_distance:.1f}"),
@@ -209,7 +210,7 @@ _VAL_PARTS = (
 
 
 def _val_text(m: dict[str, Any]) -> str:
-    values = {**m, "pct": 100 * m.get("val_domain_score", 0.0)}
+    values = {**m, "kid": 1000 * m.get("val_kid_el0", 0.0), "kid_se": 1000 * m.get("val_kid_el0_se", 0.0)}
     parts = [text.format(**values) for keys, text in _VAL_PARTS if all(k in m for k in keys)]
     return ", ".join(parts) + f" ({m['val_time_s']:.2f} s)"
 

@@ -130,3 +130,18 @@ def test_colour_transfer_takes_the_references_histogram_only(real):
         assert torch.allclose(got, want, atol=0.08)
     order = lambda x: x[:, 0].flatten().argsort()[:50]  # noqa: E731 - structure: the same darkest pixels
     assert len(set(order(out).tolist()) & set(order(photo).tolist())) > 20
+
+
+def test_paired_kid_leaves_the_pairs_out(real):
+    """A translation and its own ground truth share their content: the two-sample formula then
+    reads far below 0 (every x is closest to its own y), the paired one stays ~0 for two views
+    of one distribution and still sees a blur."""
+    crops = torch.cat([real[:, :, i:i + 64, j:j + 64] for i in (0, 32) for j in (0, 32)])
+    flipped = crops.flip(-1)  # the same distribution (photos are flip-invariant), paired content
+    unpaired, paired = quality.kid(crops, flipped), quality.kid(crops, flipped, paired=True)
+    assert unpaired.value < -3 * unpaired.se
+    assert abs(paired.value) < 3 * paired.se + 1e-3
+    blurred = quality.kid(F.avg_pool2d(crops, 5, 1, 2), flipped, paired=True)
+    assert blurred.value > paired.value + 3 * blurred.se
+    with pytest.raises(ValueError, match="as many images"):
+        quality.kid(crops, flipped[:-1], paired=True)
