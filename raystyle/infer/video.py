@@ -8,17 +8,39 @@ No torch, no Ray: the CLI (``raystyle stylize clip.mp4``) and the Ray Data chunk
   the output container cannot hold its codec). Frames stream one by one: memory does not grow
   with the video's length. Phone clips with a rotation flag are turned upright.
 - Temporal smoothing (after Ruder et al., "Artistic style transfer for videos", 2016, in its
-  cheap, feed-forward form): DIS optical flow (OpenCV) between consecutive *input* frames;
-  the previous *output* frame is warped along it and blended with the new stylized frame,
-  ``out = (1 - s m) new + s m warped``, where ``m`` is 1 where the flow is reliable (the
-  forward-backward check of Sundaram et al.: the two flows cancel, the pixel stays in the
-  frame) and 0 at occlusions and disocclusions; ``s`` = ``smooth``. ``smooth=0`` is plain
-  per-frame stylization. Exponential blending without motion (``mode="blend"``) is kept as
-  the baseline the benchmark compares against: it trades shimmer for smearing.
-- The flicker figure (``FlickerMeter``): the mean absolute difference between each output
-  frame and the previous output warped onto it along the same input flow, over the reliable
-  pixels, in 0-255 levels (Lai et al.'s warping error). ``sharpness`` is the mean gradient
-  magnitude, to compare smoothings at equal sharpness.
+  cheap, feed-forward form; ``Smoother``): DIS optical flow (OpenCV) between consecutive
+  *input* frames; the previous *output* frame is warped along it and blended with the new
+  stylized frame, ``out = (1 - s m) new + s m warped``, ``s`` = ``smooth``. ``m`` is 1 where the
+  warp can be trusted, 0 elsewhere (the new frame as it is): the flow passes the
+  forward-backward check (Sundaram et al.: the two flows cancel, the pixel stays in the
+  frame), the pixel is off a motion boundary (Ruder et al.: |grad u|^2 + |grad v|^2 <=
+  0.01 |w|^2 + 0.002) and the warped previous *input* matches the current one within
+  ``PHOTO_LEVELS`` in every channel, after a global gain match (``GAIN_RANGE``), so what the
+  flow smoothed over (an occlusion) is not blended but a change of light is. The warped
+  output takes the same gain, so it follows the light instead of lagging. Where fewer than
+  ``CUT_SHARE`` of the pixels pass the flow and photometric checks, the frame starts a new
+  shot: the output is its stylized frame as it is, and nothing of the previous shot is
+  carried on. ``smooth=0`` is plain per-frame stylization. Exponential blending without
+  motion (``mode="blend"``, no checks) is kept as the baseline the benchmark compares
+  against: it trades shimmer for smearing.
+- Temporal figures (``TemporalMeter``, ``temporal_figures(inputs, per_frame, outputs, flow)``),
+  measured independently of the smoother: ``flicker`` is the warping error (Lai et al.), the
+  mean |out_t - W(out_t-1)| over the pixels that have a past, in 0-255 levels, where W warps
+  along the clip's *true* flow and mask when known (the generated clips of
+  ``raystyle.infer.synthetic``), else along a different algorithm's flow (Farneback's,
+  ``reference_flow``, with its own forward-backward check), never the smoother's DIS flow and
+  mask (along those, blending by ``s`` cuts the error by ``1 - s`` whatever the output looks
+  like). Always beside it: ``fidelity``, the mean |out_t - per_frame_t|, how far smoothing
+  took the output from the per-frame stylization (carrying the first frame forward scores no
+  flicker and the largest fidelity cost); ``ghosting``, the same over the pixels with no past
+  (occlusions, a cut frame), where the output should be the new frame; ``sharpness``, the
+  mean gradient magnitude. Methods are compared at equal fidelity cost. Measured by
+  ``python bench/video.py --sizes ''`` (the random-init ``cpu`` generator, generated clips of
+  320x240 and 48 frames, docs/stylize.md): at the default 0.6, flicker 0.37-0.41x per-frame
+  on the pan, moving-object, dimming, cut and still clips and 0.54x on the occlusion; 0.52-0.59x
+  blending's at equal fidelity cost (0.72x on the occlusion; 1.08x on the still shot, where
+  blending is what is wanted); ghosting at the occlusion 4.7 levels (17.4 with the
+  forward-backward check alone); nothing of the previous shot after the cut.
 - Chunks (for Ray Data): output frames ``[start, stop)`` can be produced on their own
   (``stylized_frames(start=, stop=, warmup=)``): decoding seeks to the keyframe before the
   chunk, and smoothing starts ``warmup`` frames early, so the chunk's first frame carries the
@@ -500,9 +522,43 @@ def grey(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
+# The checks of a warped pixel (Ruder et al. 2016, section 3.1, with a photometric one added):
+BOUNDARY = (0.01, 0.002)  # motion boundary where |grad u|^2 + |grad v|^2 > 0.01 |w|^2 + 0.002
+PHOTO_LEVELS = 16.0  # levels (any channel, after the gain match) the warped previous input may differ by
+GAIN_RANGE = (0.5, 2.0)  # a global change of light matched between consecutive frames, at most
+CUT_SHARE = 0.4  # a new shot where fewer pixels than this pass the flow and photometric checks
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Where the previous frame, warped along the flow, may stand in for the current one."""
+
+    map_x: np.ndarray  # current (x, y) shows the previous frame at (map_x, map_y)
+    map_y: np.ndarray
+    consistent: np.ndarray  # bool: forward and backward flows cancel and the point stays inside, or still
+    boundary: np.ndarray  # bool: on a motion boundary (the flow's gradient is large), not still
+    photometric: np.ndarray  # bool: the warped previous input matches the current one
+    gain: float  # current / previous brightness, matched over the consistent pixels
+    still: np.ndarray  # bool: no motion taken (it matches better than the flow)
+
+    def mask(self, boundaries: bool = True, photometric: bool = True) -> np.ndarray:
+        """float32 0/1: the pixels that pass the checks asked for (the flow's always)."""
+        keep = self.consistent.copy()
+        if boundaries:
+            keep &= ~self.boundary
+        if photometric:
+            keep &= self.photometric
+        return keep.astype(np.float32)
+
+    @property
+    def share(self) -> float:
+        """The share of pixels that pass the flow and photometric checks: a new shot has few."""
+        return float((self.consistent & self.photometric).mean())
+
+
 class Motion:
     """Optical flow between consecutive frames (OpenCV's DIS, ``preset`` fast) and the warp of
-    the previous frame onto the current one, with its reliability mask."""
+    the previous frame onto the current one, with its reliability checks."""
 
     def __init__(self, preset: str = "fast"):
         presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -524,15 +580,86 @@ class Motion:
         h, w = cur.shape
         xs, ys = self._xy(h, w)
         map_x, map_y = xs + back[..., 0], ys + back[..., 1]
-        fwd_at = cv2.remap(fwd, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        loop = back + fwd_at  # ~0 where the two flows agree
-        agree = (loop * loop).sum(-1) <= 0.01 * ((back * back).sum(-1) + (fwd_at * fwd_at).sum(-1)) + 0.5
-        inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-        return map_x, map_y, (agree & inside).astype(np.float32)
+        return map_x, map_y, forward_backward(back, fwd, map_x, map_y).astype(np.float32)
+
+    def checks(self, prev: np.ndarray, cur: np.ndarray, prev_grey: np.ndarray | None = None,
+               cur_grey: np.ndarray | None = None) -> Reliability:
+        """The flow from RGB frame ``cur`` back to ``prev`` (their greys, if already made), no
+        motion where that matches better, and the three checks: forward-backward consistency,
+        motion boundaries, photometric match (after a global gain match)."""
+        prev_grey = grey(prev) if prev_grey is None else prev_grey
+        cur_grey = grey(cur) if cur_grey is None else cur_grey
+        map_x, map_y, mask = self.between(prev_grey, cur_grey)
+        consistent = mask > 0
+        xs, ys = self._xy(*cur_grey.shape)
+        boundary = motion_boundaries(map_x - xs, map_y - ys)
+        moved, still, gain = photometric_errors(prev, cur, map_x, map_y, consistent)
+        # where no motion explains the frame better than the flow does (a still background the
+        # flow of a moving thing bled into, the flow's noise on a still shot), no motion is
+        # taken: nothing is resampled there. Not where the flow leaves the frame: what came
+        # into view has no past.
+        keep = (still < moved) & inside(map_x, map_y)
+        map_x, map_y = np.where(keep, xs, map_x), np.where(keep, ys, map_y)
+        matches = np.where(keep, still, moved) <= PHOTO_LEVELS
+        return Reliability(map_x, map_y, consistent | keep, boundary & ~keep, matches, gain, keep)
 
     @staticmethod
     def warp(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
         return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def forward_backward(back: np.ndarray, fwd: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """bool: the backward flow ``back`` is confirmed by the forward flow ``fwd`` (Sundaram et
+    al.: the two cancel) and its target ``(map_x, map_y)`` lies inside the frame."""
+    fwd_at = cv2.remap(fwd, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    bx, by, fx, fy = back[..., 0], back[..., 1], fwd_at[..., 0], fwd_at[..., 1]
+    lx, ly = bx + fx, by + fy  # ~0 where the two flows agree
+    agree = lx * lx + ly * ly <= 0.01 * (bx * bx + by * by + fx * fx + fy * fy) + 0.5
+    return agree & inside(map_x, map_y)
+
+
+def inside(map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """bool: the map's target lies inside the frame."""
+    h, w = map_x.shape
+    return (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+
+
+def motion_boundaries(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """bool: where the flow (u, v) changes fast, |grad u|^2 + |grad v|^2 > 0.01 |w|^2 + 0.002
+    (Ruder et al.): the edges of things that move against their background, where the flow
+    of one side bleeds into the other."""
+    a, b = BOUNDARY
+    grad = np.zeros_like(u)
+    for f in (u, v):
+        for dx, dy in ((1, 0), (0, 1)):  # central differences
+            d = cv2.Sobel(f, cv2.CV_32F, dx, dy, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
+            grad += d * d
+    return grad > a * (u * u + v * v) + b
+
+
+def photometric_errors(prev: np.ndarray, cur: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
+                       consistent: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(moved, still, gain): how far the RGB frame ``prev`` warped along the map (``moved``) and
+    as it is (``still``) is from ``cur``, the largest channel's difference (both blurred 3x3
+    first), after a global change of light: the previous frame is first scaled by ``gain``,
+    the ratio of the two frames' mean brightness over the ``consistent`` pixels (within
+    GAIN_RANGE). Over PHOTO_LEVELS, the flow missed something (an occlusion it smoothed over,
+    a new shot)."""
+    a = cv2.GaussianBlur(prev, (3, 3), 0)
+    b = cv2.GaussianBlur(cur, (3, 3), 0)
+    warped = cv2.remap(a, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    gain = 1.0
+    if consistent.any():
+        where = consistent.astype(np.uint8)
+        gain = float(np.clip((sum(cv2.mean(b, where)[:3]) + 1.0) / (sum(cv2.mean(warped, where)[:3]) + 1.0),
+                             *GAIN_RANGE))
+    if abs(gain - 1.0) > 1e-3:
+        a, warped = cv2.convertScaleAbs(a, alpha=gain), cv2.convertScaleAbs(warped, alpha=gain)
+
+    def largest(diff: np.ndarray) -> np.ndarray:  # the largest channel's difference, uint8
+        return cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
+
+    return largest(cv2.absdiff(b, warped)), largest(cv2.absdiff(b, a)), gain
 
 
 def check_crf(crf: int) -> int:
@@ -559,19 +686,32 @@ def check_smooth(strength: float) -> float:
 class Smoother:
     """Temporal smoothing of stylized frames, fed in order: ``smooth(frame, stylized) -> out``.
 
-    ``mode="motion"``: the previous output warped along the input's flow, blended where the
-    flow is reliable (``strength`` s: ``out = (1 - s m) new + s m warped``); ``mode="blend"``:
-    plain exponential blending with the previous output (no motion; the baseline);
-    ``strength`` 0: the stylized frame as it is."""
+    ``mode="motion"``: the previous output warped along the input's flow (``Motion.checks``:
+    no motion where that explains the frame better), blended where the warp is reliable
+    (``strength`` s: ``out = (1 - s m) new + s m warped``; ``m`` is 1 where the flow passes the
+    forward-backward check, is off motion boundaries and the warped previous input matches
+    the current one, after matching a global change of light); a frame where fewer than
+    ``CUT_SHARE`` of the pixels pass starts a new shot: the stylized frame as it is, nothing
+    of the previous shot carried on. The warped output takes the input's change of light too
+    (``relight``: scaled by the same gain), so a dimming scene does not lag. ``boundaries``,
+    ``photometric``, ``cuts``, ``relight``: those steps (all on; off only to measure what each
+    does). ``mode="blend"``: plain exponential blending with the previous output (no motion,
+    no checks; the baseline); ``strength`` 0: the stylized frame as it is. ``reliable``: the
+    share of pixels blended at the last frame; ``cut``: the last frame started a new shot;
+    ``cuts``: new shots so far."""
 
-    def __init__(self, strength: float = DEFAULT_SMOOTH, mode: str = "motion", motion: Motion | None = None):
+    def __init__(self, strength: float = DEFAULT_SMOOTH, mode: str = "motion", motion: Motion | None = None, *,
+                 boundaries: bool = True, photometric: bool = True, cuts: bool = True, relight: bool = True):
         check_smooth(strength)
         if mode not in ("motion", "blend"):
             raise VideoError(f"smoothing mode must be motion or blend, got {mode!r}")
         self.strength, self.mode = strength, mode
         self.motion = motion or (Motion() if mode == "motion" and strength > 0 else None)
-        self.reliable = 1.0  # share of reliable pixels at the last frame
-        self._prev: tuple[np.ndarray, np.ndarray] | None = None  # (grey input, output)
+        self.boundaries, self.photometric, self.detect_cuts, self.relight = boundaries, photometric, cuts, relight
+        self.reliable = 1.0  # share of pixels blended at the last frame
+        self.cut = False  # the last frame started a new shot
+        self.cuts = 0  # new shots seen
+        self._prev: tuple[np.ndarray | None, np.ndarray | None, np.ndarray] | None = None  # input, grey, output
 
     def reset(self) -> None:
         self._prev = None
@@ -579,61 +719,136 @@ class Smoother:
     def __call__(self, frame: np.ndarray, stylized: np.ndarray) -> np.ndarray:
         if self.strength == 0.0:
             return stylized
-        g = grey(frame) if self.mode == "motion" else None
+        motion = self.mode == "motion"
+        g = grey(frame) if motion else None
         out = stylized
-        if self._prev is not None and self._prev[1].shape == stylized.shape:
-            prev_grey, prev_out = self._prev
+        self.cut = False
+        if self._prev is not None and self._prev[2].shape == stylized.shape:
+            prev_frame, prev_grey, prev_out = self._prev
             s = self.strength
             if self.mode == "blend":
                 mixed = (1 - s) * stylized.astype(np.float32) + s * prev_out.astype(np.float32)
+                out = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
             else:
-                map_x, map_y, mask = self.motion.between(prev_grey, g)
-                warped = Motion.warp(prev_out, map_x, map_y).astype(np.float32)
-                w = (s * mask)[..., None]
-                mixed = stylized.astype(np.float32) * (1 - w) + warped * w
-                self.reliable = float(mask.mean())
-            out = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
-        self._prev = (g, out)
+                checks = self.motion.checks(prev_frame, frame, prev_grey, g)
+                if self.detect_cuts and checks.share < CUT_SHARE:  # a new shot: start again from it
+                    self.cut, self.cuts, self.reliable = True, self.cuts + 1, 0.0
+                else:
+                    mask = checks.mask(self.boundaries, self.photometric)
+                    warped = Motion.warp(prev_out, checks.map_x, checks.map_y).astype(np.float32)
+                    if self.relight and checks.gain != 1.0:
+                        warped *= checks.gain
+                    w = (s * mask)[..., None]
+                    mixed = stylized.astype(np.float32) * (1 - w) + warped * w
+                    self.reliable = float(mask.mean())
+                    out = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        self._prev = (frame if motion else None, g, out)
         return out
 
 
 def warmup_frames(smooth: float, tolerance: float = 0.01, cap: int = 32) -> int:
     """Frames of history a chunk needs so its first frame's smoothing state matches one
-    sequential pass to within ``tolerance`` (the history fades as ``smooth ** n``), at most
-    ``cap`` (above ``smooth`` 0.87 the history left out is then over 1 %: 3.4 % at 0.9)."""
+    sequential pass to within ``tolerance`` (the history fades as ``smooth ** n`` or faster:
+    the checks only take weight away, and a new shot drops it), at most ``cap`` (above
+    ``smooth`` 0.87 the history left out is then over 1 %: 3.4 % at 0.9)."""
     if smooth <= 0:
         return 0
     return min(cap, math.ceil(math.log(tolerance) / math.log(smooth)))
 
 
-class FlickerMeter:
-    """The warping error of an output video: feed (input frame, output frame) pairs in order;
-    ``value`` is the mean over consecutive pairs of mean |out_t - warp(out_t-1)| (0-255 levels)
-    over the pixels where the input's flow is reliable. ``sharpness``: mean gradient magnitude."""
+# -- measuring temporal quality ---------------------------------------------------------------
+def reference_flow(prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The measure's own flow, independent of the smoother's: Farneback's (OpenCV), backward
+    and forward between grey ``prev`` and ``cur``, with its own forward-backward check ->
+    (map_x, map_y, valid float32 0/1), as ``Motion.between`` returns but by another algorithm."""
+    args = (None, 0.5, 4, 15, 3, 5, 1.1, 0)  # pyramid 0.5 x 4 levels, 15 px windows, 3 iterations
+    back = cv2.calcOpticalFlowFarneback(cur, prev, *args)
+    fwd = cv2.calcOpticalFlowFarneback(prev, cur, *args)
+    h, w = cur.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    map_x, map_y = xs + back[..., 0], ys + back[..., 1]
+    return map_x, map_y, forward_backward(back, fwd, map_x, map_y).astype(np.float32)
 
-    def __init__(self, motion: Motion | None = None):
-        self.motion = motion or Motion()
+
+class TemporalMeter:
+    """Temporal figures of a smoothed video, fed in order: ``add(frame, per_frame, out, flow)``
+    with the input frame, its per-frame stylization and the smoothed output.
+
+    - ``flicker``: the warping error, the mean over consecutive frames of mean
+      |out_t - W(out_t-1)| (0-255 levels) over the valid pixels, where W warps (bicubic) along
+      ``flow``: the true (map_x, map_y, valid) back to the previous frame where known (the
+      generated clips of raystyle.infer.synthetic), else ``reference_flow`` (Farneback, its
+      own check). Never the smoother's DIS flow and mask: along those, blending by ``s``
+      cuts the error by ``1 - s`` whatever the output looks like. Frames with no valid pixel
+      (a cut) are left out.
+    - ``fidelity``: the mean |out_t - per_frame_t| (0-255 levels), how far smoothing moved
+      the output from the per-frame stylization; lower is better. Carrying the first frame
+      forward scores a flicker near 0 and a large fidelity cost.
+    - ``ghosting``: the mean |out_t - per_frame_t| over the pixels the flow gives no past
+      (occluded or disoccluded, come into view, every pixel of a cut frame): there the output
+      should be the new stylized frame, and anything else is carried over from what is no
+      longer there. Frames where every pixel has a past are left out.
+    - ``sharpness``: the mean gradient magnitude of the outputs (``sharpness``)."""
+
+    def __init__(self) -> None:
         self.errors: list[float] = []
+        self.costs: list[float] = []
+        self.ghosts: list[float] = []
         self.sharp: list[float] = []
-        self._prev: tuple[np.ndarray, np.ndarray] | None = None
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None  # (grey input, output)
 
-    def add(self, frame: np.ndarray, out: np.ndarray) -> None:
+    def add(self, frame: np.ndarray, per_frame: np.ndarray, out: np.ndarray,
+            flow: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         g = grey(frame)
+        o = out.astype(np.float32)
+        cost = np.abs(o - per_frame.astype(np.float32)).mean(-1)
+        self.costs.append(float(cost.mean()))
         self.sharp.append(sharpness(out))
         if self._prev is not None:
-            map_x, map_y, mask = self.motion.between(self._prev[0], g)
-            warped = Motion.warp(self._prev[1], map_x, map_y).astype(np.float32)
-            diff = np.abs(out.astype(np.float32) - warped).mean(-1)
-            self.errors.append(float((diff * mask).sum() / max(mask.sum(), 1.0)))
+            map_x, map_y, valid = flow if flow is not None else reference_flow(self._prev[0], g)
+            total = float(valid.sum())
+            if total < valid.size:
+                self.ghosts.append(float((cost * (1 - valid)).sum() / (valid.size - total)))
+            if total >= 1.0:
+                warped = cv2.remap(self._prev[1], map_x, map_y, cv2.INTER_CUBIC,
+                                   borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+                self.errors.append(float((np.abs(o - warped).mean(-1) * valid).sum() / total))
         self._prev = (g, out)
 
     @property
-    def value(self) -> float:
+    def flicker(self) -> float:
         return float(np.mean(self.errors)) if self.errors else 0.0
+
+    @property
+    def fidelity(self) -> float:
+        return float(np.mean(self.costs)) if self.costs else 0.0
+
+    @property
+    def ghosting(self) -> float:
+        return float(np.mean(self.ghosts)) if self.ghosts else 0.0
 
     @property
     def sharpness(self) -> float:
         return float(np.mean(self.sharp)) if self.sharp else 0.0
+
+    def figures(self) -> dict[str, float]:
+        return {"flicker": self.flicker, "fidelity": self.fidelity, "ghosting": self.ghosting,
+                "sharpness": self.sharpness}
+
+
+def temporal_figures(inputs: Iterable[np.ndarray], per_frame: Iterable[np.ndarray], outputs: Iterable[np.ndarray],
+                     flow: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None = None) -> dict[str, float]:
+    """{"flicker", "fidelity", "ghosting", "sharpness"} of ``outputs`` (``TemporalMeter``):
+    ``flow`` gives each frame's true (map_x, map_y, valid) back to the previous one (None for
+    the first frame; None for all: Farneback's flow of ``inputs``)."""
+    meter = TemporalMeter()
+    frames, styl, outs = list(inputs), list(per_frame), list(outputs)
+    flows = [None] * len(frames) if flow is None else list(flow)
+    if not len(frames) == len(styl) == len(outs) == len(flows):
+        raise ValueError(f"{len(frames)} inputs, {len(styl)} per-frame, {len(outs)} outputs, {len(flows)} flows")
+    for frame, y, out, f in zip(frames, styl, outs, flows, strict=True):
+        meter.add(frame, y, out, f)
+    return meter.figures()
 
 
 def sharpness(frame: np.ndarray) -> float:
@@ -652,7 +867,7 @@ def stylized_frames(source: Source, info: VideoInfo, plan: FramePlan, stylize: F
     Smoothing starts ``warmup`` input frames before ``start``'s (those are stylized, not
     yielded). ``stylize`` takes a list of RGB frames (up to ``batch``, equal sizes) and returns
     theirs. An input frame shown by several output frames is stylized once. ``inputs``: a list
-    the input frame of each yielded output is appended to (for a FlickerMeter)."""
+    the input frame of each yielded output is appended to (for ``temporal_figures``)."""
     stop = plan.frames if stop is None else min(stop, plan.frames)
     if not 0 <= start < stop:
         return
@@ -907,14 +1122,6 @@ def read_video(path: str | Path) -> tuple[VideoInfo, list[np.ndarray]]:
     info = probe(path)
     convert = frame_converter(info, *info.size)
     return info, [f for _, f in decode_frames(path, info, 0, info.frames, convert=convert)]
-
-
-def flicker(inputs: Iterable[np.ndarray], outputs: Iterable[np.ndarray]) -> tuple[float, float]:
-    """(warping error, sharpness) of ``outputs`` along the motion of ``inputs`` (FlickerMeter)."""
-    meter = FlickerMeter()
-    for frame, out in zip(inputs, outputs, strict=True):
-        meter.add(frame, out)
-    return meter.value, meter.sharpness
 
 
 def write_pan_clip(path: str | Path, image: np.ndarray, *, frames: int = 24, size: tuple[int, int] = (160, 120),

@@ -1,5 +1,7 @@
 """raystyle.infer.video and `raystyle stylize clip.mp4`: real clips written by the test (a pan across a
-photo, so the true motion is known), decoded and encoded with PyAV, stylized with real styles."""
+photo, so the true motion is known), decoded and encoded with PyAV, stylized with real styles; the
+smoother and the temporal figures on the generated clips of raystyle.infer.synthetic (a moving
+object, an occlusion, a change of light, a scene cut, a still shot), measured along their true flow."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from raystyle.infer import synthetic as S
 from raystyle.infer import video as V
 from raystyle.infer.generator import Stylizer
 from tests.helpers import one_line_error, run
@@ -134,33 +137,219 @@ def test_rotated_phone_clip_is_turned_upright(tmp_path):
     assert info2.size == (48, 64) and info2.rotation == 0 and out_frames[0][:16, -16:].mean() > 200
 
 
-# -- smoothing and the flicker figure ---------------------------------------------------------
-def flicker_of(clip, style, smooth, mode="motion") -> tuple[float, float]:
+# -- smoothing and the temporal figures -------------------------------------------------------
+def figures_of(clip, style, smooth, mode="motion") -> dict[str, float]:
+    """The temporal figures of a clip file run through stylized_frames, along Farneback's flow
+    (the measure's own, as for any real clip) against the per-frame stylization of that run."""
     info = V.probe(clip)
     inputs: list[np.ndarray] = []
-    outs = [f for _, f in V.stylized_frames(clip, info, V.plan_frames(info), style, smooth=smooth,
+    per_frame: list[np.ndarray] = []
+
+    def recording(frames):
+        out = style(frames)
+        per_frame.extend(out)
+        return out
+
+    outs = [f for _, f in V.stylized_frames(clip, info, V.plan_frames(info), recording, smooth=smooth,
                                             mode=mode, inputs=inputs)]
-    assert len(outs) == len(inputs) == 24
-    return V.flicker(inputs, outs)
+    assert len(outs) == len(inputs) == len(per_frame) == 24
+    return V.temporal_figures(inputs, per_frame, outs)
 
 
 def test_motion_smoothing_halves_pure_flicker_where_blending_smears(clip):
     """Noise that changes every frame: motion-guided smoothing at 0.6 removes over half of the
-    warping error at nearly the same sharpness; exponential blending at 0.6 removes much less
-    (it averages frames that moved) and blurs more."""
-    per_frame, sharp0 = flicker_of(clip, noisy_style, 0.0)
-    motion, sharp_m = flicker_of(clip, noisy_style, 0.6)
-    blend, sharp_b = flicker_of(clip, noisy_style, 0.6, "blend")
-    assert motion < 0.5 * per_frame
-    assert motion < blend
-    assert sharp_b < sharp_m
+    warping error, far closer to the per-frame frames and sharper than exponential blending
+    at 0.6 (it averages frames that moved: a smear that hides flicker); at motion's fidelity
+    cost, blending (interpolated from per-frame to 0.6) flickers more."""
+    per_frame = figures_of(clip, noisy_style, 0.0)
+    motion = figures_of(clip, noisy_style, 0.6)
+    blend = figures_of(clip, noisy_style, 0.6, "blend")
+    assert per_frame["fidelity"] == 0.0
+    assert motion["flicker"] < 0.5 * per_frame["flicker"]
+    assert motion["fidelity"] < 0.7 * blend["fidelity"] and blend["sharpness"] < motion["sharpness"]
+    at = float(np.interp(motion["fidelity"], [0.0, blend["fidelity"]], [per_frame["flicker"], blend["flicker"]]))
+    assert motion["flicker"] < 0.8 * at, (motion, blend, per_frame)
 
 
 def test_smoothing_lowers_the_flicker_of_a_real_style(clip, tiny):
-    per_frame, _ = flicker_of(clip, tiny.stylize_batch, 0.0)
-    smoothed, _ = flicker_of(clip, tiny.stylize_batch, 0.6)
-    assert per_frame > 0.5  # the tiny generator does flicker on a pan
-    assert smoothed < 0.6 * per_frame
+    per_frame = figures_of(clip, tiny.stylize_batch, 0.0)
+    smoothed = figures_of(clip, tiny.stylize_batch, 0.6)
+    assert per_frame["flicker"] > 0.5  # the tiny generator does flicker on a pan
+    assert smoothed["flicker"] < 0.6 * per_frame["flicker"]
+
+
+@pytest.fixture(scope="module")
+def clips() -> dict[str, S.SyntheticClip]:
+    """Every generated kind, 160x120, 24 frames, with its true flow."""
+    return S.make_clips((160, 120), 24)
+
+
+def noisy(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """noisy_style, the same for the same frames: frame i's noise is seeded by i."""
+    return [np.clip(255.0 - f + np.random.default_rng(i).normal(0, 12, f.shape), 0, 255).astype(np.uint8)
+            for i, f in enumerate(frames)]
+
+
+def smoothed(clip: S.SyntheticClip, styl: list[np.ndarray], smooth=0.6, start=0, **kw) -> list[np.ndarray]:
+    smoother = V.Smoother(smooth, **kw)
+    return [smoother(f, y) for f, y in zip(clip.frames[start:], styl[start:], strict=True)]
+
+
+def test_generated_clips_carry_their_true_flow(clips):
+    """Frame t-1 warped along the true flow is frame t wherever the flow is valid (light
+    matched in ``lighting``; sensor noise in ``static``); occlusions, the edges that come into
+    view and the cut frame are not valid."""
+    for kind, clip in clips.items():
+        assert len(clip.frames) == len(clip.flows) == 24 and clip.size == (160, 120) and clip.flows[0] is None
+        for t in range(1, 24):
+            f = clip.flows[t]
+            if t in clip.cuts:
+                assert f.valid.max() == 0
+                continue
+            warped = cv2.remap(clip.frames[t - 1], f.map_x, f.map_y, cv2.INTER_CUBIC,
+                               borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+            gain = clip.gains[t] / clip.gains[t - 1] if clip.gains else 1.0
+            err = np.abs(warped * gain - clip.frames[t]).mean(-1)
+            assert (err * f.valid).sum() / f.valid.sum() < (4.0 if kind == "static" else 1.0), (kind, t)
+    assert clips["cut"].cuts == (12,) and clips["cut"].shots() == [(0, 12), (12, 24)]
+    hidden = 1 - clips["occlusion"].flows[12].valid[5:-5, 5:-5]  # inside the frame: the bar's wake
+    assert 0.03 < hidden.mean() < 0.2
+    assert min(clips["lighting"].gains) < 0.5
+
+
+def test_the_flicker_measure_has_its_own_flow(clips):
+    """The measure never uses the smoother's DIS flow: along the true flow where known, else
+    along Farneback's, which recovers the pan as well and agrees with the truth."""
+    clip = clips["pan"]
+    g0, g1 = V.grey(clip.frames[10]), V.grey(clip.frames[11])
+    map_x, map_y, valid = V.reference_flow(g0, g1)
+    dis_x, _, _ = V.Motion().between(g0, g1)
+    ys, xs = np.mgrid[0:120, 0:160]
+    inner = np.s_[8:-8, 8:-8]
+    assert (map_x - xs)[inner].mean() == pytest.approx(S.PAN[0], abs=0.1)
+    assert (map_y - ys)[inner].mean() == pytest.approx(S.PAN[1], abs=0.1)
+    assert valid[inner].mean() > 0.9 and valid[:, -1].mean() < 0.5  # the column the pan brings in
+    assert np.abs(map_x - dis_x)[inner].mean() > 0.02  # another algorithm's flow, not DIS's
+    for kind in ("pan", "object"):
+        styl = noisy(clips[kind].frames)
+        true = V.temporal_figures(clips[kind].frames, styl, styl, clips[kind].flows)["flicker"]
+        farneback = V.temporal_figures(clips[kind].frames, styl, styl)["flicker"]
+        assert farneback == pytest.approx(true, rel=0.1)
+
+
+def test_flicker_along_the_true_flow_is_what_the_clip_holds(clips):
+    """The input itself, warped along its true flow, does not flicker (only interpolation is
+    left); fresh noise each frame flickers by its own size; a wrong flow makes a still output
+    flicker."""
+    clip = clips["object"]
+    h, w = 120, 160
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    assert V.temporal_figures(clip.frames, clip.frames, clip.frames, clip.flows)["flicker"] < 1.0
+    styl = noisy(clip.frames)
+    assert 9 < V.temporal_figures(clip.frames, styl, styl, clip.flows)["flicker"] < 16  # |N(0,12) - N(0,12)|
+    still = [None] + [(xs, ys, np.ones((h, w), np.float32))] * 23  # as if nothing moved
+    assert V.temporal_figures(clip.frames, clip.frames, clip.frames, still)["flicker"] > 8
+
+
+def test_carrying_the_first_frame_forward_is_not_rewarded(clips):
+    """The first stylized frame carried forward along the true flow scores no flicker at all,
+    and the largest fidelity cost: smoothing is judged by both figures together. Stronger
+    smoothing trades one for the other, and the measure sees it."""
+    clip = clips["object"]
+    styl = noisy(clip.frames)
+    frozen = [styl[0]]
+    for f in clip.flows[1:]:
+        frozen.append(cv2.remap(frozen[-1], f.map_x, f.map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE))
+    carried = V.temporal_figures(clip.frames, styl, frozen, clip.flows)
+    per_frame = V.temporal_figures(clip.frames, styl, styl, clip.flows)
+    runs = [V.temporal_figures(clip.frames, styl, smoothed(clip, styl, s), clip.flows) for s in (0.3, 0.6, 0.9)]
+    assert carried["flicker"] < 0.05 * per_frame["flicker"]
+    assert carried["fidelity"] > 15 and carried["fidelity"] > 3 * runs[1]["fidelity"]
+    assert [r["flicker"] for r in runs] == sorted((r["flicker"] for r in runs), reverse=True)
+    assert [r["fidelity"] for r in runs] == sorted(r["fidelity"] for r in runs)
+    assert runs[1]["flicker"] < 0.5 * per_frame["flicker"]
+
+
+def test_a_scene_cut_starts_the_smoothing_again(clips, tmp_path):
+    """At a hard cut the output is the new shot's stylized frame as it is, and every later
+    frame is what smoothing the new shot alone gives: nothing of the previous shot is left.
+    Without the reset the previous shot shows through. Also through an H.264 file."""
+    clip = clips["cut"]
+    k = clip.cuts[0]
+    styl = noisy(clip.frames)
+    smoother = V.Smoother(0.6)
+    outs = []
+    for t, (f, y) in enumerate(zip(clip.frames, styl, strict=True)):
+        outs.append(smoother(f, y))
+        assert smoother.cut == (t == k)
+    assert smoother.cuts == 1
+    assert np.array_equal(outs[k], styl[k])
+    fresh = smoothed(clip, styl, start=k)
+    assert all(np.array_equal(a, b) for a, b in zip(outs[k:], fresh, strict=True))
+    assert not np.array_equal(outs[k + 1], styl[k + 1])  # the new shot is smoothed as usual
+    kept = smoothed(clip, styl, cuts=False)  # what the reset prevents: pixels of the old shot that
+    assert not np.array_equal(kept[k], styl[k])  # pass the checks by chance (all, without them)
+    assert np.abs(smoothed(clip, styl, cuts=False, photometric=False)[k].astype(float) - styl[k]).mean() > 2
+
+    path = S.write_clip(tmp_path / "cut.mp4", clip)
+    info, frames = V.read_video(path)
+    got = dict(V.stylized_frames(path, info, V.plan_frames(info), lambda fs: [255 - f for f in fs]))
+    assert np.array_equal(got[k], 255 - frames[k])
+    again = V.Smoother(V.DEFAULT_SMOOTH)
+    assert all(np.array_equal(got[t], again(frames[t], 255 - frames[t])) for t in range(k, 24))
+
+
+def test_boundary_and_photometric_checks_mask_the_occlusions(clips):
+    """The bar passing in front of the photo: the smoother's checks leave out most of what the
+    bar uncovers (the true mask says it has no past), which the forward-backward check alone
+    lets through; both checks catch some; the rest of the frame stays blended. Through the
+    smoother, the output there stays the new stylized frame (the ghosting figure)."""
+    clip = clips["occlusion"]
+    motion = V.Motion()
+    caught: dict[str, list[float]] = {"flow": [], "boundary": [], "photometric": [], "all": []}
+    kept = []
+    for t in range(1, 24):
+        checks = motion.checks(clip.frames[t - 1], clip.frames[t])
+        valid = clip.flows[t].valid > 0
+        hidden = cv2.erode((~valid).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # no past, off the edges
+        hidden[:3], hidden[-3:], hidden[:, :3], hidden[:, -3:] = False, False, False, False
+        for name, mask in (("flow", checks.mask(False, False)), ("boundary", checks.mask(True, False)),
+                           ("photometric", checks.mask(False, True)), ("all", checks.mask())):
+            caught[name].append(float((mask[hidden] == 0).mean()))
+        kept.append(float(checks.mask()[valid].mean()))
+    share = {name: np.mean(v) for name, v in caught.items()}
+    assert share["flow"] < 0.3 and share["all"] > 0.75, share
+    assert share["boundary"] > share["flow"] + 0.05 and share["photometric"] > share["flow"] + 0.4, share
+    assert np.mean(kept) > 0.8
+    styl = noisy(clip.frames)
+    with_checks = V.temporal_figures(clip.frames, styl, smoothed(clip, styl), clip.flows)
+    without = V.temporal_figures(clip.frames, styl, smoothed(clip, styl, boundaries=False, photometric=False),
+                                 clip.flows)
+    assert with_checks["ghosting"] < 0.3 * without["ghosting"]
+
+
+def test_a_change_of_light_is_not_a_cut(clips, monkeypatch):
+    """The light dims to 45 %: no frame is taken for a new shot, the warped frames pass the
+    photometric check (the gain is matched), and the smoothed output follows the light
+    instead of lagging behind it. A sudden step of 40 % too; without the gain match it
+    would be a cut."""
+    clip = clips["lighting"]
+    smoother = V.Smoother(0.6)
+    outs, reliable = [], []
+    for f in clip.frames:
+        outs.append(smoother(f, f))  # the frames as their own "stylization": what lags is the light
+        reliable.append(smoother.reliable)
+    assert smoother.cuts == 0 and min(reliable) > 0.8
+    lagging = smoothed(clip, clip.frames, relight=False)
+    follows = V.temporal_figures(clip.frames, clip.frames, outs, clip.flows)["fidelity"]
+    lags = V.temporal_figures(clip.frames, clip.frames, lagging, clip.flows)["fidelity"]
+    assert follows < 0.5 * lags
+    a = clip.frames[5]
+    b = np.clip(clip.frames[6] * 0.6, 0, 255).astype(np.uint8)
+    checks = V.Motion().checks(a, b)
+    assert checks.share > 0.8 and checks.gain == pytest.approx(0.6, abs=0.03)
+    monkeypatch.setattr(V, "GAIN_RANGE", (1.0, 1.0))
+    assert V.Motion().checks(a, b).share < V.CUT_SHARE
 
 
 def test_smooth_zero_is_per_frame_and_bad_values_are_refused(clip, tiny):
