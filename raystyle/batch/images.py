@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raystyle.batch.stages import BatchError, StylizeActor, read_bytes, resolve
+from raystyle.data.colour import ColourError, colour_mode
 from raystyle.util import storage
 from raystyle.util.storage import ContainmentError, join
 
@@ -286,7 +287,7 @@ def _arbitrary_options(style: Any, style_images: Sequence[str | Path] | None,
 
 def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int | None = None,
               cpus_per_worker: int = 1, gpu: bool = False, models_dir: str | Path | None = None,
-              precision: str = "fp32", strength: float = 1.0, preserve_color: bool = False,
+              precision: str = "fp32", strength: float = 1.0, preserve_color: bool | str | None = None,
               max_side: int | None = None, fmt: str | None = None, batch_size: int = 8,
               tile: int | None = None, address: str | None = None,
               style_images: Sequence[str | Path] | None = None,
@@ -301,6 +302,7 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
     Inputs whose output exists are skipped; with nothing to do, Ray is not even started.
     An arbitrary style needs ``style_images`` (paths or URIs, read here once and shared with
     the actors), blended by ``weights`` (default equal), at ``alpha``; a generator takes none.
+    ``preserve_color``: True, False or a mode of raystyle.data.colour (True: luminance).
     Videos (raystyle.batch.videos) are cut into chunks of ``chunk_frames`` frames, smoothed
     with ``smooth`` (default 0.6) and resampled to ``fps`` when given; one H.264 file each at
     quality ``crf`` (0: lossless); one of more than ``max_frames`` frames or ``max_duration``
@@ -321,6 +323,10 @@ def run_batch(input: str | Path, output: str | Path, style: str, *, workers: int
     input, output = str(input), str(output)
     image_tile = 1024 if tile is None else tile  # videos: VIDEO_TILE (frames up to 2048 px whole)
     _check_options(workers, cpus_per_worker, batch_size, strength, max_side, image_tile, fmt)
+    try:
+        preserve_color = colour_mode(preserve_color)  # None or a mode: what the actors get
+    except ColourError as exc:
+        raise BatchError(f"--{exc}".replace("preserve_color", "preserve-color", 1)) from None
     smooth = DEFAULT_SMOOTH if smooth is None else smooth
     try:
         check_smooth(smooth)  # a bad --smooth, --fps or --crf fails here, before anything starts

@@ -54,7 +54,7 @@ class StylizeActor:
 
     def __init__(self, style: str, models_dir: str, output: str, input: str | None = None,
                  precision: str = "fp32", provider: str = "cpu", threads: int = 1,
-                 tile: int = 1024, strength: float = 1.0, preserve_color: bool = False,
+                 tile: int = 1024, strength: float = 1.0, preserve_color: bool | str | None = None,
                  max_side: int | None = None, style_images: Any = None,
                  weights: list[float] | None = None, alpha: float = 1.0):
         from raystyle.infer.base import StylizeError

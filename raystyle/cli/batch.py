@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from raystyle.batch.images import FORMATS, MANIFEST, BatchError, run_batch, run_nst_batch
-from raystyle.cli.common import add_verbose_arg
+from raystyle.cli.common import add_preserve_color_arg, add_verbose_arg, preserve_color_of
 from raystyle.cli.nst import OPTION_FIELDS, add_options, options_from_args
 from raystyle.methods.nst import NSTOptions
 
@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
                    help="styles registry (default ~/raystyle/models; env RAYSTYLE_MODELS)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--strength", type=float, default=1.0, metavar="S", help="0 = input unchanged, 1 = full style")
-    p.add_argument("--preserve-color", action="store_true", help="keep the input's colours")
+    add_preserve_color_arg(p)
     p.add_argument("--max-side", type=int, metavar="N", help="downscale inputs so the longer side is at most N")
     p.add_argument("--tile", type=int, metavar="N",
                    help="tile size for large images (default 1024; video frames 2048)")
@@ -91,7 +91,7 @@ def _nst_args(args: argparse.Namespace) -> NSTOptions:
     if ignored:
         raise BatchError(f"{', '.join(ignored)} only apply with --style; --nst takes --size, "
                          "--steps and the other style-transfer options")
-    return options_from_args(args, preserve_color=args.preserve_color)
+    return options_from_args(args, preserve_color=preserve_color_of(args))
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -108,7 +108,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     result = run_batch(args.input, args.output, args.style, workers=args.workers,
                        cpus_per_worker=args.cpus_per_worker, gpu=args.gpu,
                        models_dir=args.models_dir, precision=args.precision,
-                       strength=args.strength, preserve_color=args.preserve_color,
+                       strength=args.strength, preserve_color=preserve_color_of(args),
                        max_side=args.max_side, fmt=args.format, batch_size=args.batch_size,
                        tile=args.tile, address=args.address, style_images=args.style_images,
                        weights=parse_weights(args.weights), alpha=args.alpha, smooth=args.smooth,

@@ -15,6 +15,32 @@ SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve" / "configs" / "l
 DEMO_STYLE = "demo"
 
 
+def add_preserve_color_arg(p, what: str = "the input") -> None:
+    """``--preserve-color`` and ``--color-mode MODE`` (raystyle.data.colour); read them back with
+    ``preserve_color_of(args)``. A flag, not a flag with an optional value: ``--preserve-color
+    photo.jpg`` must not read the photo as a mode."""
+    from raystyle.data.colour import DEFAULT_MODE, MODES
+
+    p.add_argument("--preserve-color", action="store_true",
+                   help=f"keep {what}'s colours (Gatys et al. 2017; how: --color-mode)")
+    p.add_argument("--color-mode", choices=MODES, default=None, metavar="MODE",
+                   help=f"how --preserve-color keeps them (implies it; default {DEFAULT_MODE}): luminance: "
+                   "transfer on luminance, the style's luminance matched to the content's, then "
+                   "the content's chroma (a style without style images: the output's luminance "
+                   "matched to the content's mean and std); histogram: the style's colours "
+                   "matched to the content's (without style images: the output's); swap: the "
+                   "output's luminance on the content's chroma, nothing matched (the old behaviour)")
+
+
+def preserve_color_of(args: argparse.Namespace) -> str | None:
+    """The colour mode ``--preserve-color`` / ``--color-mode`` ask for, or None."""
+    from raystyle.data.colour import DEFAULT_MODE
+
+    if args.color_mode is not None:
+        return args.color_mode
+    return DEFAULT_MODE if args.preserve_color else None
+
+
 def say(text: str) -> None:
     """A progress line of a long command: ``[raystyle] ...``, flushed."""
     print(f"[raystyle] {text}", flush=True)

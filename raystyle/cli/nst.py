@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from raystyle.cli.common import add_preserve_color_arg, preserve_color_of
 from raystyle.config import FEATURE_ARCHS, VGG_WEIGHTS_ENV
 from raystyle.methods.nst import (
     COARSEST,
@@ -90,8 +91,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output image; the format follows the suffix (.png, .jpg, .webp)")
     add_options(p)
-    p.add_argument("--preserve-color", action="store_true",
-                   help="keep CONTENT's colours (the result's luminance, the content's chroma)")
+    add_preserve_color_arg(p, "CONTENT")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     p.add_argument("--json", action="store_true",
                    help="print the report (losses, steps, seconds, sizes) as one JSON line")
@@ -110,7 +110,7 @@ def cmd_nst(args: argparse.Namespace) -> int:
 
     from raystyle.data.images import encode, format_for_path, load_rgb
 
-    options = options_from_args(args, preserve_color=args.preserve_color, device=args.device)
+    options = options_from_args(args, preserve_color=preserve_color_of(args), device=args.device)
     out = Path(args.output)
     fmt = format_for_path(out)  # a bad suffix fails before minutes of work
     if out.is_dir():

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from raystyle.cli.common import add_preserve_color_arg, preserve_color_of
 from raystyle.errors import RaystyleError
 
 
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default="stylized",
                    help="output file (one input), folder (default ./stylized) or - for stdout")
     p.add_argument("--strength", type=float, default=1.0, metavar="S", help="0 = input unchanged, 1 = full style")
-    p.add_argument("--preserve-color", action="store_true", help="keep the input's colours")
+    add_preserve_color_arg(p)
     p.add_argument("--style-image", dest="style_images", action="append", metavar="PAINTING",
                    help="an arbitrary (AdaIN) style's painting; repeat to blend several (see --weights)")
     p.add_argument("--weights", metavar="W1,W2,...",
@@ -90,7 +91,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     run = style_runner(args.style, models_dir=args.models_dir, precision=args.precision, provider=args.provider,
                        tile=1024 if args.tile is None else args.tile, style_images=args.style_images,
                        weights=args.weights, alpha=args.alpha)
-    options = dict(strength=args.strength, preserve_color=args.preserve_color)
+    options = dict(strength=args.strength, preserve_color=preserve_color_of(args))
     failed = 0
     for job in jobs:
         src, dest = job.src, job.dest

@@ -102,9 +102,16 @@ class ModelConfig:
     # the kernel of the first and last convs: 7 (CycleGAN's ResNet) or 9 (Johnson et al.'s
     # fast style transfer network, the ``fast`` presets)
     edge_kernel: Literal[7, 9] = 7
+    # the generators' instance norms learn a per-channel scale and shift (pytorch/examples'
+    # TransformerNet: the ``fast`` presets); CycleGAN's paper generator has none (the default,
+    # which older checkpoints without this key load as)
+    norm_affine: bool = False
 
     def __post_init__(self) -> None:
         positive(self, "model", "ngf", "ndf", "d_layers")
+        if self.norm_affine and self.norm != "instance":
+            raise ConfigError(f"model.norm_affine is for model.norm: instance (batch norm is always "
+                              f"affine; none has nothing to scale), got model.norm: {self.norm}")
         if self.colour_skip and not self.residual:
             raise ConfigError("model.colour_skip needs model.residual: true (it is the residual's skip)")
         if self.n_blocks < 0 or not 0.0 <= self.dropout < 1.0:

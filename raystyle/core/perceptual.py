@@ -20,7 +20,9 @@ Ustyuzhaninov et al., "What does it take to generate natural textures?", ICLR 20
 The losses are scale-free (each term divided by the energy of its target), so one set of
 weights works for VGG and for random features, whose activations differ by orders of
 magnitude; Gatys et al.'s absolute weights (1 : 1e3 and the like) only hold for the one
-network and normalisation they were tuned on.
+network and normalisation they were tuned on. A trained net's content targets change with
+every batch, so its content term is divided by a fixed energy instead (``fixed_energies``,
+measured once on the first batch): a per-batch one would change the content weight each step.
 """
 
 from __future__ import annotations
@@ -300,11 +302,29 @@ def gram(f: torch.Tensor) -> torch.Tensor:
         return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)  # (B, C, C)
 
 
-def content_loss(feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over the layers in ``targets``; each divided by its target's energy (scale-free)."""
-    # L_content = sum_l mean((F_l - P_l)^2) / (mean(P_l^2) + eps)
-    terms = [((feats[k] - t) ** 2).mean() / ((t ** 2).mean() + EPS) for k, t in targets.items()]
+def content_loss(feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                 energies: dict[str, float] | None = None) -> torch.Tensor:
+    """Sum over the layers in ``targets``; each divided by its target's energy (scale-free), or
+    by the fixed ``energies[layer]`` when given (a trained net's: see ``fixed_energies``)."""
+    # L_content = sum_l mean((F_l - P_l)^2) / (E_l + eps),  E_l = mean(P_l^2) or the fixed one
+    terms = [((feats[k] - t) ** 2).mean() / (((t ** 2).mean() if energies is None else energies[k]) + EPS)
+             for k, t in targets.items()]
     return torch.stack(terms).sum()
+
+
+def fixed_energies(targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """mean(t^2) of each target in fp32, averaged over the ranks when torch.distributed runs
+    (every rank must call it at the same step): a content normaliser computed once, on the
+    first batch, and kept, so the content weight of a trained net is one constant instead of
+    changing with every batch's energy (raystyle.methods.fast, raystyle.methods.adain)."""
+    import torch.distributed as dist
+
+    keys = list(targets)
+    e = torch.stack([targets[k].detach().float().pow(2).mean() for k in keys])  # (L,)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(e)
+        e = e / dist.get_world_size()
+    return {k: float(v) for k, v in zip(keys, e.tolist(), strict=True)}
 
 
 def style_loss(feats: dict[str, torch.Tensor], target_grams: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -13,6 +13,8 @@ large image can run tile by tile and agree with the whole image exactly:
               one layer deeper (the Stylizer iterates this to the exact statistics)
   receptive_radius(net)  an upper bound (input pixels) on how far an output pixel of the
               fixed-statistics generator reaches; a tile with that much halo has an exact core
+An affine InstanceNorm (``model.norm_affine``) is replaced by one that applies its scale and
+shift after normalising, like the original: the statistics are still those of its input.
 """
 
 from __future__ import annotations
@@ -39,22 +41,37 @@ class _Ctx:
         self.masks: dict[int, torch.Tensor] = {}
 
 
-class _CollectNorm(nn.Module):
-    def __init__(self, ctx: _Ctx, eps: float, index: int):
+class _Affine(nn.Module):
+    """What the replaced norms share: the original's eps, and its scale and shift when affine."""
+
+    def __init__(self, norm: nn.InstanceNorm2d):
         super().__init__()
-        self.ctx, self.eps, self.index = ctx, eps, index
+        self.eps = norm.eps
+        self.weight = norm.weight if norm.affine else None  # (C,) the same Parameters
+        self.bias = norm.bias if norm.affine else None
+
+    def affine(self, y: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return y
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]  # (B, C, h, w)
+
+
+class _CollectNorm(_Affine):
+    def __init__(self, ctx: _Ctx, norm: nn.InstanceNorm2d, index: int):
+        super().__init__(norm)
+        self.ctx, self.index = ctx, index
 
     def forward(self, x):
         mean = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
         var = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
         self.ctx.collected[self.index] = (mean.flatten(1), var.flatten(1))  # (B, C) each
-        return (x - mean) / torch.sqrt(var + self.eps)
+        return self.affine((x - mean) / torch.sqrt(var + self.eps))
 
 
-class _ApplyNorm(nn.Module):
-    def __init__(self, ctx: _Ctx, eps: float, offset: int, channels: int):
-        super().__init__()
-        self.ctx, self.eps, self.offset, self.c = ctx, eps, offset, channels
+class _ApplyNorm(_Affine):
+    def __init__(self, ctx: _Ctx, norm: nn.InstanceNorm2d, offset: int, channels: int):
+        super().__init__(norm)
+        self.ctx, self.offset, self.c = ctx, offset, channels
 
     def given(self) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.ctx.stats  # (B, S): [mean_0, var_0, mean_1, var_1, ...]
@@ -64,12 +81,12 @@ class _ApplyNorm(nn.Module):
 
     def forward(self, x):
         mean, var = self.given()
-        return (x - mean) / torch.sqrt(var + self.eps)
+        return self.affine((x - mean) / torch.sqrt(var + self.eps))
 
 
 class _SumNorm(_ApplyNorm):
-    def __init__(self, ctx: _Ctx, eps: float, offset: int, channels: int, index: int, stride: int):
-        super().__init__(ctx, eps, offset, channels)
+    def __init__(self, ctx: _Ctx, norm: nn.InstanceNorm2d, offset: int, channels: int, index: int, stride: int):
+        super().__init__(ctx, norm, offset, channels)
         self.index, self.stride = index, stride
 
     def forward(self, x):
@@ -80,7 +97,7 @@ class _SumNorm(_ApplyNorm):
         s1 = dm.sum(dim=3).double().sum(dim=2)  # (B, C)
         s2 = (dm * d).sum(dim=3).double().sum(dim=2)
         self.ctx.collected[self.index] = (s1, s2)
-        return d / torch.sqrt(var + self.eps)
+        return self.affine(d / torch.sqrt(var + self.eps))
 
 
 def instance_norms(net: nn.Module) -> list[tuple[nn.Module, str, nn.InstanceNorm2d]]:
@@ -121,7 +138,7 @@ class StatsModel(nn.Module):
         self.ctx = _Ctx()
         self.net = copy.deepcopy(generator)
         for i, (parent, name, norm) in enumerate(instance_norms(self.net)):
-            setattr(parent, name, _CollectNorm(self.ctx, norm.eps, i))
+            setattr(parent, name, _CollectNorm(self.ctx, norm, i))
 
     def forward(self, x):
         self.ctx.collected = {}
@@ -138,7 +155,7 @@ class TileModel(nn.Module):
         self.net = copy.deepcopy(generator)
         offset = 0
         for (parent, name, norm), (c, _) in zip(instance_norms(self.net), norm_layout(generator), strict=True):
-            setattr(parent, name, _ApplyNorm(self.ctx, norm.eps, offset, c))
+            setattr(parent, name, _ApplyNorm(self.ctx, norm, offset, c))
             offset += 2 * c
         self.stats_size = offset
 
@@ -158,7 +175,7 @@ class SumsModel(nn.Module):
         offset = 0
         for i, ((parent, name, norm), (c, stride)) in enumerate(
                 zip(instance_norms(self.net), self.layout, strict=True)):
-            setattr(parent, name, _SumNorm(self.ctx, norm.eps, offset, c, i, stride))
+            setattr(parent, name, _SumNorm(self.ctx, norm, offset, c, i, stride))
             offset += 2 * c
         self.stats_size = offset
 

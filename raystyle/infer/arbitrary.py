@@ -8,6 +8,16 @@ standard deviations. A style image's statistics are computed once and kept in an
 keyed by the sha256 of its bytes (``cache_size`` entries, per Stylizer: per Serve replica,
 per batch actor). Several style images blend by interpolating their statistics with weights.
 
+``preserve_color`` follows Gatys et al. 2017 (raystyle.data.colour) where the style images are
+at hand (``blend`` keeps them with the statistics it returns): ``luminance`` (the default of
+True) runs the photo's luminance through the nets with each style image's luminance matched
+to the photo's mean and std, and puts the result's luminance on the photo's chroma;
+``histogram`` matches each style image's colour mean and covariance to the photo's first.
+Both take the style images' statistics again for every photo (one more encoder run per style
+image: what they see depends on the photo), never from the cache. Statistics given without
+their images (``style_stats``, the module's ``blend``) get the feed-forward equivalent on the
+output, as a generator style does; ``swap`` is the old swap of chroma after the fact.
+
 Large images run in exact tiles, like the generators' (raystyle.infer.generator): cores on the
 8-pixel grid plus a halo of the encoder's and decoder's reach (model.json ``arbitrary.halo``).
 A first pass encodes each window and sums the cores' features into the whole image's channel
@@ -28,10 +38,12 @@ import numpy as np
 from PIL import Image
 
 from raystyle import registry
+from raystyle.data import colour
 from raystyle.data.images import ImageInput, decode, fit_within
 from raystyle.infer.base import (
     StylizeError,
     check_options,
+    colour_modes,
     make_session,
     release_options,
     run_grouped,
@@ -82,6 +94,20 @@ def blend(stats: Sequence[Stats], weights: Sequence[float] | None = None) -> Sta
     mean = sum(wi * m for wi, (m, _) in zip(w, stats, strict=True))
     std = sum(wi * s for wi, (_, s) in zip(w, stats, strict=True))
     return np.asarray(mean, np.float64), np.asarray(std, np.float64)
+
+
+class StyleStats(tuple):
+    """A blend's (mean, std), as ``Stats`` (it unpacks the same), that also keeps the style
+    images it came from (``sources``, any ImageInput) and their normalised ``weights``: a colour
+    mode that matches the style images to each photo (Gatys et al. 2017) takes them again."""
+
+    sources: tuple[ImageInput, ...]
+    weights: tuple[float, ...]
+
+    def __new__(cls, stats: Stats, sources: Sequence[ImageInput] = (), weights: Sequence[float] = ()) -> StyleStats:
+        self = super().__new__(cls, stats)
+        self.sources, self.weights = tuple(sources), tuple(weights)
+        return self
 
 
 def affine(content: Stats, style: Stats, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -200,17 +226,35 @@ class ArbitraryStylizer:
                 self._cache.popitem(last=False)
         return stats
 
-    def blend(self, style_images: Sequence[ImageInput], weights: Sequence[float] | None = None) -> Stats:
-        """The statistics of ``style_images`` blended by ``weights`` (default equal)."""
+    def blend(self, style_images: Sequence[ImageInput], weights: Sequence[float] | None = None,
+              keys: Sequence[str] | None = None) -> StyleStats:
+        """The statistics of ``style_images`` blended by ``weights`` (default equal), with the
+        images kept for the colour modes (``StyleStats``); ``keys``: their cache keys when known
+        (the sha256 of each upload), else computed."""
         if isinstance(style_images, str | Path | bytes | bytearray | Image.Image | np.ndarray):
             style_images = [style_images]
         w = normalise_weights(weights, len(style_images))
-        return blend([self.style_stats(s) for s in style_images], w)
+        keys = list(keys) if keys is not None else [None] * len(style_images)
+        if len(keys) != len(style_images):
+            raise StylizeError(f"{len(keys)} keys for {len(style_images)} style images")
+        stats = [self.style_stats(s, key=k) for s, k in zip(style_images, keys, strict=True)]
+        return StyleStats(blend(stats, w), style_images, w)
+
+    def matched_stats(self, style: StyleStats, photo: np.ndarray, mode: str) -> Stats:
+        """``style``'s images prepared for ``photo`` by colour ``mode`` (raystyle.data.colour
+        ``style_for``: luminance matched, or colours matched), their statistics blended."""
+        stats = []
+        for source in style.sources:
+            a = colour.style_for(style_array(source, self.style_size), photo, mode)
+            f = self.encoder.run(None, {"image": to_input(a[None], MULTIPLE)})[0][0]
+            stats.append(feature_stats(f, self.eps))
+        return blend(stats, style.weights)
 
     # -- public API -----------------------------------------------------------------------------
     def stylize(self, image: ImageInput, *, style_images: Sequence[ImageInput] | ImageInput,
                 weights: Sequence[float] | None = None, alpha: float = 1.0, strength: float = 1.0,
-                preserve_color: bool = False, max_side: int | None = None, tile: int | None = None) -> np.ndarray:
+                preserve_color: bool | str | None = False, max_side: int | None = None,
+                tile: int | None = None) -> np.ndarray:
         """One photo in the style of ``style_images`` (blended by ``weights``) -> (H, W, 3) uint8."""
         stats = self.blend(style_images, weights)
         return self.stylize_batch([image], styles=[stats], alpha=alpha, strength=strength,
@@ -219,17 +263,32 @@ class ArbitraryStylizer:
     __call__ = stylize
 
     def stylize_batch(self, images: list[ImageInput], *, styles: Sequence[Stats],
-                      alpha: float | Sequence[float] = 1.0, strength: float = 1.0, preserve_color: bool = False,
+                      alpha: float | Sequence[float] = 1.0, strength: float = 1.0,
+                      preserve_color: bool | str | None | Sequence[bool | str | None] = False,
                       max_side: int | None = None, tile: int | None = None) -> list[np.ndarray]:
         """Several photos, each with its own style statistics (``styles[i]``, from ``blend`` or
-        ``style_stats``) and ``alpha``; equal shapes share one encoder and one decoder call."""
+        ``style_stats``) and ``alpha``; equal shapes share one encoder and one decoder call.
+        ``preserve_color``: one value, or one per photo (see the module docstring)."""
         alphas = [float(alpha)] * len(images) if isinstance(alpha, numbers.Real) else [float(a) for a in alpha]
         if len(styles) != len(images) or len(alphas) != len(images):
             raise StylizeError(f"{len(images)} images need as many styles and alphas")
         if any(not 0.0 <= a <= 1.0 for a in alphas):
             raise StylizeError(f"alpha must be between 0 and 1, got {alphas}")
         tile = check_options(strength, max_side, self.tile if tile is None else tile, MULTIPLE)
+        modes = colour_modes(preserve_color, len(images))
         arrays = [np.asarray(fit_within(decode(img, max_side=max_side), max_side)) for img in images]
+        # Gatys et al. 2017 where the style images are at hand: a prepared photo, matched statistics
+        inputs, styles, paper = list(arrays), list(styles), [False] * len(images)
+        if strength > 0.0:
+            for i, (a, mode) in enumerate(zip(arrays, modes, strict=True)):
+                if mode in ("luminance", "histogram") and getattr(styles[i], "sources", None):
+                    styles[i] = self.matched_stats(styles[i], a, mode)
+                    inputs[i], paper[i] = colour.content_for(a, mode), True
+
+        def finish(i: int, stylized: np.ndarray, original: np.ndarray) -> np.ndarray:
+            if paper[i]:
+                return colour.after_transfer(stylized, original, modes[i])
+            return colour.after_feed_forward(stylized, original, modes[i])
 
         def whole(idx: list[int], batch: np.ndarray) -> np.ndarray:
             f = self.encoder.run(None, {"image": to_input(batch, MULTIPLE)})[0]
@@ -242,7 +301,8 @@ class ArbitraryStylizer:
         def tiled(i: int, a: np.ndarray) -> np.ndarray:
             return self._tiled(a, styles[i], alphas[i], tile)
 
-        results, self.last_infer_ms = run_grouped(arrays, tile, tiled, whole, strength, preserve_color)
+        results, self.last_infer_ms = run_grouped(inputs, tile, tiled, whole, strength, modes,
+                                                  originals=arrays, finish=finish)
         return results
 
     # -- exact tiles ------------------------------------------------------------------------------

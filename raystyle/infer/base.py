@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import psutil
 
-from raystyle.data.images import keep_colour
+from raystyle.data.colour import ColourError, after_feed_forward, colour_mode
 from raystyle.errors import RaystyleError
 from raystyle.infer.tiles import MULTIPLE, to_uint8
 
@@ -106,14 +108,35 @@ def check_options(strength: float, max_side: int | None, tile: int, multiple: in
     return tile
 
 
+def colour_modes(preserve_color: Any, n: int) -> list[str | None]:
+    """``preserve_color`` (one value for every image, or a list of one per image: True, False,
+    None or a mode of raystyle.data.colour) as ``n`` modes (None: off); StylizeError when bad."""
+    values = list(preserve_color) if isinstance(preserve_color, list | tuple) else [preserve_color] * n
+    if len(values) != n:
+        raise StylizeError(f"{len(values)} preserve_color values for {n} images")
+    try:
+        return [colour_mode(v) for v in values]
+    except ColourError as exc:
+        raise StylizeError(str(exc)) from None
+
+
 def run_grouped(arrays: list[np.ndarray], tile: int, tiled, whole, strength: float,
-                preserve_color: bool) -> tuple[list[np.ndarray], float]:
+                preserve_color: Any, originals: Sequence[np.ndarray] | None = None,
+                finish: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None,
+                ) -> tuple[list[np.ndarray], float]:
     """(outputs, ms of the networks): the images over ``tile`` px through ``tiled(i, a)`` ->
     uint8, the others grouped by shape through ``whole(indices, (B, H, W, 3) batch)`` ->
     (B, 3, H', W') in [-1, 1]; then colour and strength. Order is kept. Both stylizers run
-    their batches through this (raystyle.infer.arbitrary too)."""
+    their batches through this (raystyle.infer.arbitrary too).
+
+    Colour: ``finish(i, stylized, original)`` when given, else ``preserve_color`` (see
+    ``colour_modes``) as a feed-forward net's (raystyle.data.colour.after_feed_forward).
+    ``originals``: the photos whose colours and strength apply, where ``arrays`` are copies
+    prepared for the network (a luminance-only transfer); default ``arrays``."""
+    originals = arrays if originals is None else originals
+    modes = colour_modes(preserve_color, len(arrays)) if finish is None else None
     if strength == 0.0:
-        return [a.copy() for a in arrays], 0.0
+        return [a.copy() for a in originals], 0.0
     out: list[np.ndarray | None] = [None] * len(arrays)
     start = time.perf_counter()
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -128,8 +151,7 @@ def run_grouped(arrays: list[np.ndarray], tile: int, tiled, whole, strength: flo
             out[i] = res
     ms = (time.perf_counter() - start) * 1000
     results = []
-    for a, s in zip(arrays, out, strict=True):
-        if preserve_color:
-            s = keep_colour(s, a)
+    for i, (a, s) in enumerate(zip(originals, out, strict=True)):
+        s = finish(i, s, a) if finish is not None else after_feed_forward(s, a, modes[i])
         results.append(blend_strength(s, a, strength))
     return results, ms

@@ -11,7 +11,9 @@ One way to run a style everywhere (CLI, Serve replicas, Ray Data actors):
   all graphs read from the same version folder, all sessions opened at construction), so
   a re-export swapped in meanwhile never mixes versions;
 - ``strength`` blends with the input (0 returns the input exactly); ``preserve_color``
-  keeps the input's colours (stylized luminance, original chroma);
+  keeps the input's colours (raystyle.data.colour: True or "luminance", the stylized
+  luminance matched to the input's mean and spread on the input's chroma; "histogram";
+  "swap", the old stylized-luminance, original-chroma swap);
 - batched calls run equal-shaped images in one ONNX Runtime call.
 
 ONNX Runtime session options: graph optimisation ORT_ENABLE_ALL, ``intra_op_num_threads``
@@ -122,7 +124,7 @@ class Stylizer:
         self.style, self.name = st, st.name
 
     # -- public API -----------------------------------------------------------------------
-    def stylize(self, image: ImageInput, *, strength: float = 1.0, preserve_color: bool = False,
+    def stylize(self, image: ImageInput, *, strength: float = 1.0, preserve_color: bool | str | None = False,
                 max_side: int | None = None, tile: int | None = None) -> np.ndarray:
         """One image (path, bytes, PIL image or uint8 array) -> (H, W, 3) uint8."""
         return self.stylize_batch([image], strength=strength, preserve_color=preserve_color,
@@ -131,7 +133,7 @@ class Stylizer:
     __call__ = stylize
 
     def stylize_batch(self, images: list[ImageInput], *, strength: float = 1.0,
-                      preserve_color: bool = False, max_side: int | None = None,
+                      preserve_color: bool | str | None = False, max_side: int | None = None,
                       tile: int | None = None) -> list[np.ndarray]:
         """Several images; equal shapes share one ONNX Runtime call. Order is kept."""
         tile = check_options(strength, max_side, self.tile if tile is None else tile)

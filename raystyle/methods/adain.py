@@ -14,7 +14,9 @@ Trained (on Ray Train through raystyle.methods, like the other methods) on conte
          + style_weight * mean over relu1_1..relu4_1 of (|mu - mu_s|^2 + |sd - sd_s|^2) / (|mu_s|^2 + |sd_s|^2)
 
 (the paper's losses, each divided by its target's energy so that one set of weights suits VGG
-and random features), plus, with ``identity_weight``, Park & Lee's identity term
+and random features; the content term's energy |t|^2 is fixed: ``content_norm``, measured on
+the first batch, averaged over the workers and kept in the checkpoint's train state, so the
+content weight does not change with every batch's paintings), plus, with ``identity_weight``, Park & Lee's identity term
 |D(E(c)) - c|_1 (SANet, 2019), which makes the decoder invert the encoder in pixels. Several styles blend by interpolating their statistics with weights
 (AdaIN is affine in them, so this equals blending the AdaIN outputs): raystyle.infer.arbitrary.blend. Checkpoints store the decoder and the encoder it was trained with
 (``encoder``: the features' weights up to relu4_1), so an export needs no VGG file.
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raystyle.config import AdaINConfig, Config, ConfigError
-from raystyle.core.perceptual import FeatureNet
+from raystyle.core.perceptual import FeatureNet, fixed_energies
 from raystyle.methods.base import (
     FEATURE_OPTIONS,
     PerceptualMethod,
@@ -186,6 +188,8 @@ class AdaINMethod(PerceptualMethod):
         self.net_names = ("decoder",)  # compared across ranks (DDP check)
         self.step = self.epoch = self.epoch_step = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # the content term's fixed normaliser (|t|^2 of the code): set by the first batch (or a checkpoint)
+        self.content_norm: dict[str, float] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, rank: int, extra: dict[str, Any]) -> AdaINMethod:
@@ -200,9 +204,11 @@ class AdaINMethod(PerceptualMethod):
                c: torch.Tensor | None = None, y_id: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The weighted terms for AdaIN targets ``t``, the style's features and the output ``y``
         (and, with an identity weight, the photos ``c`` and their reconstructions ``y_id``)."""
+        if self.content_norm is None:  # once: the first batch's (every rank's) energy
+            self.content_norm = fixed_energies({CODE: t})
         feats = self.encoder(y)
         code = feats[CODE].float()
-        content = ((code - t) ** 2).mean() / ((t ** 2).mean() + EPS)
+        content = ((code - t) ** 2).mean() / (self.content_norm[CODE] + EPS)
         terms = []
         for k in LAYERS:
             m, s = mean_std(feats[k])
@@ -262,6 +268,16 @@ class AdaINMethod(PerceptualMethod):
     def nets_state(self) -> dict[str, Any]:
         """The decoder, and the encoder's weights it was trained with (an export needs no VGG file)."""
         return {"decoder": self.decoder.state_dict(), "encoder": encoder_state(self.encoder)}
+
+    def train_state(self) -> dict[str, Any]:
+        """PerceptualMethod's, and the content normaliser (a resumed run keeps its weight)."""
+        return {**super().train_state(), "content_norm": self.content_norm}
+
+    def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
+             rank_state: dict[str, Any] | None) -> None:
+        super().load(nets, train_state, rank_state)
+        if train_state is not None and train_state.get("content_norm") is not None:
+            self.content_norm = dict(train_state["content_norm"])  # older checkpoints: the next batch's
 
 
 def load_net(nets: dict[str, Any], cfg: Config) -> AdaINNet:

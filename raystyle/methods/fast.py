@@ -7,6 +7,11 @@ to the style of ONE image, by minimising on fixed features (raystyle.core.percep
   loss = content_weight * content(F(y), F(x)) + style_weight * style(Gram F(y), Gram F(s))
          + tv_weight * tv(y)                       y = net(x), x a photo, s the style image
 
+The content term is divided by a fixed energy of the photos' features (``content_norm``: mean
+F(x)^2 per layer on the first batch, averaged over the workers, kept in the checkpoint's train
+state so a resumed run keeps it), not by each batch's own: the content weight is one constant,
+as in the paper's objective, instead of changing with every batch.
+
 Trained once (on Ray Train, like CycleGAN: train.py runs ``FastStyle`` through the method
 interface of raystyle.methods), it stylizes in one forward pass. Its checkpoints store the net
 as ``g_ab`` (photo -> style) and the style image itself (``style_image``, uint8), so export,
@@ -32,6 +37,7 @@ from raystyle.core.perceptual import (
     DEFAULT_LAYERS,
     FeatureNet,
     content_loss,
+    fixed_energies,
     gram,
     style_loss,
     tv_loss,
@@ -157,6 +163,8 @@ class FastStyle(PerceptualMethod):
         self.net_names = ("g_ab",)  # compared across ranks (DDP check)
         self.step = self.epoch = self.epoch_step = 0
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # photo, stylized
+        # the content term's fixed normaliser per layer: set by the first batch (or a checkpoint)
+        self.content_norm: dict[str, float] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, rank: int, extra: dict[str, Any]) -> FastStyle:
@@ -172,9 +180,12 @@ class FastStyle(PerceptualMethod):
         fc = self.fc
         with torch.no_grad():
             targets = self.features(x)
+            content_targets = {k: targets[k].float() for k in self.content_layers}
+            if self.content_norm is None:  # once: the first batch's (every rank's) energy
+                self.content_norm = fixed_energies(content_targets)
         feats = self.features(y)
-        content = content_loss({k: feats[k].float() for k in self.content_layers},
-                               {k: targets[k].float() for k in self.content_layers})
+        content = content_loss({k: feats[k].float() for k in self.content_layers}, content_targets,
+                               self.content_norm)
         style = style_loss({k: feats[k].float() for k in self.style_layers}, self.target_grams)
         tv = tv_loss(y.float())
         total = fc.content_weight * content + fc.style_weight * style + fc.tv_weight * tv
@@ -227,6 +238,16 @@ class FastStyle(PerceptualMethod):
     def nets_state(self) -> dict[str, Any]:
         """The net as ``g_ab`` (photo -> style) and the style image it learned (uint8)."""
         return {"g_ab": self.g_ab.state_dict(), "style_image": self.style_u8.clone()}
+
+    def train_state(self) -> dict[str, Any]:
+        """PerceptualMethod's, and the content normaliser (a resumed run keeps its weight)."""
+        return {**super().train_state(), "content_norm": self.content_norm}
+
+    def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
+             rank_state: dict[str, Any] | None) -> None:
+        super().load(nets, train_state, rank_state)
+        if train_state is not None and train_state.get("content_norm") is not None:
+            self.content_norm = dict(train_state["content_norm"])  # older checkpoints: the next batch's
 
 
 # ---------------------------------------------------------------------------------------

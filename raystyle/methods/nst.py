@@ -7,12 +7,27 @@ start from the content image (or noise) and minimise, over the pixels x,
 
 with the perceptual features of raystyle.core.perceptual (VGG-19 relu4_2 for content, relu1_1 ...
 relu5_1 Grams for style; or random features). The image lives in the nets' [-1, 1] range and
-is clamped to it after every step. L-BFGS (one iteration per step, its history kept across
-steps) or Adam. Outputs larger than ``MULTISCALE_ABOVE`` px go coarse to fine: the first scale
-near 256 px, each next one double the size, started from the previous result upsampled; the
-steps are split evenly over the scales (the remainder to the finest ones). Pure torch, no Ray:
+is clamped to it after every step (a projection). L-BFGS (one iteration per step, its history
+kept across steps) or Adam. L-BFGS remembers the step it took (s = t d) to pair it with the
+change of the gradient (y); where the clamp moved a saturated pixel back, the step actually
+taken differs, and a pair (t d, y) describes a move that never happened. So after each clamp
+its last direction is set to the step actually taken (``TRUE_STEPS``): every pair is a true
+secant pair of the loss. (Clipping only at the end, as Gatys et al.'s and jcjohnson's code
+do, measured worse here: the unconstrained iterate leans on out-of-range pixels and the final
+clip costs more than it gained; a tanh reparametrisation left saturated pixels stuck.) Adam
+keeps the plain projection: it stores moments of gradients, not iterate differences.
+
+Outputs larger than ``MULTISCALE_ABOVE`` px go coarse to fine: the first scale near 256 px,
+each next one double the size, started from the previous result upsampled; the steps are
+split evenly over the scales (the remainder to the finest ones). Pure torch, no Ray:
 ``run_nst`` is what `raystyle nst` (raystyle.cli.nst) and the batch job (``raystyle batch --nst``)
 both call.
+
+``preserve_color`` follows Gatys et al., "Preserving Color in Neural Artistic Style Transfer"
+(2017; raystyle.data.colour): ``luminance`` (the default of ``True``) optimises on luminance
+images, the style's luminance matched to the content's mean and std, and puts the result's
+luminance on the content's chroma; ``histogram`` matches the style image's colour mean and
+covariance to the content's before the transfer; ``swap`` is the old swap after the fact.
 """
 
 from __future__ import annotations
@@ -42,6 +57,9 @@ MULTISCALE_ABOVE = 512  # larger outputs are optimised coarse to fine
 COARSEST = 256  # about the longer side of the first scale then
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise")
+# After the clamp, L-BFGS's memory gets the step actually taken (see the module docstring).
+# False: the step before the clamp, as raystyle did before; kept so a test can measure both.
+TRUE_STEPS = True
 
 
 class NSTError(RaystyleError):
@@ -63,12 +81,20 @@ class NSTOptions:
     init: Literal["content", "noise"] = "content"
     features: str = "vgg19"  # vgg19 | vgg16 | random
     vgg_weights: str | None = None  # None: $RAYSTYLE_VGG_WEIGHTS, torchvision's cache, download
-    preserve_color: bool = False  # luminance of the result, colours of the content
+    # the content's colours (raystyle.data.colour): None (off), "luminance" (True), "histogram",
+    # "swap"; normalised to None or a mode
+    preserve_color: bool | str | None = None
     scales: int | None = None  # None: 1 up to MULTISCALE_ABOVE px, else coarse to fine from ~256
     seed: int = 0  # noise init and random features
     device: str = "auto"  # auto: CUDA when available, else CPU
 
     def __post_init__(self) -> None:
+        from raystyle.data.colour import ColourError, colour_mode
+
+        try:
+            object.__setattr__(self, "preserve_color", colour_mode(self.preserve_color))
+        except ColourError as exc:
+            raise NSTError(f"--{exc}".replace("preserve_color", "preserve-color", 1)) from None
         if self.steps < 1:
             raise NSTError(f"--steps must be at least 1, got {self.steps}")
         if self.size < 16:
@@ -250,10 +276,17 @@ def _optimise(objective: _Objective, x: torch.Tensor, steps: int, options: NSTOp
         last.update(terms)
         return total
 
+    lbfgs = isinstance(opt, torch.optim.LBFGS)
     for _ in range(steps):
+        before = x.detach().clone() if lbfgs and TRUE_STEPS else None
         opt.step(closure)
         with torch.no_grad():
             x.clamp_(-1.0, 1.0)  # stay a valid image (losses above are those before the step)
+            state = opt.state[x]
+            if before is not None and "d" in state and state.get("t"):
+                # torch's L-BFGS pairs s = t * d with the next gradient change: make s the step
+                # actually taken, so no curvature pair describes the part the clamp undid
+                state["d"] = (x - before).flatten().div_(state["t"])
         on_step(dict(last))
     return x.detach()
 
@@ -275,9 +308,16 @@ def run_nst(content: np.ndarray | Image.Image, style: np.ndarray | Image.Image,
     from PIL import Image
 
     from raystyle.core.perceptual import load_features
+    from raystyle.data import colour
 
     content_img, style_img = _as_image(content, "content"), _as_image(style, "style")
     check_images(content_img, style_img, options)
+    mode = options.preserve_color
+    colours = content_img  # whose chroma a luminance or swap result takes
+    if mode in ("luminance", "histogram"):  # Gatys et al. 2017: prepare the images
+        c_arr, s_arr = np.asarray(content_img), np.asarray(style_img)
+        style_img = Image.fromarray(colour.style_for(s_arr, c_arr, mode))
+        content_img = Image.fromarray(colour.content_for(c_arr, mode))
     layers = options.layers
     if features is None:
         features = load_features(options.features, layers["content"] + layers["style"],
@@ -329,10 +369,8 @@ def run_nst(content: np.ndarray | Image.Image, style: np.ndarray | Image.Image,
                        "initial": first, "final": final})
     assert x is not None and initial is not None
     result = _uint8(x)
-    if options.preserve_color:
-        from raystyle.data.images import keep_colour
-
-        result = keep_colour(result, np.asarray(content_img.resize(result.shape[1::-1], Image.LANCZOS)))
+    if mode is not None:
+        result = colour.after_transfer(result, np.asarray(colours.resize(result.shape[1::-1], Image.LANCZOS)), mode)
     seconds = time.perf_counter() - start
     report = {
         "size": [int(result.shape[1]), int(result.shape[0])],

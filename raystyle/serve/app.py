@@ -4,6 +4,8 @@
     GET  /styles               registry metadata of every served style
     POST /styles/{name}        raw image bytes or multipart field ``image``;
                                query: strength, preserve_color, format, max_side
+                               (preserve_color: false, true = luminance, luminance,
+                               histogram or swap; raystyle.data.colour)
                                -> image bytes; headers X-Raystyle-Style, X-Raystyle-Inference-Ms
                                An arbitrary (AdaIN) style also needs one or more multipart
                                fields ``style_image`` (several blend; query ``weights=0.7,0.3``,
@@ -35,7 +37,9 @@ pixels (counted from the images' headers before they are decoded) and answers 50
 
 The ingress decodes and encodes in worker threads (never on its event loop, so /healthz
 answers while big uploads are decoded) and decodes JPEGs at a reduced DCT scale when
-``max_side`` asks for less than the full size. The style deployments only run the network,
+``max_side`` asks for less than the full size; it applies ``strength`` and a generator
+style's ``preserve_color``. The style deployments run the network (and an arbitrary style's
+``preserve_color``, whose Gatys et al. modes prepare the style images for the photo first),
 with ``@serve.batch`` dynamic batching (size and wait set through ``user_config``) and one
 ONNX Runtime session per replica whose threads match the replica's CPUs and do not spin
 (spinning threads steal the shared cores from the ingress and the other replicas).
@@ -76,6 +80,8 @@ from starlette.requests import ClientDisconnect
 
 from raystyle import registry
 from raystyle.config import ConfigError, at_least_zero, from_mapping, positive
+from raystyle.data.colour import MODES as COLOUR_MODES
+from raystyle.data.colour import ColourError, after_feed_forward, colour_mode
 from raystyle.data.images import (
     ENCODE_FORMATS,
     MEDIA_TYPES,
@@ -86,12 +92,11 @@ from raystyle.data.images import (
     decode,
     encode,
     fit_within,
-    keep_colour,
     probe,
 )
 from raystyle.errors import RaystyleError
 from raystyle.infer.arbitrary import MULTIPLE as ARBITRARY_MULTIPLE
-from raystyle.infer.arbitrary import blend, normalise_weights, parse_weights, style_array
+from raystyle.infer.arbitrary import normalise_weights, parse_weights, style_array
 from raystyle.infer.base import StylizeError, blend_strength
 from raystyle.infer.kinds import kind_of, open_stylizer
 from raystyle.infer.tiles import MULTIPLE
@@ -168,10 +173,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 # What the ingress sends a replica of an arbitrary style for one request: the photo, its
-# style images as (sha256 of the uploaded bytes, decoded pixels), their normalised weights
-# and alpha.
+# style images as (sha256 of the uploaded bytes, decoded pixels), their normalised weights,
+# alpha and the colour mode (None: off; the replica applies it: Gatys et al.'s modes prepare
+# the style images for the photo before the nets run).
 StyleParts = list[tuple[str, np.ndarray]]
-ArbitraryRequest = tuple[np.ndarray, StyleParts, list[float], float]
+ArbitraryRequest = tuple[np.ndarray, StyleParts, list[float], float, str | None]
 
 
 @serve.deployment
@@ -212,12 +218,12 @@ class StyleModel:
         method unless told otherwise), so the cache and its counters see one thread."""
         st = self.stylizer
         styles, hits = [], []
-        for _, parts, weights, _ in reqs:
+        for _, parts, weights, _, _ in reqs:
             before = st.cache_hits
-            stats = [st.style_stats(pixels, key=key) for key, pixels in parts]
+            styles.append(st.blend([pixels for _, pixels in parts], weights, keys=[key for key, _ in parts]))
             hits.append(st.cache_hits - before == len(parts))
-            styles.append(blend(stats, weights))
-        outs = st.stylize_batch([r[0] for r in reqs], styles=styles, alpha=[r[3] for r in reqs])
+        outs = st.stylize_batch([r[0] for r in reqs], styles=styles, alpha=[r[3] for r in reqs],
+                                preserve_color=[r[4] for r in reqs])
         return outs, hits
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
@@ -228,10 +234,12 @@ class StyleModel:
         return [(o, ms, h) for o, h in zip(outs, hits, strict=True)]
 
     async def __call__(self, array: np.ndarray, styles: StyleParts | None = None,
-                       weights: list[float] | None = None, alpha: float = 1.0):
-        """Generator: (output, ms). Arbitrary: (output, ms, every style image a cache hit)."""
+                       weights: list[float] | None = None, alpha: float = 1.0,
+                       preserve_color: str | None = None):
+        """Generator: (output, ms). Arbitrary: (output, ms, every style image a cache hit), its
+        colours kept by ``preserve_color`` (a generator's are kept by the ingress)."""
         if self.kind.style_images:
-            return await self.infer_arbitrary((array, styles or [], weights or [], alpha))
+            return await self.infer_arbitrary((array, styles or [], weights or [], alpha, preserve_color))
         return await self.infer(array)
 
 
@@ -294,12 +302,12 @@ def _prepare(data: bytes, max_pixels: int, max_side: int | None) -> np.ndarray:
     return np.asarray(fit_within(img, max_side))  # same resampling as the Stylizer
 
 
-def _finish(out: np.ndarray, original: np.ndarray, strength: float, preserve_color: bool,
+def _finish(out: np.ndarray, original: np.ndarray, strength: float, preserve_color: str | None,
             fmt: str) -> bytes:
-    """Colour, strength and encoding: runs in a worker thread."""
+    """Colour (a generator style's: ``after_feed_forward``; None: none or done by the replica),
+    strength and encoding: runs in a worker thread."""
     if strength > 0.0:
-        if preserve_color:
-            out = keep_colour(out, original)
+        out = after_feed_forward(out, original, preserve_color)
         out = blend_strength(out, original, strength)
     return encode(out, fmt)
 
@@ -487,7 +495,10 @@ class Gateway:
     async def stylize(
         self, name: str, request: Request,
         strength: float = Query(1.0, ge=0.0, le=1.0, description="0 = input unchanged, 1 = full style"),
-        preserve_color: bool = Query(False, description="keep the input's colours"),
+        preserve_color: str = Query("false", max_length=20, description="keep the input's colours: "
+                                    f"false, true (= luminance), {', '.join(COLOUR_MODES)} (Gatys et al. "
+                                    "2017: luminance-only transfer, colour histogram matching, or the "
+                                    "old swap of chroma)"),
         format: Literal["png", "jpeg", "webp"] = Query("png", description="output format"),  # noqa: A002
         max_side: int | None = Query(None, ge=16, le=MAX_SIDE_LIMIT,
                                      description="downscale so the longer side is at most this"),
@@ -500,6 +511,10 @@ class Gateway:
         handle = self.handles.get(name)
         if handle is None:
             return _error(404, "unknown style", f"{name!r}; available: {sorted(self.handles)}", request)
+        try:
+            mode = colour_mode(preserve_color)
+        except ColourError as exc:
+            return _invalid(request, "preserve_color", str(exc))
         if self.pending >= self.args.max_pending:  # full already: refuse before reading the body
             return self._full(request)
         a = self.args
@@ -521,7 +536,7 @@ class Gateway:
             return self._full(request)
         self.pending += 1
         try:
-            return await self._stylize(name, handle, request, body, strength, preserve_color,
+            return await self._stylize(name, handle, request, body, strength, mode,
                                        format, max_side, alpha, weights)
         except UNAVAILABLE as exc:
             log.warning("request %s: style %s unavailable: %s", request_id(request), name,
@@ -540,7 +555,7 @@ class Gateway:
                       f"(max_pending {self.args.max_pending}); retry later", request)
 
     async def _stylize(self, name: str, handle: DeploymentHandle, request: Request, body: bytes,
-                       strength: float, preserve_color: bool, fmt: str, max_side: int | None,
+                       strength: float, preserve_color: str | None, fmt: str, max_side: int | None,
                        alpha: float, weights: str | None) -> Response:
         meta = self.meta[name]
         arbitrary = kind_of(meta).style_images
@@ -592,13 +607,14 @@ class Gateway:
             else:
                 try:
                     if arbitrary:
-                        out, ms, hit = await handle.remote(original, styles, blend_weights, alpha)
+                        out, ms, hit = await handle.remote(original, styles, blend_weights, alpha, preserve_color)
                         headers["X-Raystyle-Style-Cache"] = "hit" if hit else "miss"
                     else:
                         out, ms = await handle.remote(original)
                 except BackPressureError as exc:
                     return _error(503, "overloaded", str(exc), request)
-            payload = await asyncio.to_thread(_finish, out, original, strength, preserve_color, fmt)
+            payload = await asyncio.to_thread(_finish, out, original, strength,
+                                              None if arbitrary else preserve_color, fmt)
             headers["X-Raystyle-Inference-Ms"] = f"{ms:.1f}"
             return Response(payload, media_type=MEDIA_TYPES[ENCODE_FORMATS[fmt]], headers=headers)
         finally:

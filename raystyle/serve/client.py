@@ -26,7 +26,7 @@ def styles(url: str, timeout: float = 3.0) -> dict[str, Any]:
 
 
 def stylize(url: str, style: str, image: bytes, *, strength: float = 1.0,
-            preserve_color: bool = False, fmt: str = "png", max_side: int | None = None,
+            preserve_color: bool | str = False, fmt: str = "png", max_side: int | None = None,
             style_images: Sequence[bytes] | None = None, weights: Sequence[float] | None = None,
             alpha: float | None = None, timeout: float = 120.0) -> tuple[bytes, dict[str, str]]:
     """``POST /styles/{style}``; (image bytes, x-raystyle-* headers, lower case).

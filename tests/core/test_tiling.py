@@ -82,6 +82,33 @@ def test_sums_of_tiles_are_the_whole_image_statistics():
     np.testing.assert_allclose(new[0, first], exact.numpy()[0, first], rtol=1e-4, atol=1e-6)
 
 
+def test_affine_instance_norms_tile_exactly():
+    """model.norm_affine (the fast presets' TransformerNet norms): the tiling graphs apply each
+    norm's scale and shift, so tiles with the whole image's statistics equal the whole pass and
+    the streamed sums give those statistics back."""
+    torch.manual_seed(0)
+    gen = build_generator(ModelConfig(ngf=8, n_blocks=1, norm_affine=True, edge_kernel=9, upsample="resize")).eval()
+    for m in gen.modules():  # away from their start (1, 0), which would hide a missing scale or shift
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            torch.nn.init.normal_(m.weight, 1.0, 0.5)
+            torch.nn.init.normal_(m.bias, 0.0, 0.5)
+    a = np.asarray(decode(sample_photo_dir() / "astronaut.png").resize((200, 152)))
+    x = torch.from_numpy(to_input(a[None]))
+    tile_model, sums_model = TileModel(gen), SumsModel(gen)
+    with torch.no_grad():
+        whole, stats = gen(x), StatsModel(gen)(x)
+        assert torch.allclose(tile_model(x, stats), whole, atol=1e-5)
+        plan = TilePlan(a.shape, 64, halo_for(gen))
+        out = plan.assemble(a, lambda w, _: tile_model(torch.from_numpy(w), stats).numpy())
+        sums = sum(sums_model(torch.from_numpy(plan.window(a, window)), stats,
+                              torch.from_numpy(plan.mask(core, window)))[0].numpy() for core, window in plan.boxes)
+    ref = to_uint8(whole.numpy(), *a.shape[:2])[0]
+    assert ref.std() > 10 and _psnr(out, ref) >= 60.0
+    exact = stats.double().numpy()
+    np.testing.assert_allclose(combine(exact, sums, norm_layout(gen), plan.height, plan.width), exact,
+                               rtol=1e-4, atol=1e-6)
+
+
 # -- through the exported style (ONNX Runtime) ------------------------------------------------
 
 TILE = 256

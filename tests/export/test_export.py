@@ -305,6 +305,55 @@ def test_fp16_conversion_handles_float_list_constants(tmp_path):
     assert np.allclose(out, [1.0, -3.0, 8.0])
 
 
+@pytest.mark.slow  # two exports of their own (~35 s; the tiling graphs' maths: tests/core/test_tiling.py)
+def test_an_affine_fast_net_exports_and_tiles_exactly_and_an_old_one_still_does(sample_data, tmp_path):
+    """The fast presets' affine instance norms (model.norm_affine) pass every fp32 and int8 gate,
+    the tile gate (>= 60 dB) included, and tile exactly in the Stylizer; a fast checkpoint from
+    before the key (non-affine, its config without it) exports as it did."""
+    from raystyle import checkpoint as ckpt
+    from raystyle.data.datasets import painterly, sample_photo_dir
+    from raystyle.data.images import load_rgb
+    from raystyle.export.gates import psnr_db
+    from raystyle.infer.generator import Stylizer
+    from raystyle.infer.tiles import to_input, to_uint8
+    from raystyle.methods.fast import FastStyle, plan
+
+    painting = tmp_path / "painting.png"
+    painterly(load_rgb(sample_photo_dir() / "chelsea.png")).save(painting)
+    tiny = ["fast.features=random", "data.load_size=36", "data.crop_size=32", "model.ngf=4", "model.n_blocks=1",
+            "fast.style_layers=[relu1_1,relu2_1]", "fast.content_layers=[relu2_1]", "fast.style_size=64"]
+    photo = np.asarray(load_rgb(sample_photo_dir() / "coffee.png").resize((200, 152)))
+    for affine in (True, False):
+        cfg, extra = plan(painting, overrides=[*tiny, f"model.norm_affine={str(affine).lower()}"])
+        torch.manual_seed(0)
+        model = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)
+        norms = [m for m in model.g_ab.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+        assert norms and all(m.affine == affine for m in norms)
+        for m in norms if affine else ():  # away from (1, 0), which would hide a missing scale or shift
+            torch.nn.init.normal_(m.weight, 1.0, 0.5)
+            torch.nn.init.normal_(m.bias, 0.0, 0.5)
+        out = tmp_path / f"run{int(affine)}" / "checkpoint_00000000"
+        ckpt.save_shared(out, cfg, model.nets_state(), {**model.train_state(), "world_size": 1},
+                         {"data_dir": str(sample_data), "method": "fast"})
+        if not affine:  # as written before the key existed
+            data = json.loads((out / "config.json").read_text())
+            del data["model"]["norm_affine"]
+            (out / "config.json").write_text(json.dumps(data))
+            manifest = json.loads((out / ckpt.MANIFEST).read_text())
+            manifest["files"]["config.json"] = (out / "config.json").stat().st_size
+            (out / ckpt.MANIFEST).write_text(json.dumps(manifest))
+        name = f"fast{int(affine)}"
+        style = export_style(out, name, models_dir=tmp_path / "models", precisions=("fp32", "int8")[:1 + affine])
+        assert style.meta["precisions"]["fp32"]["tiled_psnr_db"] >= 60
+        s = Stylizer(name, models_dir=tmp_path / "models", threads=1, tile=64)
+        whole = to_uint8(s.session.run(None, {"image": to_input(photo[None])})[0], *photo.shape[:2])[0]
+        assert whole.std() > 10 and psnr_db(s.stylize(photo), whole, 255.0) >= 60
+        if affine:
+            with torch.no_grad():
+                x = torch.from_numpy(to_input(photo[None]))
+                assert np.abs(s.session.run(None, {"image": x.numpy()})[0] - model.g_ab.eval()(x).numpy()).max() < 1e-3
+
+
 @pytest.mark.slow  # an export of its own
 def test_a_residual_generator_exports_and_tiles_exactly(trained_checkpoint, tmp_path):
     """The `cpu` recipe's generator (a global skip) passes every export gate, tiling included."""

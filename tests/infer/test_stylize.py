@@ -79,6 +79,51 @@ def test_strength_and_colour(stylizer, photo):
     assert np.abs(cb(kept) - cb(photo)).mean() < 2.5
 
 
+@pytest.fixture(scope="module")
+def dark_models(tmp_path_factory):
+    """A registry with generator style 'dark': out = 0.3 * image - 0.6 (a dark, low-contrast style)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "dark").mkdir()
+    shape = ["b", 3, "h", "w"]
+    consts = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("k", 0.3), ("c", -0.6))]
+    graph = helper.make_graph([helper.make_node("Mul", ["image", "k"], ["scaled"]),
+                               helper.make_node("Add", ["scaled", "c"], ["stylized"])], "dark",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, shape)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(root / "dark" / "model.onnx"))
+    (root / "dark" / "model.json").write_text(json.dumps(
+        {"kind": "generator", "precisions": {"fp32": {"file": "model.onnx"}}}))
+    return root
+
+
+def test_a_dark_style_keeps_the_contents_luminance_with_the_new_modes(dark_models, photo):
+    """A per-style net has no style image at inference: ``luminance`` (True) matches the
+    output's luminance mean and std to the photo's and keeps the photo's chroma; ``histogram``
+    gives it the photo's colour mean and covariance; the old ``swap`` stays dark."""
+    from raystyle.data.colour import luminance
+
+    s = Stylizer("dark", models_dir=dark_models, threads=1)
+    y0 = luminance(photo)
+    cb = lambda a: np.asarray(Image.fromarray(a).convert("YCbCr"))[..., 1:].astype(float)  # noqa: E731
+    for mode in (True, "luminance", "histogram"):
+        out = s.stylize(photo, preserve_color=mode)
+        y = luminance(out)
+        assert abs(y.mean() - y0.mean()) < 2 and abs(y.std() / y0.std() - 1) < 0.05, (mode, y.mean(), y.std())
+        assert np.abs(cb(out) - cb(photo)).mean() < 2.5
+    swapped = luminance(s.stylize(photo, preserve_color="swap"))
+    plain = luminance(s.stylize(photo))
+    assert abs(swapped.mean() - plain.mean()) < 1 and swapped.mean() < y0.mean() - 50  # dark, as before
+    with pytest.raises(StylizeError, match="preserve_color must be true, false or one of"):
+        s.stylize(photo, preserve_color="sepia")
+
+
 def test_batch_equals_single_calls(stylizer, photo):
     small = photo[:64, :96]
     images = [photo, small, photo[::-1].copy(), Image.fromarray(small)]

@@ -56,6 +56,41 @@ def test_training_lowers_the_losses(sample_data):
     assert sorted(model.nets_state()) == ["decoder", "encoder"]
 
 
+def test_the_content_normaliser_is_fixed_and_survives_a_resume(sample_data, tmp_path):
+    """|t|^2 of the first batch's AdaIN targets divides the content term from then on (each
+    batch's own, which follows its paintings, changed the content weight every step); the
+    checkpoint keeps it and a resumed model uses it."""
+    from raystyle.methods.adain import CODE
+
+    cfg, extra = plan(overrides=ADAIN_TINY)
+    a, b = check_dataset(sample_data, 32)
+    loader = iter(torch.utils.data.DataLoader(UnpairedDataset(a.files, b.files, cfg.data),
+                                              batch_sampler=EpochBatches(len(a.files), 1, 0, 2, 0)))
+    model = AdaINMethod.from_config(cfg, torch.device("cpu"), 0, extra)
+    model.train_step(*next(loader))
+    fixed = dict(model.content_norm)
+    assert set(fixed) == {CODE} and fixed[CODE] > 0
+    energies = []
+    for _ in range(3):
+        c, s = next(loader)
+        with torch.no_grad():
+            code, feats = model.encoder(c)[CODE], model.encoder(s)
+            t = adain(code, *mean_std(feats[CODE]))
+            y = model.decoder(t)
+            got = model.losses(t, feats, y)["content"]
+            want = ((model.encoder(y)[CODE] - t) ** 2).mean() / (fixed[CODE] + 1e-5)
+        assert torch.allclose(got, want) and model.content_norm == fixed
+        energies.append(float((t ** 2).mean()))
+        model.train_step(c, s)
+    assert max(abs(e / fixed[CODE] - 1) for e in energies) > 0.05, energies  # what the old way followed
+    ckpt.save_shared(tmp_path / "ckpt", cfg, model.nets_state(), {**model.train_state(), "world_size": 1})
+    _, nets, state = ckpt.load_shared(tmp_path / "ckpt")
+    resumed = AdaINMethod.from_config(cfg, torch.device("cpu"), 0, extra)
+    resumed.load(nets, state, None)
+    resumed.train_step(*next(loader))
+    assert resumed.content_norm == fixed
+
+
 def test_plan_checks_the_config_and_the_features_before_anything_runs(tmp_path):
     from raystyle.config import ConfigError
     from raystyle.core.perceptual import FeatureError
@@ -241,6 +276,71 @@ def test_blending_alpha_and_the_style_cache(arbitrary_style):
             st.stylize(photo, style_images=[a, b], weights=bad)
     with pytest.raises(StylizeError, match="alpha"):
         st.stylize(photo, style_images=[a], alpha=1.5)
+
+
+@pytest.fixture(scope="module")
+def colour_style(tmp_path_factory):
+    """A registry with arbitrary style 'colours': encoder = 8x8 average pooling (3 "channels": the
+    colours), decoder = 8x nearest upsampling; AdaIN between them gives the photo's blocks the
+    painting's colour means and spreads: a dark painting makes a dark result (deterministic,
+    unlike a decoder trained for a few steps)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "colours").mkdir()
+    shape = ["b", 3, "h", "w"]
+
+    def save(name, node, inputs, output, inits=()):
+        graph = helper.make_graph([node], name, [helper.make_tensor_value_info(inputs[0], TensorProto.FLOAT, shape)],
+                                  [helper.make_tensor_value_info(output, TensorProto.FLOAT, shape)], list(inits))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8
+        onnx.save(model, str(root / "colours" / f"{name}.onnx"))
+
+    save("encoder", helper.make_node("AveragePool", ["image"], ["features"], kernel_shape=[8, 8], strides=[8, 8]),
+         ["image"], "features")
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 8, 8])
+    save("decoder", helper.make_node("Resize", ["features", "", "scales"], ["stylized"], mode="nearest"),
+         ["features"], "stylized", [scales])
+    (root / "colours" / "model.json").write_text(json.dumps(
+        {"kind": "arbitrary", "precisions": {"fp32": {"file": "decoder.onnx", "encoder": "encoder.onnx",
+                                                      "decoder": "decoder.onnx"}},
+         "arbitrary": {"halo": 8, "style_size": 64}}))
+    return root
+
+
+def test_a_dark_painting_keeps_the_bright_photos_luminance(colour_style):
+    """Gatys et al. 2017 with the style image at hand: ``luminance`` (True) transfers on
+    luminance with the painting's luminance matched to the photo's, ``histogram`` matches the
+    painting's colours to the photo's first; both take the painting's statistics again for the
+    photo (not from the cache). The old ``swap`` keeps the dark result's luminance. Statistics
+    without their images (``style_stats``) get the feed-forward equivalent on the output."""
+    from raystyle.data.colour import luminance
+    from raystyle.infer.arbitrary import ArbitraryStylizer
+
+    st = ArbitraryStylizer("colours", models_dir=colour_style, provider="cpu", threads=1)
+    photo = np.clip(_photo((96, 64)) * 0.5 + 120, 0, 255).astype(np.uint8)
+    painting = (np.asarray(load_rgb(sample_photo_dir() / "chelsea.png").resize((128, 96))) * 0.2).astype(np.uint8)
+    y0 = luminance(photo)
+    seen = {}
+    for mode in (None, "swap", "luminance", True, "histogram"):
+        misses = st.cache_misses
+        y = luminance(st.stylize(photo, style_images=[painting], preserve_color=mode))
+        seen[mode] = y.mean()
+        assert st.cache_misses == misses + (mode is None)  # matched statistics never come from the cache
+        if mode in ("luminance", True, "histogram"):
+            assert abs(y.mean() - y0.mean()) < 5 and 0.6 < y.std() / y0.std() < 1.1, (mode, y.mean(), y.std())
+    assert seen[None] < y0.mean() - 100 and abs(seen["swap"] - seen[None]) < 2, seen  # dark, as before
+    stats = st.style_stats(painting)  # no images at hand: the output's luminance matched afterwards
+    y = luminance(st.stylize_batch([photo], styles=[stats], preserve_color=True)[0])
+    assert abs(y.mean() - y0.mean()) < 2 and abs(y.std() / y0.std() - 1) < 0.05
+    # one mode per photo in a batch (Serve's replicas batch requests with different modes), tiles too
+    both = st.stylize_batch([photo, photo], styles=[st.blend([painting])] * 2, preserve_color=["swap", True], tile=64)
+    assert np.array_equal(both[0], st.stylize(photo, style_images=[painting], preserve_color="swap"))
+    assert np.abs(both[1].astype(int) - st.stylize(photo, style_images=[painting], preserve_color=True)).max() <= 1
 
 
 def test_cli_stylize_with_style_images(arbitrary_style, exported, tmp_path, capsys):

@@ -57,6 +57,87 @@ def test_training_brings_the_photos_style_statistics_to_the_paintings(painting, 
     assert len(grid) == 1 and [t.shape[-2:] for t in grid[0]] == [torch.Size([32, 32])] * 3  # photo | stylized | style
 
 
+def _photo_batches(sample_data, cfg, batch):
+    photos = check_photos(sample_data, 32)
+    return iter(torch.utils.data.DataLoader(UnpairedDataset(photos.files, (), cfg.data),
+                                            batch_sampler=EpochBatches(len(photos.files), 1, 0, batch, 0)))
+
+
+def test_the_content_normaliser_is_fixed_and_survives_a_resume(painting, sample_data, tmp_path, torch_one_thread):
+    """The content term is divided by the first batch's feature energy, kept: the next batches'
+    own energies differ (by a third here), so a per-batch normaliser changed the content weight
+    every step. A checkpoint keeps it (train_state.pt), and a resumed model uses it."""
+    from raystyle.core.perceptual import content_loss
+
+    cfg, extra = plan(painting, overrides=TINY)
+    model = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)
+    assert model.content_norm is None
+    loader = _photo_batches(sample_data, cfg, 2)
+    model.train_step(*next(loader))
+    fixed = dict(model.content_norm)
+    assert set(fixed) == {"relu2_1"} and fixed["relu2_1"] > 0
+    energies = []
+    for _ in range(3):
+        x, _ = next(loader)
+        with torch.no_grad():
+            y = model.g_ab(x)
+            targets = {k: v.float() for k, v in model.features(x).items() if k in model.content_layers}
+            got = model.losses(x, y)["content"]
+            want = content_loss({k: v.float() for k, v in model.features(y).items() if k in targets}, targets, fixed)
+        assert torch.allclose(got, want) and model.content_norm == fixed
+        energies.append(float(targets["relu2_1"].pow(2).mean()))
+        model.train_step(x, torch.empty(0))
+    assert max(abs(e / fixed["relu2_1"] - 1) for e in energies) > 0.05, energies  # what the old way followed
+    ckpt.save_shared(tmp_path / "ckpt", cfg, model.nets_state(), {**model.train_state(), "world_size": 1})
+    _, nets, state = ckpt.load_shared(tmp_path / "ckpt")
+    resumed = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)
+    resumed.load(nets, state, None)
+    assert resumed.content_norm == fixed
+    resumed.train_step(*next(loader))
+    assert resumed.content_norm == fixed
+    older = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)  # a checkpoint from before: the next batch's
+    older.load(nets, {k: v for k, v in state.items() if k != "content_norm"}, None)
+    assert older.content_norm is None
+
+
+def test_the_fast_presets_have_affine_instance_norms_and_old_configs_load(painting, tmp_path):
+    """pytorch/examples' TransformerNet: InstanceNorm2d(affine=True) in the fast presets; CycleGAN's
+    presets keep the paper's non-affine norms. A checkpoint written before the key existed (its
+    config without model.norm_affine) builds its non-affine net and loads its weights."""
+    import json
+
+    from torch import nn
+
+    from raystyle.config import Config, ConfigError, load_config
+    from raystyle.core.nets import build_generator
+
+    def norms(cfg):
+        return [m for m in build_generator(cfg.model).modules() if isinstance(m, nn.InstanceNorm2d)]
+
+    for preset in ("fast", "fast-small"):
+        cfg = load_config(preset)
+        assert cfg.model.norm_affine and norms(cfg) and all(m.affine for m in norms(cfg))
+    for preset in ("paper", "cpu", "tiny"):
+        cfg = load_config(preset)
+        assert not cfg.model.norm_affine and norms(cfg) and not any(m.affine for m in norms(cfg))
+    with pytest.raises(ConfigError, match="model.norm_affine is for model.norm: instance"):
+        Config().replace(model={"norm": "batch", "norm_affine": True})
+    cfg, extra = plan(painting, overrides=[*TINY, "model.norm_affine=false"])
+    model = FastStyle.from_config(cfg, torch.device("cpu"), 0, extra)
+    ckpt.save_shared(tmp_path / "old", cfg, model.nets_state(), {**model.train_state(), "world_size": 1})
+    config_file = tmp_path / "old" / "config.json"
+    data = json.loads(config_file.read_text())
+    del data["model"]["norm_affine"]  # as written before the key existed
+    config_file.write_text(json.dumps(data))
+    manifest_file = tmp_path / "old" / ckpt.MANIFEST
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"]["config.json"] = config_file.stat().st_size
+    manifest_file.write_text(json.dumps(manifest))
+    old, nets = ckpt.load_nets(tmp_path / "old")
+    assert old.model.norm_affine is False
+    build_generator(old.model).load_state_dict(nets["g_ab"])  # strict: no missing affine weights
+
+
 def test_plan_checks_the_painting_and_the_features_before_anything_runs(painting, tmp_path):
     from raystyle.config import ConfigError
     from raystyle.core.perceptual import FeatureError
@@ -145,6 +226,7 @@ def test_two_workers_train_equal_nets_and_resume_exactly(straight_run, painting,
     for k, v in nets_a["g_ab"].items():
         assert torch.equal(v, nets_b["g_ab"][k]), k
     assert state_a["step"] == state_b["step"] == 6
+    assert state_a["content_norm"] == state_b["content_norm"] is not None  # kept across the resume
     moments_a = [s["exp_avg"] for s in state_a["opt_g"]["state"].values()]
     moments_b = [s["exp_avg"] for s in state_b["opt_g"]["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b, strict=True))
@@ -238,7 +320,7 @@ def test_the_monitor_names_a_fast_runs_sample_columns_and_charts_its_losses():
     assert {"total", "content", "style", "tv"} <= set(LOSS_KEYS)
 
 
-@pytest.mark.parametrize("preset, gmacs, params", [("fast", 10.08, 1.676), ("fast-small", 2.17, 0.276)])
+@pytest.mark.parametrize("preset, gmacs, params", [("fast", 10.08, 1.679), ("fast-small", 2.17, 0.277)])
 def test_the_presets_cost_what_the_readme_says(preset, gmacs, params):
     """README: `fast` is Johnson et al.'s net (10.08 GMACs at 256 px), `fast-small` 2.17."""
     from raystyle.config import load_config

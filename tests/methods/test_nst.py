@@ -16,8 +16,10 @@ from torchvision.models.vgg import cfgs, make_layers
 from raystyle.cli.main import main
 from raystyle.core import perceptual
 from raystyle.core.perceptual import WEIGHTS_ENV, FeatureNet
+from raystyle.data.colour import luminance
 from raystyle.data.datasets import painterly, sample_photo_dir
 from raystyle.data.images import decode
+from raystyle.methods import nst
 from raystyle.methods.nst import NSTError, NSTOptions, run_nst
 
 RANDOM = dict(features="random", size=64)
@@ -73,9 +75,14 @@ def test_options_are_validated():
         (dict(features="random", vgg_weights="x.pth"), "does not go with --features random"),
         (dict(scales=0), "--scales must be between 1 and 8"),
         (dict(lr=0.0), "--lr must be a number > 0"),
+        (dict(preserve_color="sepia"), "--preserve-color must be true, false or one of luminance, histogram, swap"),
     ]:
         with pytest.raises(NSTError, match=message):
             NSTOptions(**kwargs)
+    # a boolean still works: True is the paper's luminance-only transfer
+    assert NSTOptions(preserve_color=True).preserve_color == "luminance"
+    assert NSTOptions(preserve_color=False).preserve_color is None is NSTOptions().preserve_color
+    assert NSTOptions(preserve_color="swap").to_dict()["preserve_color"] == "swap"
 
 
 def test_scales_and_the_split_of_steps():
@@ -130,14 +137,57 @@ def test_multiscale_runs_coarse_to_fine(content, style, net):
 
 
 def test_preserve_color_keeps_the_content_chroma(content, style, net):
-    options = NSTOptions(**RANDOM, steps=8, preserve_color=True)
-    kept, _ = run_nst(content, style, options, features=net)
+    kept, _ = run_nst(content, style, NSTOptions(**RANDOM, steps=8, preserve_color=True), features=net)
+    swapped, _ = run_nst(content, style, NSTOptions(**RANDOM, steps=8, preserve_color="swap"), features=net)
     plain, _ = run_nst(content, style, NSTOptions(**RANDOM, steps=8), features=net)
     small = np.asarray(Image.fromarray(content).resize((64, 64), Image.LANCZOS))
-    assert np.abs(chroma(kept) - chroma(small)).mean() < 2
+    for out in (kept, swapped):
+        assert np.abs(chroma(out) - chroma(small)).mean() < 2
     assert np.abs(chroma(plain) - chroma(small)).mean() > 4  # without it the colours change
     y = lambda a: np.asarray(Image.fromarray(a).convert("L")).astype(int)  # noqa: E731
-    assert np.abs(y(kept) - y(plain)).mean() < 3  # the stylized luminance is kept
+    assert np.abs(y(swapped) - y(plain)).mean() < 3  # swap: the stylized luminance is kept as it is
+
+
+@pytest.fixture(scope="module")
+def bright_and_dark() -> tuple[np.ndarray, np.ndarray]:
+    """A bright photo (luminance mean ~178) and a dark painting (~30)."""
+    photo = np.asarray(Image.open(sample_photo_dir() / "astronaut.png").convert("RGB").resize((96, 96)))
+    cat = Image.open(sample_photo_dir() / "chelsea.png").convert("RGB")
+    painting = np.asarray(painterly(cat).resize((90, 60))).astype(float) * 0.25
+    return np.clip(photo * 0.5 + 120, 0, 255).astype(np.uint8), painting.astype(np.uint8)
+
+
+def test_a_dark_style_keeps_the_bright_contents_luminance(bright_and_dark, net):
+    """Gatys et al. 2017: luminance-only transfer (the default) and colour histogram matching
+    keep the content's luminance mean and spread; the old swap keeps the result's, which the
+    dark style pulls down."""
+    bright, dark = bright_and_dark
+    y0 = luminance(np.asarray(Image.fromarray(bright).resize((64, 64), Image.LANCZOS)))
+    means = {}
+    for mode in ("luminance", "histogram", "swap"):
+        out, _ = run_nst(bright, dark, NSTOptions(**RANDOM, steps=16, preserve_color=mode), features=net)
+        y = luminance(out)
+        means[mode] = y.mean()
+        if mode != "swap":
+            assert abs(y.mean() - y0.mean()) < 5 and abs(y.std() / y0.std() - 1) < 0.1, (mode, y.mean(), y.std())
+    assert means["swap"] < y0.mean() - 25, means  # the old way: darker than the content
+
+
+def test_lbfgs_keeps_true_curvature_pairs_and_gets_lower_on_a_saturated_image(net):
+    """After the clamp to [-1, 1], L-BFGS's memory holds the step actually taken (nst.TRUE_STEPS);
+    the step before the clamp (raystyle before) made its curvature pairs describe moves the clamp
+    undid wherever pixels saturate, and ended higher."""
+    photo = np.asarray(Image.open(sample_photo_dir() / "astronaut.png").convert("RGB").resize((64, 64))).astype(int)
+    saturated = np.clip((photo - 128) * 4 + 128, 0, 255).astype(np.uint8)  # ~80% of values at 0 or 255
+    cat = Image.open(sample_photo_dir() / "chelsea.png").convert("RGB")
+    painting = np.asarray(painterly(cat).resize((90, 60)))
+    options = NSTOptions(**RANDOM, steps=10)
+    final = {}
+    for true_steps in (False, True):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(nst, "TRUE_STEPS", true_steps)
+            final[true_steps] = run_nst(saturated, painting, options, features=net)[1]["final"]["total"]
+    assert final[True] < 0.85 * final[False], final  # measured 4.70 against 6.81
 
 
 def test_too_small_style_and_mismatched_features(content, style, net):
@@ -170,13 +220,14 @@ def test_cli_end_to_end_json(files, tmp_path, capsys):
     out = tmp_path / "sub" / "result.jpg"
     rc, stdout, stderr = run_cli(capsys, ["nst", str(content), str(style), "-o", str(out),
                                           "--features", "random", "--size", "64", "--steps", "4",
-                                          "--optimizer", "adam", "--json"])
+                                          "--optimizer", "adam", "--json", "--preserve-color"])
     assert rc == 0, stderr
     lines = stdout.splitlines()
     assert len(lines) == 1  # the progress bar went to stderr
     report = json.loads(lines[0])
     assert report["output"] == str(out) and report["steps"] == 4 and report["size"] == [64, 64]
     assert report["options"]["optimizer"] == "adam" and report["features"] == "random"
+    assert report["options"]["preserve_color"] == "luminance"  # the flag alone: Gatys et al.'s luminance mode
     assert set(report["final"]) == {"content", "style", "tv", "total"}
     img = decode(out)
     assert img.size == (64, 64)

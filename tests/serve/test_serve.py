@@ -107,6 +107,7 @@ def _ppm() -> bytes:
     ("/styles/tiny?strength=1.5", b"x", 422, "invalid parameter"),
     ("/styles/tiny?format=gif", b"x", 422, "invalid parameter"),
     ("/styles/tiny?max_side=3", b"x", 422, "invalid parameter"),
+    ("/styles/tiny?preserve_color=sepia", b"x", 422, "invalid parameter"),
 ])
 def test_errors_are_json_and_the_server_still_answers(server, path, body, status, error):
     url, _ = server
@@ -163,7 +164,7 @@ def test_styles_lists_what_a_client_needs_and_no_server_paths(server, models):
 def test_16_concurrent_clients_get_the_offline_result(server, images, exported):
     url, _ = server
     stylizer = Stylizer("tiny", models_dir=exported.path.parent)
-    jobs = [(images[i % len(images)], [1.0, 0.5][i % 2], i % 3 == 0) for i in range(32)]
+    jobs = [(images[i % len(images)], [1.0, 0.5][i % 2], [True, False, "histogram", "swap"][i % 4]) for i in range(32)]
 
     def call(job):
         img, strength, keep = job

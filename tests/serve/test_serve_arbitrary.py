@@ -78,10 +78,12 @@ def test_served_output_is_the_local_stylizers(server, local, photos, paintings):
     _close(r.content, local.stylize(photos[0], style_images=[paintings[0]], alpha=0.8))
     again = _post(url, png_bytes(photos[1]), [paintings[0]])
     assert again.headers["x-raystyle-style-cache"] == "hit" and first in ("hit", "miss")  # one replica
-    # strength, colours and size as for every style (applied by the ingress)
-    r = _post(url, png_bytes(photos[1]), [paintings[1]], strength=0.5, preserve_color="true", max_side=32)
-    _close(r.content, local.stylize(photos[1], style_images=[paintings[1]], strength=0.5,
-                                    preserve_color=True, max_side=32))
+    # strength and size as for every style (the ingress); colours by Gatys et al.'s modes, which
+    # prepare the painting for the photo (the replica)
+    for keep in ("true", "histogram", "swap"):
+        r = _post(url, png_bytes(photos[1]), [paintings[1]], strength=0.5, preserve_color=keep, max_side=32)
+        _close(r.content, local.stylize(photos[1], style_images=[paintings[1]], strength=0.5,
+                                        preserve_color=keep, max_side=32))
     r = _post(url, png_bytes(photos[1]), [paintings[1]], strength=0)  # nothing to run: the photo back
     assert np.array_equal(np.asarray(decode(r.content)), photos[1])
 
