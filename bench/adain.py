@@ -10,7 +10,11 @@ Prints, on this machine (ONNX Runtime CPU provider):
   - decoder training on Ray Train: images/s with 1 worker x 2 CPUs and 2 workers x 1 CPU
     (`adain-small`, --side px crops, batch 4 per worker);
 and writes DIR/adain_grid.png: content | painting A | A | 2/3 A + 1/3 B | 1/3 A + 2/3 B | B | painting B
-(the adain-small decoder trained for --train-steps steps, exported, run through the Stylizer).
+(the adain-small decoder trained for --train-steps steps, exported, run through the Stylizer),
+and, with the pretrained EfficientNet-Lite0 features of raystyle.quality, per painting, the
+style distance to it and the content distance to the photo of AdaIN (alpha 1) beside the photo
+itself and the colour-transfer baseline (the photo histogram-matched to the painting), on the
+grid's photo and the held-out sample photos (testA), printed and in DIR/bench_adain.json.
 
 Paintings: procedural stand-ins (bench/fast.py strokes_painting with two palettes) plus the
 painterly filter of the sample photos: no painting ships with any package here. --features
@@ -168,6 +172,19 @@ def main() -> int:
         grid.paste(tile, (i * (side + 4), 0))
     grid.save(out / "adain_grid.png")
 
+    # -- quality figures: pretrained EfficientNet-Lite0 features (raystyle.quality) ---------------
+    held_out = [load_rgb(f) for f in sorted((data / "testA").glob("*.png"))]
+    figures["quality"] = {"features": "EfficientNet-Lite0 (ImageNet weights), raystyle.quality; lower is closer",
+                          "held_out_photos": len(held_out)}
+    for label, path in (("painting_a", a), ("painting_b", b)):
+        ref = Image.open(path).convert("RGB")
+        figures["quality"][label] = {
+            "grid_photo": fast_bench.quality_rows([photo], ref, {"AdaIN (alpha 1)": [
+                stylizer.stylize(np.asarray(photo), style_images=[path], alpha=1.0)]}),
+            "held_out": fast_bench.quality_rows(held_out, ref, {"AdaIN (alpha 1)": [
+                stylizer.stylize(np.asarray(im), style_images=[path], alpha=1.0) for im in held_out]}),
+        }
+
     (out / "bench_adain.json").write_text(json.dumps(figures, indent=2))
     print()
     print(f"machine: {figures['machine']}; features: {args.features}; "
@@ -178,6 +195,13 @@ def main() -> int:
                                       for c in ("cached", "uncached")))
     print(f"adain-small training images/s at {args.side} px: 1 worker x 2 CPU {tput['1x2']}, "
           f"2 workers x 1 CPU {tput['2x1']} (ratio {tput['2x1'] / tput['1x2']:.2f})")
+    q = figures["quality"]
+    for label in ("painting_a", "painting_b"):
+        print()
+        fast_bench.print_quality(f"{label}, the grid's photo ({side} px), EfficientNet-Lite0 features:",
+                                 q[label]["grid_photo"])
+        fast_bench.print_quality(f"{label}, the {q['held_out_photos']} held-out sample photos (testA):",
+                                 q[label]["held_out"])
     print(f"picture: {out / 'adain_grid.png'}; figures: {out / 'bench_adain.json'}")
     return 0
 

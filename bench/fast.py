@@ -9,7 +9,11 @@ Prints, on this machine:
   - fast-net training on Ray Train: images/s with 1 worker x 2 CPUs and 2 workers x 1 CPU
     (`fast-small`, --side px crops, batch 4 per worker);
 and writes DIR/fast_grid.png: content | style | Gatys | fast net (the fast-small net trained for
---train-steps steps on the sample photos, exported, run through the Stylizer).
+--train-steps steps on the sample photos, exported, run through the Stylizer), and, with the
+pretrained EfficientNet-Lite0 features of raystyle.quality, each method's style distance to the
+painting and content distance to its photo beside the photo itself and the colour-transfer
+baseline (the photo histogram-matched to the painting): on the grid's photo (Gatys, fast net)
+and on the held-out sample photos (testA; fast net), printed and in DIR/bench_fast.json.
 
 The style image is drawn by ``strokes_painting`` (short brush strokes in a fixed palette): no
 painting ships with any package here. With --features random (the default here: no VGG weights
@@ -52,6 +56,35 @@ def strokes_painting(side: int = 384, seed: int = 7) -> Image.Image:
             pts.append((x, y))
         draw.line(pts, fill=colour, width=rng.randint(3, 6))
     return img.filter(ImageFilter.SMOOTH)
+
+
+def _to_tensor(images):
+    """uint8 (H, W, 3) arrays or PIL images, all one size -> (N, 3, H, W) in [-1, 1]."""
+    import torch
+
+    arr = np.stack([np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def quality_rows(photos, painting, outputs: dict) -> dict:
+    """Style distance to ``painting`` and content distance to ``photos`` (raystyle.quality:
+    pretrained EfficientNet-Lite0 features) of the photos themselves, the colour-transfer
+    baseline (each photo histogram-matched to the painting) and each method's ``outputs``
+    ({label: images, one per photo}). Images: uint8 (H, W, 3) arrays or PIL images."""
+    from raystyle import quality
+
+    p, ref = _to_tensor(photos), _to_tensor([painting])
+    fp, fref = quality.features(p), quality.features(ref)
+    sets = {"photo (no change)": fp, "colour transfer (baseline)": quality.features(quality.colour_transfer(p, ref))}
+    sets.update({label: quality.features(_to_tensor(imgs)) for label, imgs in outputs.items()})
+    return {label: {"style_distance": round(quality.style_distance(f, fref), 4),
+                    "content_distance": round(quality.content_distance(f, fp), 4)} for label, f in sets.items()}
+
+
+def print_quality(title: str, rows: dict) -> None:
+    print(f"{title}\nmethod | style distance to its painting | content distance to its photo")
+    for label, r in rows.items():
+        print(f"{label} | {r['style_distance']:.4f} | {r['content_distance']:.4f}")
 
 
 def _gatys_seconds_per_step(content, style, side: int, optimizer: str, features: str, steps: int) -> float:
@@ -177,6 +210,17 @@ def main() -> int:
         grid.paste(tile, (i * (side + 4), 0))
     grid.save(out / "fast_grid.png")
 
+    # -- quality figures: pretrained EfficientNet-Lite0 features (raystyle.quality) ---------------
+    painting_img = Image.fromarray(style)
+    stylizer = Stylizer("fast-small", models_dir=models, provider="cpu")
+    held_out = [load_rgb(f) for f in sorted((data / "testA").glob("*.png"))]
+    figures["quality"] = {
+        "features": "EfficientNet-Lite0 (ImageNet weights), raystyle.quality; lower is closer",
+        "grid_photo": quality_rows([photo], painting_img, {"Gatys": [tiles[2]], "fast-small": [fast]}),
+        "held_out": {"photos": len(held_out), **quality_rows(
+            held_out, painting_img, {"fast-small": [stylizer.stylize(np.asarray(im)) for im in held_out]})},
+    }
+
     (out / "bench_fast.json").write_text(json.dumps(figures, indent=2))
     print()
     print(f"machine: {figures['machine']}; features: {args.features}")
@@ -190,6 +234,11 @@ def main() -> int:
               f"{r['int8_psnr_vs_fp32']} dB")
     print(f"fast-small training images/s at {args.side} px: 1 worker x 2 CPU {tput['1x2']}, "
           f"2 workers x 1 CPU {tput['2x1']} (ratio {tput['2x1'] / tput['1x2']:.2f})")
+    print()
+    q = figures["quality"]
+    print_quality(f"quality on the grid's photo ({side} px), EfficientNet-Lite0 features:", q["grid_photo"])
+    print_quality(f"quality on the {q['held_out']['photos']} held-out sample photos (testA):",
+                  {k: v for k, v in q["held_out"].items() if k != "photos"})
     print(f"picture: {out / 'fast_grid.png'}; figures: {out / 'bench_fast.json'}")
     return 0
 
