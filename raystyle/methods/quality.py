@@ -84,7 +84,8 @@ def hold_back(files: Sequence[str], fraction: float) -> tuple[tuple[str, ...], t
 
     A file's side depends on its own name only (stable as a folder grows, once it has enough
     files for ``fraction`` to hold one back), and there is at least one image on each side
-    when there are two or more; a folder of one keeps it for training.
+    when there are two or more (two held out from three on, so the selection and reporting
+    splits get one each); a folder of one keeps it for training.
     """
     def h(path: str) -> float:
         return int(hashlib.sha256(Path(path).name.encode()).hexdigest()[:8], 16) / 2**32
@@ -92,8 +93,9 @@ def hold_back(files: Sequence[str], fraction: float) -> tuple[tuple[str, ...], t
     if len(files) < 2 or fraction <= 0:
         return tuple(files), ()  # nothing can be spared
     held = [f for f in files if h(f) < fraction]
-    if not held:  # small folders: the lowest hash (adding files can then move it back)
-        held = [min(files, key=h)]
+    need = 2 if len(files) >= 3 else 1  # two: one to select checkpoints on, one to report (divide)
+    if len(held) < need:  # small folders: the lowest hashes (adding files can then move them back)
+        held = sorted(files, key=h)[:need]
     if len(held) == len(files):
         held = held[:-1]
     keep = [f for f in files if f not in set(held)]

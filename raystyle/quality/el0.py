@@ -145,7 +145,8 @@ def _extractor(path: str) -> Extractor:
     from efficientnet_lite_pytorch import EfficientNet
 
     state = load_state(Path(path))
-    net = EfficientNet.from_name("efficientnet-lite0")
+    with torch.random.fork_rng(devices=[]):  # its random init must not move the caller's RNG
+        net = EfficientNet.from_name("efficientnet-lite0")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -296,7 +296,7 @@ def test_page_without_ray_says_how_to_start_it(runs, monkeypatch):
     assert len(charts) == 7 and len(at.get("image") or at.get("imgs")) == 1
     titles = " ".join(m.value for m in at.markdown)
     assert "Validation: PSNR, dB (held-out)" in titles and "Validation: scores 0..1 (held-out)" in titles
-    assert r"ranked by **val\_gt\_psnr** (held-out test, paired" in " ".join(c.value for c in at.caption)
+    assert r"ranked by **val\_gt\_psnr** (the selection split of held-out test, paired" in " ".join(c.value for c in at.caption)
     checkpoints = at.dataframe[-1].value
     assert list(checkpoints["checkpoint"]) == ["checkpoint_00000150"]
     assert list(checkpoints["val_gt_psnr"]) == [20.5] and list(checkpoints["best"]) == [True]

@@ -143,7 +143,8 @@ def test_rerun_resumes_exactly_and_validation_does_not_change_training(full_run,
 
 
 VAL_KEYS = {"val_gt_psnr", "val_gt_gain_db", "val_domain_score", "val_domain_content",
-            "val_content_ssim", "val_cycle_psnr", "val_colour_distance", "val_time_s"}
+            "val_content_ssim", "val_cycle_psnr", "val_colour_distance", "val_time_s",
+            "val_kid_el0", "val_kid_el0_se", "val_fid_el0"}
 
 
 def test_validation_is_logged_at_every_checkpoint(full_run):
@@ -271,6 +272,7 @@ def test_a_resumed_run_keeps_its_held_back_images_and_metric(sample_data, traine
     import shutil
 
     from raystyle.data.datasets import check_dataset
+    from raystyle.methods import quality
     from raystyle.train.loop import plan_validation, run_location
 
     data = _no_test_split(sample_data, tmp_path)
@@ -288,7 +290,8 @@ def test_a_resumed_run_keeps_its_held_back_images_and_metric(sample_data, traine
     assert plan_validation(off, data, scan, run, verbose=False)[:2] == (a, b)
     # resumed with validation on: the same held-out images, the same ranking metric
     a2, b2, plan2, best2 = plan_validation(cfg, data, scan, run, verbose=False)
-    assert (a2, b2, best2) == (a, b, "val_cycle_psnr") and plan2["files_a"] == held[0]
+    assert (a2, b2, best2) == (a, b, "val_cycle_psnr")
+    assert plan2["files_a"] == list(quality.divide(held[0])[0])  # validation: the selection split
     with pytest.raises(ConfigError, match="ranks its checkpoints by val_cycle_psnr"):
         plan_validation(cfg.replace(train={"best_metric": "cycle_a"}), data, scan, run, verbose=False)
     # a run that started before validation existed: nothing is held back later
