@@ -27,7 +27,6 @@ measured once on the first batch): a per-batch one would change the content weig
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from torch import nn
 
 from raystyle.config import FEATURE_ARCHS, FEATURE_LAYERS, VGG_WEIGHTS_ENV
 from raystyle.errors import RaystyleError
+from raystyle.util.storage import sha256_file
 
 
 class FeatureError(RaystyleError):
@@ -190,14 +190,6 @@ def cache_path(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / _file_name(arch)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download(arch: str, progress: bool) -> None:
     """torch.hub's own download (what torchvision's ``get_state_dict`` does) into its cache."""
     url, dest = URLS[arch], cache_path(arch)
@@ -261,7 +253,7 @@ def vgg_state(arch: str, weights: str | Path | None = None, *, progress: bool = 
         raise FeatureError(f"{arch} weights {path} ({source}) {where}; give a torchvision "
                            f"{_file_name(arch)} file, or use --features random")
     try:
-        digest = _sha256(path)
+        digest = sha256_file(path)
     except OSError as exc:
         raise FeatureError(f"{path}: cannot read {arch} weights ({exc.strerror or exc})") from None
     named = _HASHED.search(path.name)

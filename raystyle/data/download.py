@@ -29,7 +29,6 @@ wrong.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import os
 import re
@@ -50,6 +49,7 @@ import urllib3
 from tqdm import tqdm
 
 from raystyle.errors import RaystyleError
+from raystyle.util.storage import sha256_file
 
 __all__ = [
     "DATASETS",
@@ -241,7 +241,7 @@ def download_dataset(
             _validator_file(part).unlink(missing_ok=True)
 
         try:
-            digest = _sha256_of(zip_path)
+            digest = sha256_file(zip_path)
             if expected is not None and digest != expected:
                 raise DownloadError(
                     f"sha256 mismatch for {zip_path.name}: expected {expected} ({source}), got "
@@ -533,14 +533,6 @@ def _check_name(name: str) -> None:
 
 def _is_complete(target: Path) -> bool:
     return (target / "trainA").is_dir() and (target / "trainB").is_dir()
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _declared_members(path: Path) -> int | None:

@@ -189,7 +189,7 @@ class AdaINMethod(PerceptualMethod):
         self.step = self.epoch = self.epoch_step = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         # the content term's fixed normaliser (|t|^2 of the code): set by the first batch (or a checkpoint)
-        self.content_norm: dict[str, float] | None = None
+        self.content_norm = None  # measured on the first batch (PerceptualMethod keeps it)
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, rank: int, extra: dict[str, Any]) -> AdaINMethod:
@@ -269,15 +269,6 @@ class AdaINMethod(PerceptualMethod):
         """The decoder, and the encoder's weights it was trained with (an export needs no VGG file)."""
         return {"decoder": self.decoder.state_dict(), "encoder": encoder_state(self.encoder)}
 
-    def train_state(self) -> dict[str, Any]:
-        """PerceptualMethod's, and the content normaliser (a resumed run keeps its weight)."""
-        return {**super().train_state(), "content_norm": self.content_norm}
-
-    def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
-             rank_state: dict[str, Any] | None) -> None:
-        super().load(nets, train_state, rank_state)
-        if train_state is not None and train_state.get("content_norm") is not None:
-            self.content_norm = dict(train_state["content_norm"])  # older checkpoints: the next batch's
 
 
 def load_net(nets: dict[str, Any], cfg: Config) -> AdaINNet:

@@ -274,10 +274,14 @@ class PerceptualMethod(GANMethod):
     def auto_metric(paired: bool, classifier: Any) -> str | None:
         return None
 
+    # the content loss's fixed normaliser (per layer), measured once and kept by checkpoints
+    content_norm: dict[str, float] | None = None
+
     def train_state(self) -> dict[str, Any]:
         return {"opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step}
+                "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step,
+                "content_norm": self.content_norm}
 
     def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
              rank_state: dict[str, Any] | None) -> None:
@@ -288,6 +292,8 @@ class PerceptualMethod(GANMethod):
                 getattr(self, key).load_state_dict(train_state[key])
             self.step, self.epoch = train_state["step"], train_state["epoch"]
             self.epoch_step = train_state["epoch_step"]
+            if train_state.get("content_norm") is not None:  # older checkpoints: the next batch's
+                self.content_norm = dict(train_state["content_norm"])
         if rank_state is not None:
             self.load_rng(rank_state)
 

@@ -20,7 +20,6 @@ evaluate, stylize and serve read it like any generator, and the run describes it
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from raystyle.methods.base import (
     resolve_amp,
     run_data,
 )
+from raystyle.util.storage import sha256_file
 
 
 class StyleImageError(RaystyleError):
@@ -65,14 +65,6 @@ def layers_of(fc: FastConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(content layers, style layers): the config's, or the defaults of its feature network."""
     defaults = DEFAULT_LAYERS[fc.features]
     return fc.content_layers or defaults["content"], fc.style_layers or defaults["style"]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_style_image(path: str | Path, shorter_side: int, min_side: int) -> torch.Tensor:
@@ -164,7 +156,7 @@ class FastStyle(PerceptualMethod):
         self.step = self.epoch = self.epoch_step = 0
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # photo, stylized
         # the content term's fixed normaliser per layer: set by the first batch (or a checkpoint)
-        self.content_norm: dict[str, float] | None = None
+        self.content_norm = None  # measured on the first batch (PerceptualMethod keeps it)
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, rank: int, extra: dict[str, Any]) -> FastStyle:
@@ -239,16 +231,6 @@ class FastStyle(PerceptualMethod):
         """The net as ``g_ab`` (photo -> style) and the style image it learned (uint8)."""
         return {"g_ab": self.g_ab.state_dict(), "style_image": self.style_u8.clone()}
 
-    def train_state(self) -> dict[str, Any]:
-        """PerceptualMethod's, and the content normaliser (a resumed run keeps its weight)."""
-        return {**super().train_state(), "content_norm": self.content_norm}
-
-    def load(self, nets: dict[str, Any], train_state: dict[str, Any] | None,
-             rank_state: dict[str, Any] | None) -> None:
-        super().load(nets, train_state, rank_state)
-        if train_state is not None and train_state.get("content_norm") is not None:
-            self.content_norm = dict(train_state["content_norm"])  # older checkpoints: the next batch's
-
 
 # ---------------------------------------------------------------------------------------
 # The run's configuration, style image and features (driver side; still no Ray)
@@ -271,7 +253,7 @@ def plan_data(style_image: str | Path, data: dict[str, Any]) -> tuple[Config, di
     path = Path(style_image).expanduser().resolve()
     if not path.is_file():
         raise StyleImageError(f"style image {style_image} does not exist")
-    data["fast"] = {**(data.get("fast") or {}), "style_image": str(path), "style_sha256": file_sha256(path)}
+    data["fast"] = {**(data.get("fast") or {}), "style_image": str(path), "style_sha256": sha256_file(path)}
     cfg = Config.from_dict(data)
     refuse_unused_train_settings(cfg, "a fast")
     content, style_layers = layers_of(cfg.fast)

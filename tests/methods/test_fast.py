@@ -261,10 +261,10 @@ def test_export_records_the_painting_and_serves_over_http(serve_url, models, str
 
     from raystyle.data.images import decode
     from raystyle.infer.generator import Stylizer
-    from raystyle.methods.fast import file_sha256
     from raystyle.registry import get_style
     from raystyle.serve import client
     from raystyle.serve.app import app_builder
+    from raystyle.util.storage import sha256_file
 
 
     style = get_style("fastnet", models)
@@ -273,7 +273,7 @@ def test_export_records_the_painting_and_serves_over_http(serve_url, models, str
     lowest = min(runlog.read_metrics(straight_run.run_dir), key=lambda r: r["total"])
     assert meta["training"]["step"] == lowest["step"]  # --best total: the lowest loss
     rec = meta["style_image"]
-    assert rec["sha256"] == file_sha256(painting) and rec["file"] == str(painting)
+    assert rec["sha256"] == sha256_file(painting) and rec["file"] == str(painting)
     assert rec["features"] == "random" and rec["style_layers"] == ["relu1_1", "relu2_1", "relu3_1"]
     thumb = Image.open(style.path / rec["thumbnail"])
     assert max(thumb.size) == 128

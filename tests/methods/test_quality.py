@@ -64,12 +64,7 @@ def test_hold_back_is_stable_and_keeps_both_sides():
 
 
 def test_a_dataset_without_test_split_holds_back_train(tmp_path):
-    write_sample_dataset(tmp_path, size=32, per_photo=3, test_per_photo=1)
-    for d in ("testA", "testB"):
-        for f in (tmp_path / d).iterdir():
-            f.unlink()
-        (tmp_path / d).rmdir()
-    sp = quality.split_dataset(tmp_path, 32, 0.2)
+    sp = quality.split_dataset(_unpaired(tmp_path), 32, 0.2)
     assert sp.source == "held-back train" and not sp.paired
     assert sp.held_a and sp.held_b and len(sp.train_a) + len(sp.held_a) == 21
     assert not set(sp.held_a) & set(sp.train_a)
