@@ -245,7 +245,8 @@ def test_page_training_section(page):
     m = {x.label: x.value for x in page.metric}
     assert m["Status"] == "finished" and m["Step"] == f"{STEPS} / {STEPS}"
     assert m["Checkpoints"] == "1" and float(m["Images/s"]) > 0
-    assert len(page.get("vega_lite_chart")) == 7  # losses, total, lr, images/s, and 3 held-out validation charts
+    # losses, total, lr, images/s, and 5 held-out validation charts (PSNR, scores, colour, KID-EL0, FID-EL0)
+    assert len(page.get("vega_lite_chart")) == 9
     (grid,) = page.get("image")
     assert f"step {STEPS:08d}" in grid.proto.imgs[0].caption
     cks = next(d.value for d in page.dataframe if "checkpoint" in d.value.columns)
@@ -324,7 +325,7 @@ def test_monitor_in_headless_chromium(demo, photos, tmp_path):
             assert "20MB per file" in body  # the demo's upload cap reached Streamlit
             assert page.locator("[data-testid=stException]").count() == 0
             assert page.locator("[data-testid=stAlertContentError]").count() == 0
-            assert page.locator("[data-testid=stVegaLiteChart]").count() == 7
+            assert page.locator("[data-testid=stVegaLiteChart]").count() == 9
             shot = tmp_path / "monitor.png"
             page.screenshot(path=str(shot), full_page=True)
             from PIL import Image

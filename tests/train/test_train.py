@@ -346,6 +346,7 @@ def test_averaged_colour_skip_generators_are_what_validation_judges(sample_data,
 
 
 @pytest.mark.slow  # the cpu recipe's whole schedule on Ray Train: about 9 minutes on 2 idle cores
+@pytest.mark.timeout(1800)
 def test_the_cpu_recipe_beats_the_colour_transfer_baseline_on_kid_el0(tmp_path):
     """The README's claim for the CPU recipe, on the reporting split of the sample data: the
     trained generator is closer to domain B than a plain colour transfer on KID-EL0 (by more
