@@ -175,24 +175,33 @@ def arbitrary_style(sample_data, tmp_path_factory):
                             precisions=("fp32", "int8"), overrides=["export.int8_min_psnr_db=20"])
 
 
-@pytest.fixture(scope="session")
-def identity_models(tmp_path_factory) -> Path:
-    """A registry with style 'ident': one Identity node (frames come out as they went in)."""
+def write_graph_style(root: Path, name: str, nodes: list, initializers: tuple = ()) -> Path:
+    """A registry style NAME under ROOT: an ONNX graph of ``nodes`` from "image" to "stylized"
+    (both (b, 3, h, w) float), registered as an fp32 generator. Returns ROOT."""
     import onnx
     from onnx import TensorProto, helper
 
-    root = tmp_path_factory.mktemp("models")
-    (root / "ident").mkdir()
+    (root / name).mkdir()
     shape = ["b", 3, "h", "w"]
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["stylized"])], "ident",
+    graph = helper.make_graph(nodes, name,
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, shape)])
+                              [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, shape)],
+                              list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
-    onnx.save(model, str(root / "ident" / "model.onnx"))
-    (root / "ident" / "model.json").write_text(json.dumps(
+    onnx.save(model, str(root / name / "model.onnx"))
+    (root / name / "model.json").write_text(json.dumps(
         {"kind": "generator", "precisions": {"fp32": {"file": "model.onnx"}}}))
     return root
+
+
+@pytest.fixture(scope="session")
+def identity_models(tmp_path_factory) -> Path:
+    """A registry with style 'ident': one Identity node (frames come out as they went in)."""
+    from onnx import helper
+
+    return write_graph_style(tmp_path_factory.mktemp("models"), "ident",
+                             [helper.make_node("Identity", ["image"], ["stylized"])])
 
 
 @pytest.fixture(scope="session")

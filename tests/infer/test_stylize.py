@@ -7,6 +7,7 @@ from raystyle.data.images import decode
 from raystyle.infer.base import ProviderError, StylizeError, make_session
 from raystyle.infer.generator import Stylizer
 from raystyle.infer.tiles import tile_boxes
+from tests.conftest import write_graph_style
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +83,12 @@ def test_strength_and_colour(stylizer, photo):
 @pytest.fixture(scope="module")
 def dark_models(tmp_path_factory):
     """A registry with generator style 'dark': out = 0.3 * image - 0.6 (a dark, low-contrast style)."""
-    import json
-
-    import onnx
     from onnx import TensorProto, helper
 
-    root = tmp_path_factory.mktemp("models")
-    (root / "dark").mkdir()
-    shape = ["b", 3, "h", "w"]
     consts = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("k", 0.3), ("c", -0.6))]
-    graph = helper.make_graph([helper.make_node("Mul", ["image", "k"], ["scaled"]),
-                               helper.make_node("Add", ["scaled", "c"], ["stylized"])], "dark",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, shape)], consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.save(model, str(root / "dark" / "model.onnx"))
-    (root / "dark" / "model.json").write_text(json.dumps(
-        {"kind": "generator", "precisions": {"fp32": {"file": "model.onnx"}}}))
-    return root
+    return write_graph_style(tmp_path_factory.mktemp("models"), "dark",
+                             [helper.make_node("Mul", ["image", "k"], ["scaled"]),
+                              helper.make_node("Add", ["scaled", "c"], ["stylized"])], consts)
 
 
 def test_a_dark_style_keeps_the_contents_luminance_with_the_new_modes(dark_models, photo):
